@@ -1,0 +1,48 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let package = Package(
+    name: "mqi-communicator",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "mqi", targets: ["mqi"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // Pure values and logic: config, workflow, the Conductor's decisions, templates. No I/O
+        // beyond reading the config file's text.
+        .target(name: "MQICore", dependencies: [
+            .product(name: "Yams", package: "Yams"),
+        ]),
+        // The durable state: cases, GPU reservations, queues, dead letters (SQLite via GRDB).
+        .target(name: "MQIStore", dependencies: [
+            "MQICore",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        // Running step commands and moving case files.
+        .target(name: "MQITransport", dependencies: [
+            "MQICore",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Long-running services and their wiring.
+        .target(name: "MQIServices", dependencies: [
+            "MQICore", "MQIStore", "MQITransport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "mqi", dependencies: [
+            "MQIServices",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .target(name: "MQITestSupport", dependencies: ["MQICore", "MQIStore", "MQIServices"]),
+        .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
+        .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
+        .testTarget(name: "MQIServicesTests", dependencies: ["MQIServices", "MQITestSupport"]),
+    ]
+)

@@ -1,0 +1,39 @@
+/// Case statuses (names from the original design).
+public enum CaseStatus: String, Sendable, Codable, CaseIterable {
+    case new = "NEW"
+    case processing = "PROCESSING"
+    case pendingResource = "PENDING_RESOURCE"
+    case completed = "COMPLETED"
+    case failed = "FAILED"
+    case cancelled = "CANCELLED"
+
+    /// Nothing more will happen to the case unless an operator retries it.
+    public var isFinal: Bool { self == .completed || self == .failed || self == .cancelled }
+}
+
+/// What the Conductor knows about one case.
+public struct CaseState: Sendable, Equatable {
+    public var caseId: String
+    public var status: CaseStatus
+    public var workflow: String
+    /// The current (or last) step; nil before the first.
+    public var stepIndex: Int?
+    /// The attempt of the current step, starting at 1.
+    public var attempt: Int
+    /// The GPUs the case holds now.
+    public var gpuIds: [Int]
+    public var progress: Int
+    public var error: String?
+
+    public init(caseId: String, status: CaseStatus = .new, workflow: String, stepIndex: Int? = nil, attempt: Int = 0,
+                gpuIds: [Int] = [], progress: Int = 0, error: String? = nil) {
+        self.caseId = caseId
+        self.status = status
+        self.workflow = workflow
+        self.stepIndex = stepIndex
+        self.attempt = attempt
+        self.gpuIds = gpuIds
+        self.progress = progress
+        self.error = error
+    }
+}

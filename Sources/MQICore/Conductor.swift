@@ -1,0 +1,254 @@
+/// Something that happened to a case, as the Conductor sees it.
+public enum ConductorEvent: Sendable, Equatable {
+    /// The scanner registered the case.
+    case newCaseFound
+    /// A worker finished step `stepIndex`, attempt `attempt`.
+    case stepSucceeded(stepIndex: Int, attempt: Int)
+    /// A worker failed step `stepIndex`, attempt `attempt`.
+    case stepFailed(stepIndex: Int, attempt: Int, reason: String)
+    /// GPUs were released: a case waiting for them may start.
+    case gpusFreed
+    /// An operator cancelled the case.
+    case cancel(reason: String)
+    /// An operator asked to run a failed or cancelled case again from the step where it stopped.
+    case retry
+
+    /// The event a queue message stands for.
+    public init?(_ kind: MessageKind, _ body: MessageBody) {
+        switch kind {
+        case .newCaseFound:
+            self = .newCaseFound
+        case .executionSucceeded, .caseUploadCompleted, .resultsDownloadCompleted:
+            self = .stepSucceeded(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1)
+        case .executionFailed, .fileTransferFailed:
+            self = .stepFailed(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1, reason: body.reason ?? "no reason given")
+        case .executeCommand, .uploadCase, .downloadResults:
+            return nil
+        }
+    }
+
+    /// A short name for the case history.
+    public var name: String {
+        switch self {
+        case .newCaseFound: "new_case_found"
+        case .stepSucceeded: "step_succeeded"
+        case .stepFailed: "step_failed"
+        case .gpusFreed: "gpus_freed"
+        case .cancel: "cancel"
+        case .retry: "retry"
+        }
+    }
+}
+
+/// What the GPU pool looks like to one decision.
+public struct GPUAvailability: Sendable, Equatable {
+    /// Free GPU ids, in the order they should be handed out.
+    public var free: [Int]
+    /// Another case is already waiting for GPUs ahead of this one (first come, first served).
+    public var othersWaiting: Bool
+
+    public init(free: [Int], othersWaiting: Bool = false) {
+        self.free = free
+        self.othersWaiting = othersWaiting
+    }
+}
+
+/// The Conductor's answer to one event: the case's new state, the commands to publish and the
+/// GPUs to reserve and release. The caller persists all of it in one transaction.
+public struct Decision: Sendable, Equatable {
+    public enum Outcome: Sendable, Equatable {
+        case applied
+        /// Nothing changes (a stale or duplicate event, or an event that means nothing in this status).
+        case ignored
+    }
+
+    public var outcome: Outcome
+    public var state: CaseState
+    public var commands: [OutgoingMessage]
+    public var reserve: [Int]
+    public var release: [Int]
+    /// One line for the case's history and the log.
+    public var note: String
+
+    public init(outcome: Outcome, state: CaseState, commands: [OutgoingMessage] = [], reserve: [Int] = [], release: [Int] = [], note: String) {
+        self.outcome = outcome
+        self.state = state
+        self.commands = commands
+        self.reserve = reserve
+        self.release = release
+        self.note = note
+    }
+}
+
+/// The workflow state machine: pure, with no I/O. `decide` maps (case, event, GPUs) to a Decision.
+public struct Conductor: Sendable {
+    public var workflows: [String: Workflow]
+    public var uploadDir: String
+    public var downloadDir: String
+
+    public init(workflows: [String: Workflow], uploadDir: String, downloadDir: String) {
+        self.workflows = workflows
+        self.uploadDir = uploadDir
+        self.downloadDir = downloadDir
+    }
+
+    public init(config: Config) {
+        self.init(workflows: config.workflows, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir)
+    }
+
+    public func decide(_ state: CaseState, _ event: ConductorEvent, gpus: GPUAvailability) -> Decision {
+        switch (state.status, event) {
+        case (.new, .newCaseFound):
+            return start(state, stepIndex: 0, attempt: 1, gpus: gpus, note: "case registered")
+
+        case (.processing, .stepSucceeded(let index, let attempt)):
+            guard isCurrent(state, index, attempt) else { return stale(state, event) }
+            let next = index + 1
+            guard let workflow = workflows[state.workflow] else { return missingWorkflow(state) }
+            if next >= workflow.steps.count {
+                var done = state
+                done.status = .completed
+                done.progress = 100
+                done.gpuIds = []
+                done.error = nil
+                return Decision(outcome: .applied, state: done, release: state.gpuIds,
+                                note: "step \(stepName(state, index)) succeeded; case completed")
+            }
+            return start(state, stepIndex: next, attempt: 1, gpus: gpus, note: "step \(stepName(state, index)) succeeded")
+
+        case (.processing, .stepFailed(let index, let attempt, let reason)):
+            guard isCurrent(state, index, attempt) else { return stale(state, event) }
+            var failed = state
+            failed.status = .failed
+            failed.gpuIds = []
+            failed.error = "step \(stepName(state, index)) (attempt \(attempt)) failed: \(reason)"
+            return Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
+
+        case (.pendingResource, .gpusFreed):
+            guard let index = state.stepIndex else { return ignored(state, event, "no step is waiting") }
+            let decision = start(state, stepIndex: index, attempt: state.attempt, gpus: gpus, note: "GPU available")
+            return decision.state.status == .pendingResource
+                ? ignored(state, event, "still waiting for GPUs") : decision
+
+        case (.new, .cancel(let reason)), (.processing, .cancel(let reason)), (.pendingResource, .cancel(let reason)):
+            var cancelled = state
+            cancelled.status = .cancelled
+            cancelled.gpuIds = []
+            cancelled.error = "cancelled: \(reason)"
+            return Decision(outcome: .applied, state: cancelled, release: state.gpuIds, note: cancelled.error!)
+
+        case (.failed, .retry), (.cancelled, .retry):
+            var retried = state
+            retried.error = nil
+            guard let index = state.stepIndex else {
+                return start(retried, stepIndex: 0, attempt: 1, gpus: gpus, note: "retry requested")
+            }
+            return start(retried, stepIndex: index, attempt: state.attempt + 1, gpus: gpus, note: "retry requested")
+
+        case (_, .stepSucceeded), (_, .stepFailed):
+            return stale(state, event)
+        case (_, .newCaseFound):
+            return ignored(state, event, "duplicate new_case_found; case is already \(state.status.rawValue)")
+        case (_, .gpusFreed):
+            return ignored(state, event, "not waiting for GPUs")
+        case (_, .cancel):
+            return ignored(state, event, "cannot cancel a \(state.status.rawValue) case")
+        case (_, .retry):
+            return ignored(state, event, "only FAILED or CANCELLED cases can be retried; case is \(state.status.rawValue)")
+        }
+    }
+
+    /// Starts (or waits for GPUs for) step `stepIndex` attempt `attempt`.
+    func start(_ state: CaseState, stepIndex: Int, attempt: Int, gpus: GPUAvailability, note: String) -> Decision {
+        guard let workflow = workflows[state.workflow] else { return missingWorkflow(state) }
+        let step = workflow.steps[stepIndex]
+        var next = state
+        next.stepIndex = stepIndex
+        next.attempt = attempt
+        next.status = .processing
+        next.progress = max(state.progress, step.progress)
+        var reserve: [Int] = []
+        var release: [Int] = []
+
+        if step.gpuCount == 0 {
+            release = state.gpuIds
+            next.gpuIds = []
+        } else if state.gpuIds.count < step.gpuCount {
+            release = state.gpuIds
+            let available = gpus.free + state.gpuIds
+            guard !gpus.othersWaiting, available.count >= step.gpuCount else {
+                next.status = .pendingResource
+                next.gpuIds = []
+                return Decision(outcome: .applied, state: next, release: release,
+                                note: "\(note); step \(step.name) waits for \(step.gpuCount) GPU(s)")
+            }
+            next.gpuIds = Array(available.prefix(step.gpuCount))
+            reserve = next.gpuIds.filter { !state.gpuIds.contains($0) }
+            release = state.gpuIds.filter { !next.gpuIds.contains($0) }
+        }
+
+        let command = self.command(for: step, index: stepIndex, attempt: attempt, state: next)
+        let gpuNote = next.gpuIds.isEmpty ? "" : " on GPU \(next.gpuIds.map(String.init).joined(separator: ","))"
+        return Decision(outcome: .applied, state: next, commands: [command], reserve: reserve, release: release,
+                        note: "\(note); starting \(step.name) (attempt \(attempt))\(gpuNote)")
+    }
+
+    func command(for step: WorkflowStep, index: Int, attempt: Int, state: CaseState) -> OutgoingMessage {
+        var body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: attempt, step: step.name, gpuIds: state.gpuIds)
+        switch step.type {
+        case .upload:
+            return OutgoingMessage(kind: .uploadCase, body: body)
+        case .download:
+            return OutgoingMessage(kind: .downloadResults, body: body)
+        case .execute:
+            body.command = step.command?.render(placeholderValues(caseId: state.caseId, gpuIds: state.gpuIds))
+            body.timeoutSec = step.timeoutSec
+            return OutgoingMessage(kind: .executeCommand, body: body)
+        }
+    }
+
+    /// The values of every placeholder for a case holding `gpuIds`.
+    public func placeholderValues(caseId: String, gpuIds: [Int]) -> [String: String] {
+        [
+            "case_id": caseId,
+            "gpu_id": gpuIds.first.map(String.init) ?? "",
+            "gpu_ids": gpuIds.map(String.init).joined(separator: ","),
+            "upload_dir": uploadDir,
+            "download_dir": downloadDir,
+            "case_dir": uploadDir + "/" + caseId,
+            "result_dir": downloadDir + "/" + caseId,
+        ]
+    }
+
+    func isCurrent(_ state: CaseState, _ index: Int, _ attempt: Int) -> Bool {
+        state.stepIndex == index && state.attempt == attempt
+    }
+
+    func stepName(_ state: CaseState, _ index: Int) -> String {
+        guard let steps = workflows[state.workflow]?.steps, steps.indices.contains(index) else { return "#\(index)" }
+        return steps[index].name
+    }
+
+    func stale(_ state: CaseState, _ event: ConductorEvent) -> Decision {
+        let current = state.stepIndex.map { "step \($0) attempt \(state.attempt)" } ?? "no step"
+        var described = event.name
+        switch event {
+        case .stepSucceeded(let index, let attempt), .stepFailed(let index, let attempt, _):
+            described += " for step \(index) attempt \(attempt)"
+        default: break
+        }
+        return ignored(state, event, "stale event \(described); case is \(state.status.rawValue) at \(current)")
+    }
+
+    func ignored(_ state: CaseState, _ event: ConductorEvent, _ why: String) -> Decision {
+        Decision(outcome: .ignored, state: state, note: "ignored \(event.name): \(why)")
+    }
+
+    func missingWorkflow(_ state: CaseState) -> Decision {
+        var failed = state
+        failed.status = .failed
+        failed.gpuIds = []
+        failed.error = "workflow '\(state.workflow)' is not in the config"
+        return Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
+    }
+}

@@ -1,0 +1,425 @@
+import Foundation
+import Yams
+
+/// Reads and validates `config.yaml`. Unknown keys, duplicate keys, wrong types and values out
+/// of range are all reported with their file, line, column and key path.
+public enum ConfigLoader {
+    public static func load(path: String) throws(ConfigErrors) -> Config {
+        let absolute = PathResolver.absolute(path, relativeTo: FileManager.default.currentDirectoryPath)
+        let text: String
+        do {
+            text = try String(contentsOfFile: absolute, encoding: .utf8)
+        } catch {
+            throw ConfigErrors([ConfigError(file: path, line: 0, column: 0, keyPath: "", message: "cannot read config file: \(error.localizedDescription)")])
+        }
+        return try parse(text, file: path, baseDirectory: (absolute as NSString).deletingLastPathComponent)
+    }
+
+    /// Parses config text; `file` is used in error messages, `baseDirectory` resolves relative paths.
+    public static func parse(_ text: String, file: String, baseDirectory: String) throws(ConfigErrors) -> Config {
+        let parser = ConfigParser(file: file, base: baseDirectory)
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ConfigErrors([parser.yamlError(error)])
+        } catch {
+            throw ConfigErrors([ConfigError(file: file, line: 1, column: 1, keyPath: "", message: "\(error)")])
+        }
+        guard let node else {
+            throw ConfigErrors([ConfigError(file: file, line: 1, column: 1, keyPath: "", message: "the config file is empty")])
+        }
+        let config = parser.config(node)
+        if let config, parser.errors.isEmpty { return config }
+        throw ConfigErrors(parser.errors.sorted { ($0.line, $0.column) < ($1.line, $1.column) })
+    }
+}
+
+/// Resolves config paths: `~` to the home directory, relative paths against a base directory.
+public enum PathResolver {
+    public static func absolute(_ path: String, relativeTo base: String) -> String {
+        var path = path
+        if path == "~" || path.hasPrefix("~/") {
+            path = NSHomeDirectory() + path.dropFirst()
+        }
+        let joined = path.hasPrefix("/") ? path : (base as NSString).appendingPathComponent(path)
+        return (joined as NSString).standardizingPath
+    }
+}
+
+/// The keys of one YAML mapping being read; remembers which were read so the rest are reported.
+private final class Fields {
+    let node: Node
+    let path: String
+    var pairs: [(key: String, keyNode: Node, value: Node)] = []
+    var read: Set<String> = []
+
+    init(node: Node, path: String) {
+        self.node = node
+        self.path = path
+    }
+
+    func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    subscript(key: String) -> Node? {
+        read.insert(key)
+        return pairs.first { $0.key == key }?.value
+    }
+}
+
+private final class ConfigParser {
+    let file: String
+    let base: String
+    var errors: [ConfigError] = []
+
+    init(file: String, base: String) {
+        self.file = file
+        self.base = base
+    }
+
+    // MARK: errors
+
+    func fail(_ node: Node?, _ path: String, _ message: String) {
+        let mark = node?.mark
+        errors.append(ConfigError(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, keyPath: path, message: message))
+    }
+
+    func yamlError(_ error: YamlError) -> ConfigError {
+        switch error {
+        case .scanner(let context, let problem, let mark, _),
+             .parser(let context, let problem, let mark, _),
+             .composer(let context, let problem, let mark, _):
+            let text = [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: ": ")
+            var message = "invalid YAML: \(text)"
+            if problem.contains("cannot start any token") { message += " (tabs cannot indent YAML; use spaces)" }
+            return ConfigError(file: file, line: mark.line, column: mark.column, keyPath: "", message: message)
+        default:
+            return ConfigError(file: file, line: 1, column: 1, keyPath: "", message: "invalid YAML: \(error)")
+        }
+    }
+
+    // MARK: structure
+
+    func mapping(_ node: Node?, _ path: String) -> Fields? {
+        guard let node else { return nil }
+        guard case .mapping(let mapping) = node else {
+            fail(node, path, "expected a mapping of keys, got \(describe(node))")
+            return nil
+        }
+        let fields = Fields(node: node, path: path)
+        for (keyNode, value) in mapping {
+            guard let key = keyNode.string else {
+                fail(keyNode, path, "keys must be strings")
+                continue
+            }
+            if fields.pairs.contains(where: { $0.key == key }) {
+                fail(keyNode, fields.child(key), "duplicate key")
+                continue
+            }
+            fields.pairs.append((key, keyNode, value))
+        }
+        return fields
+    }
+
+    /// Reports every key of `fields` that was never read.
+    func finish(_ fields: Fields, allowed: [String]) {
+        for pair in fields.pairs where !fields.read.contains(pair.key) {
+            fail(pair.keyNode, fields.child(pair.key), "unknown key; expected one of: \(allowed.joined(separator: ", "))")
+        }
+    }
+
+    func describe(_ node: Node) -> String {
+        switch node {
+        case .scalar(let scalar): return "'\(scalar.string)'"
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        }
+    }
+
+    func isNull(_ node: Node) -> Bool {
+        if case .scalar(let scalar) = node, scalar.style == .plain, ["", "~", "null", "Null", "NULL"].contains(scalar.string) {
+            return true
+        }
+        return false
+    }
+
+    // MARK: scalars
+
+    func string(_ fields: Fields, _ key: String, required: Bool = false) -> String? {
+        let path = fields.child(key)
+        guard let node = fields[key], !isNull(node) else {
+            if required { fail(fields.node, path, "missing required key") }
+            return nil
+        }
+        guard case .scalar(let scalar) = node else {
+            fail(node, path, "expected a string, got \(describe(node))")
+            return nil
+        }
+        return scalar.string
+    }
+
+    func nonEmptyString(_ fields: Fields, _ key: String, required: Bool = false) -> String? {
+        guard let value = string(fields, key, required: required) else { return nil }
+        if value.trimmingCharacters(in: .whitespaces).isEmpty {
+            fail(fields[key], fields.child(key), "must not be empty")
+            return nil
+        }
+        return value
+    }
+
+    func number(_ fields: Fields, _ key: String, default value: Double, min: Double, exclusiveMin: Bool = false) -> Double {
+        guard let node = fields[key], !isNull(node) else { return value }
+        let path = fields.child(key)
+        guard case .scalar(let scalar) = node, scalar.style == .plain, let parsed = Double(scalar.string), parsed.isFinite else {
+            fail(node, path, "expected a number, got \(describe(node))")
+            return value
+        }
+        if exclusiveMin ? parsed <= min : parsed < min {
+            fail(node, path, "must be \(exclusiveMin ? "greater than" : "at least") \(format(min)), got \(scalar.string)")
+            return value
+        }
+        return parsed
+    }
+
+    func integer(_ node: Node, _ path: String, min: Int, max: Int = .max) -> Int? {
+        guard case .scalar(let scalar) = node, scalar.style == .plain, let parsed = Int(scalar.string) else {
+            fail(node, path, "expected an integer, got \(describe(node))")
+            return nil
+        }
+        guard parsed >= min, parsed <= max else {
+            let range = max == .max ? "at least \(min)" : "between \(min) and \(max)"
+            fail(node, path, "must be \(range), got \(parsed)")
+            return nil
+        }
+        return parsed
+    }
+
+    func integer(_ fields: Fields, _ key: String, default value: Int, min: Int, max: Int = .max) -> Int {
+        guard let node = fields[key], !isNull(node) else { return value }
+        return integer(node, fields.child(key), min: min, max: max) ?? value
+    }
+
+    func bool(_ fields: Fields, _ key: String) -> Bool? {
+        guard let node = fields[key], !isNull(node) else { return nil }
+        guard case .scalar(let scalar) = node, scalar.style == .plain else {
+            fail(node, fields.child(key), "expected true or false, got \(describe(node))")
+            return nil
+        }
+        switch scalar.string.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default:
+            fail(node, fields.child(key), "expected true or false, got \(describe(node))")
+            return nil
+        }
+    }
+
+    func path(_ fields: Fields, _ key: String, default value: String? = nil, required: Bool = false) -> String {
+        let raw = nonEmptyString(fields, key, required: required) ?? value ?? ""
+        return PathResolver.absolute(raw, relativeTo: base)
+    }
+
+    func format(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
+    }
+
+    // MARK: sections
+
+    static let topKeys = ["scanner", "state", "hpc", "conductor", "workflows", "remote_commands", "retry", "logging"]
+
+    func config(_ root: Node) -> Config? {
+        guard let top = mapping(root, "") else { return nil }
+        let remoteCommands = self.remoteCommands(top)
+        let workflows = self.workflows(top, remoteCommands: remoteCommands)
+        let scanner = self.scanner(top, workflows: workflows)
+        let state = self.state(top)
+        let hpc = self.hpc(top)
+        let conductor = self.conductor(top)
+        let retry = self.retry(top)
+        let logging = self.logging(top)
+        finish(top, allowed: Self.topKeys)
+        guard let scanner else { return nil }
+        return Config(
+            sourcePath: file, scanner: scanner, state: state, hpc: hpc, conductor: conductor,
+            workflows: workflows, retry: retry, logging: logging)
+    }
+
+    func scanner(_ top: Fields, workflows: [String: Workflow]) -> ScannerConfig? {
+        guard let fields = mapping(top["scanner"], "scanner") else {
+            if top["scanner"] == nil { fail(top.node, "scanner", "missing required section (scanner.local_logdata is required)") }
+            return nil
+        }
+        defer { finish(fields, allowed: ["local_logdata", "ready_marker", "quiet_period_sec", "rescan_interval_sec", "workflow"]) }
+        let logdata = path(fields, "local_logdata", required: true)
+        let marker = nonEmptyString(fields, "ready_marker")
+        if let marker, marker.contains("/") {
+            fail(fields["ready_marker"], "scanner.ready_marker", "must be a file name, not a path")
+        }
+        let quiet = number(fields, "quiet_period_sec", default: 5, min: 0)
+        let rescan = number(fields, "rescan_interval_sec", default: 30, min: 0, exclusiveMin: true)
+        let workflow = nonEmptyString(fields, "workflow") ?? "default_qa"
+        if !workflows.isEmpty, workflows[workflow] == nil {
+            fail(fields["workflow"] ?? fields.node, "scanner.workflow",
+                 "no workflow named '\(workflow)'; defined: \(workflows.keys.sorted().joined(separator: ", "))")
+        }
+        return ScannerConfig(localLogdata: logdata, readyMarker: marker, quietPeriodSec: quiet, rescanIntervalSec: rescan, workflow: workflow)
+    }
+
+    func state(_ top: Fields) -> StateConfig {
+        let fields = mapping(top["state"], "state")
+        defer { if let fields { finish(fields, allowed: ["database", "pid_file", "logs_dir"]) } }
+        func value(_ key: String, _ fallback: String) -> String {
+            fields.map { path($0, key, default: fallback) } ?? PathResolver.absolute(fallback, relativeTo: base)
+        }
+        return StateConfig(database: value("database", "./var/mqi.sqlite"), pidFile: value("pid_file", "./var/mqi.pid"), logsDir: value("logs_dir", "./var/logs"))
+    }
+
+    func hpc(_ top: Fields) -> HPCConfig {
+        var config = HPCConfig(transport: .local, gpus: [0])
+        guard let fields = mapping(top["hpc"], "hpc") else { return config }
+        defer { finish(fields, allowed: ["transport", "gpus"]) }
+        if let transport = string(fields, "transport") {
+            if let kind = TransportKind(rawValue: transport) {
+                config.transport = kind
+            } else {
+                fail(fields["transport"], "hpc.transport", "unknown transport '\(transport)'; expected one of: \(TransportKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+        if let node = fields["gpus"], !isNull(node) {
+            if case .sequence(let sequence) = node {
+                var ids: [Int] = []
+                for (index, item) in sequence.enumerated() {
+                    guard let id = integer(item, "hpc.gpus[\(index)]", min: 0) else { continue }
+                    if ids.contains(id) { fail(item, "hpc.gpus[\(index)]", "GPU \(id) is listed twice") } else { ids.append(id) }
+                }
+                if sequence.isEmpty { fail(node, "hpc.gpus", "must list at least one GPU id") }
+                config.gpus = ids
+            } else {
+                fail(node, "hpc.gpus", "expected a list of GPU ids like [0, 1], got \(describe(node))")
+            }
+        }
+        return config
+    }
+
+    func conductor(_ top: Fields) -> ConductorConfig {
+        let fields = mapping(top["conductor"], "conductor")
+        var upload = "./hpc/upload", download = "./hpc/download"
+        if let fields, let paths = mapping(fields["remote_paths"], "conductor.remote_paths") {
+            upload = nonEmptyString(paths, "upload_dir") ?? upload
+            download = nonEmptyString(paths, "download_dir") ?? download
+            finish(paths, allowed: ["upload_dir", "download_dir"])
+        }
+        let results = fields.map { path($0, "results_dir", default: "./var/results") } ?? PathResolver.absolute("./var/results", relativeTo: base)
+        let monitor = fields.map { number($0, "monitor_interval_sec", default: 60, min: 0, exclusiveMin: true) } ?? 60
+        if let fields { finish(fields, allowed: ["monitor_interval_sec", "remote_paths", "results_dir"]) }
+        return ConductorConfig(
+            uploadDir: PathResolver.absolute(upload, relativeTo: base),
+            downloadDir: PathResolver.absolute(download, relativeTo: base),
+            resultsDir: results, monitorIntervalSec: monitor)
+    }
+
+    func retry(_ top: Fields) -> RetryPolicy {
+        guard let fields = mapping(top["retry"], "retry") else { return RetryPolicy() }
+        defer { finish(fields, allowed: ["max_attempts", "initial_delay_sec", "max_delay_sec", "multiplier"]) }
+        let policy = RetryPolicy(
+            maxAttempts: integer(fields, "max_attempts", default: 3, min: 1),
+            initialDelaySec: number(fields, "initial_delay_sec", default: 1, min: 0),
+            maxDelaySec: number(fields, "max_delay_sec", default: 60, min: 0),
+            multiplier: number(fields, "multiplier", default: 2, min: 1))
+        if policy.maxDelaySec < policy.initialDelaySec {
+            fail(fields["max_delay_sec"], "retry.max_delay_sec", "must not be less than retry.initial_delay_sec")
+        }
+        return policy
+    }
+
+    static let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    func logging(_ top: Fields) -> LoggingConfig {
+        guard let fields = mapping(top["logging"], "logging") else { return LoggingConfig(level: "info") }
+        defer { finish(fields, allowed: ["level"]) }
+        let level = (string(fields, "level") ?? "info").lowercased()
+        guard Self.levels.contains(level) else {
+            fail(fields["level"], "logging.level", "unknown level '\(level)'; expected one of: \(Self.levels.joined(separator: ", "))")
+            return LoggingConfig(level: "info")
+        }
+        return LoggingConfig(level: level)
+    }
+
+    func remoteCommands(_ top: Fields) -> [String: (template: CommandTemplate, node: Node, keyNode: Node)] {
+        guard let fields = mapping(top["remote_commands"], "remote_commands") else { return [:] }
+        var commands: [String: (CommandTemplate, Node, Node)] = [:]
+        for pair in fields.pairs {
+            guard let text = nonEmptyString(fields, pair.key) else { continue }
+            do {
+                commands[pair.key] = (try CommandTemplate(text), pair.value, pair.keyNode)
+            } catch {
+                fail(pair.value, fields.child(pair.key), error.description)
+            }
+        }
+        return commands
+    }
+
+    static let stepKeys = ["name", "type", "progress", "timeout_sec", "gpu"]
+
+    func workflows(_ top: Fields, remoteCommands: [String: (template: CommandTemplate, node: Node, keyNode: Node)]) -> [String: Workflow] {
+        guard let node = top["workflows"] else {
+            fail(top.node, "workflows", "missing required section: define at least one workflow")
+            return [:]
+        }
+        guard let fields = mapping(node, "workflows") else { return [:] }
+        var workflows: [String: Workflow] = [:]
+        var usedCommands: Set<String> = []
+        for pair in fields.pairs {
+            fields.read.insert(pair.key)
+            let workflowPath = fields.child(pair.key)
+            guard case .sequence(let sequence) = pair.value else {
+                fail(pair.value, workflowPath, "expected a list of steps, got \(describe(pair.value))")
+                continue
+            }
+            if sequence.isEmpty { fail(pair.value, workflowPath, "a workflow needs at least one step") }
+            var steps: [WorkflowStep] = []
+            for (index, item) in sequence.enumerated() {
+                let stepPath = "\(workflowPath)[\(index)]"
+                guard let stepFields = mapping(item, stepPath) else { continue }
+                defer { finish(stepFields, allowed: Self.stepKeys) }
+                guard let name = nonEmptyString(stepFields, "name", required: true) else { continue }
+                if !name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_-.".contains($0)) }) {
+                    fail(stepFields["name"], "\(stepPath).name", "step names may use letters, digits, '_', '-' and '.' only")
+                }
+                if steps.contains(where: { $0.name == name }) {
+                    fail(stepFields["name"], "\(stepPath).name", "step '\(name)' appears twice in this workflow")
+                }
+                guard let typeText = string(stepFields, "type", required: true) else { continue }
+                guard let type = StepType(rawValue: typeText) else {
+                    fail(stepFields["type"], "\(stepPath).type", "unknown step type '\(typeText)'; expected one of: upload, execute, download")
+                    continue
+                }
+                let progress = integer(stepFields, "progress", default: 0, min: 0, max: 100)
+                var timeout: Double?
+                if stepFields["timeout_sec"] != nil {
+                    timeout = number(stepFields, "timeout_sec", default: 0, min: 0, exclusiveMin: true)
+                }
+                let gpu = bool(stepFields, "gpu") ?? (type == .execute)
+                var step = WorkflowStep(name: name, type: type, progress: progress, timeoutSec: timeout, gpuCount: gpu ? 1 : 0)
+                if type == .execute {
+                    if let command = remoteCommands[name] {
+                        usedCommands.insert(name)
+                        step.command = command.template
+                        if !gpu, let used = command.template.placeholders.first(where: { $0 == "gpu_id" || $0 == "gpu_ids" }) {
+                            fail(command.node, "remote_commands.\(name)", "uses {\(used)} but step '\(name)' has gpu: false")
+                        }
+                    } else {
+                        fail(item, "\(stepPath)", "execute step '\(name)' has no command: add remote_commands.\(name)")
+                    }
+                }
+                steps.append(step)
+            }
+            workflows[pair.key] = Workflow(name: pair.key, steps: steps)
+        }
+        for (name, command) in remoteCommands where !usedCommands.contains(name) {
+            fail(command.keyNode, "remote_commands.\(name)", "no execute step named '\(name)' in any workflow")
+        }
+        return workflows
+    }
+}

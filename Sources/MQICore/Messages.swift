@@ -1,0 +1,101 @@
+/// The durable queues (names from the original design; they must not change).
+public enum QueueName: String, Sendable, Codable, CaseIterable {
+    case conductor = "conductor_queue"
+    case remoteExecutor = "remote_executor_queue"
+    case fileTransfer = "file_transfer_queue"
+}
+
+/// Commands and events carried by the queues (names from the original design).
+public enum MessageKind: String, Sendable, Codable, CaseIterable {
+    // to the Conductor
+    case newCaseFound = "new_case_found"
+    case executionSucceeded = "execution_succeeded"
+    case executionFailed = "execution_failed"
+    case caseUploadCompleted = "case_upload_completed"
+    case resultsDownloadCompleted = "results_download_completed"
+    case fileTransferFailed = "file_transfer_failed"
+    // to the workers
+    case executeCommand = "execute_command"
+    case uploadCase = "upload_case"
+    case downloadResults = "download_results"
+
+    /// The queue this kind of message travels on.
+    public var queue: QueueName {
+        switch self {
+        case .newCaseFound, .executionSucceeded, .executionFailed, .caseUploadCompleted,
+             .resultsDownloadCompleted, .fileTransferFailed:
+            .conductor
+        case .executeCommand: .remoteExecutor
+        case .uploadCase, .downloadResults: .fileTransfer
+        }
+    }
+}
+
+/// The body of every message. Commands and their result events carry the case id, the step
+/// index and the attempt, so the Conductor can drop results that are not for the current step.
+public struct MessageBody: Sendable, Codable, Equatable {
+    public var caseId: String
+    public var stepIndex: Int?
+    public var attempt: Int?
+    public var step: String?
+    public var gpuIds: [Int]?
+    /// The rendered, shell-quoted command line of an execute step.
+    public var command: String?
+    public var timeoutSec: Double?
+    /// Why a step failed.
+    public var reason: String?
+
+    public init(caseId: String, stepIndex: Int? = nil, attempt: Int? = nil, step: String? = nil, gpuIds: [Int]? = nil,
+                command: String? = nil, timeoutSec: Double? = nil, reason: String? = nil) {
+        self.caseId = caseId
+        self.stepIndex = stepIndex
+        self.attempt = attempt
+        self.step = step
+        self.gpuIds = gpuIds
+        self.command = command
+        self.timeoutSec = timeoutSec
+        self.reason = reason
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case caseId = "case_id", stepIndex = "step_index", attempt, step, gpuIds = "gpu_ids", command
+        case timeoutSec = "timeout_sec", reason
+    }
+
+    /// The result event a worker publishes for this command.
+    public func result(_ kind: MessageKind, reason: String? = nil) -> OutgoingMessage {
+        OutgoingMessage(kind: kind, body: MessageBody(caseId: caseId, stepIndex: stepIndex, attempt: attempt, step: step, reason: reason))
+    }
+}
+
+/// A message to publish.
+public struct OutgoingMessage: Sendable, Equatable {
+    public var kind: MessageKind
+    public var body: MessageBody
+    public var queue: QueueName { kind.queue }
+
+    public init(kind: MessageKind, body: MessageBody) {
+        self.kind = kind
+        self.body = body
+    }
+}
+
+/// A message claimed from a queue under a lease.
+public struct ClaimedMessage: Sendable, Equatable {
+    public var id: Int64
+    public var queue: QueueName
+    public var kind: MessageKind
+    public var body: MessageBody
+    /// How many times it has been delivered, this delivery included.
+    public var deliveries: Int
+    public var leaseOwner: String
+
+    public init(id: Int64, queue: QueueName, kind: MessageKind, body: MessageBody, deliveries: Int, leaseOwner: String) {
+        self.id = id
+        self.queue = queue
+        self.kind = kind
+        self.body = body
+        self.deliveries = deliveries
+        self.leaseOwner = leaseOwner
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import MQICore
+
+/// One case as the CLI, API and dashboard show it.
+public struct CaseSummary: Sendable, Equatable, Codable {
+    public var caseId: String
+    public var status: CaseStatus
+    public var workflow: String
+    /// The current (or last) step's name; nil before the first.
+    public var workflowStep: String?
+    public var progress: Int
+    public var gpuIds: [Int]
+    public var attempt: Int
+    public var error: String?
+    public var createdAt: Date
+    public var updatedAt: Date
+    public var startedAt: Date?
+    public var finishedAt: Date?
+
+    enum CodingKeys: String, CodingKey {
+        case caseId = "case_id", status, workflow, workflowStep = "workflow_step", progress, gpuIds = "gpu_ids"
+        case attempt, error, createdAt = "created_at", updatedAt = "updated_at", startedAt = "started_at", finishedAt = "finished_at"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(caseId, forKey: .caseId)
+        try container.encode(status, forKey: .status)
+        try container.encode(workflow, forKey: .workflow)
+        try container.encode(workflowStep, forKey: .workflowStep)
+        try container.encode(progress, forKey: .progress)
+        try container.encode(gpuIds, forKey: .gpuIds)
+        try container.encode(attempt, forKey: .attempt)
+        try container.encode(error, forKey: .error)
+        try container.encode(createdAt, forKey: .createdAt)
+        try container.encode(updatedAt, forKey: .updatedAt)
+        try container.encode(startedAt, forKey: .startedAt)
+        try container.encode(finishedAt, forKey: .finishedAt)
+    }
+}
+
+/// One line of a case's history: a transition, a step outcome or an ignored event.
+public struct CaseHistoryEntry: Sendable, Equatable, Codable {
+    public var at: Date
+    public var event: String
+    public var status: CaseStatus
+    public var step: String?
+    public var attempt: Int?
+    public var message: String
+}
+
+/// One GPU the communicator may reserve.
+public struct GPUResource: Sendable, Equatable, Codable {
+    public enum Status: String, Sendable, Codable {
+        case free, reserved
+        /// No longer in `hpc.gpus`; never handed out again.
+        case retired
+    }
+
+    public var gpuId: Int
+    public var status: Status
+    public var reservedBy: String?
+    public var reservedAt: Date?
+
+    enum CodingKeys: String, CodingKey {
+        case gpuId = "gpu_id", status, reservedBy = "reserved_by", reservedAt = "reserved_at"
+    }
+}
+
+/// A message that failed too often and was set aside for an operator.
+public struct DeadLetter: Sendable, Equatable, Codable {
+    public var id: Int64
+    public var queue: QueueName
+    public var kind: MessageKind
+    public var caseId: String
+    public var deliveries: Int
+    public var error: String
+    public var deadAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case id, queue, kind, caseId = "case_id", deliveries, error, deadAt = "dead_at"
+    }
+}
+
+/// Counts that say whether there is anything left to do.
+public struct ActivitySnapshot: Sendable, Equatable {
+    public var activeCases: Int
+    public var queuedMessages: Int
+
+    public var isIdle: Bool { activeCases == 0 && queuedMessages == 0 }
+}
+
+/// A store error a person reads.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+
+    public var description: String { message }
+}

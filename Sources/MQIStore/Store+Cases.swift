@@ -1,0 +1,264 @@
+import Foundation
+import GRDB
+import MQICore
+
+/// A decision the store applied, with the case it was for.
+public struct AppliedDecision: Sendable, Equatable {
+    public var event: ConductorEvent
+    public var decision: Decision
+    public var previousStatus: CaseStatus
+}
+
+extension Store {
+    /// Registers a case found by the scanner: inserts it as NEW and publishes `new_case_found`,
+    /// in one transaction, only if the case id is not in the database yet. Returns whether it was new.
+    @discardableResult
+    public func registerCase(_ caseId: String, workflow: String) async throws -> Bool {
+        let now = now()
+        let inserted = try await pool.write { db -> Bool in
+            try db.execute(sql: """
+                INSERT INTO cases (case_id, status, workflow, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT(case_id) DO NOTHING
+                """, arguments: [caseId, CaseStatus.new.rawValue, workflow, now, now])
+            guard db.changesCount == 1 else { return false }
+            try Self.insert(OutgoingMessage(kind: .newCaseFound, body: MessageBody(caseId: caseId)), db: db, now: now)
+            try Self.history(db, caseId: caseId, at: now, event: "registered", status: .new, step: nil, attempt: nil,
+                             message: "case found by the scanner; workflow \(workflow)")
+            return true
+        }
+        if inserted { bell.ring(.conductor) }
+        return inserted
+    }
+
+    /// Runs the Conductor on one event for one case and persists its decision — the case row, the
+    /// history line, GPU reservations and published commands — together with the acknowledgement
+    /// of `message` (if the event came from the queue), in ONE transaction. If GPUs were released,
+    /// cases waiting for them are started in the same transaction, first come first served.
+    public func conduct(_ event: ConductorEvent, caseId: String, conductor: Conductor, acknowledging message: ClaimedMessage? = nil) async throws -> [AppliedDecision] {
+        let now = now()
+        let (applied, published) = try await pool.write { db -> ([AppliedDecision], [OutgoingMessage]) in
+            if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
+            guard let state = try Self.caseState(db, caseId) else { return ([], []) }
+            let free = try Self.freeGPUs(db)
+            let othersWaiting = try Bool.fetchOne(db, sql: """
+                SELECT EXISTS(SELECT 1 FROM cases WHERE status = ? AND case_id != ?)
+                """, arguments: [CaseStatus.pendingResource.rawValue, caseId]) ?? false
+            let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting))
+            try Self.apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
+            var applied = [AppliedDecision(event: event, decision: decision, previousStatus: state.status)]
+            if !decision.release.isEmpty {
+                applied += try Self.dispatchPending(conductor: conductor, db: db, now: now)
+            }
+            return (applied, applied.flatMap(\.decision.commands))
+        }
+        ring(published)
+        return applied
+    }
+
+    /// Starts cases waiting for GPUs while there are free GPUs (e.g. at start-up).
+    public func dispatchPending(conductor: Conductor) async throws -> [AppliedDecision] {
+        let now = now()
+        let applied = try await pool.write { db in try Self.dispatchPending(conductor: conductor, db: db, now: now) }
+        ring(applied.flatMap(\.decision.commands))
+        return applied
+    }
+
+    static func dispatchPending(conductor: Conductor, db: Database, now: Date) throws -> [AppliedDecision] {
+        var applied: [AppliedDecision] = []
+        let waiting = try String.fetchAll(db, sql: """
+            SELECT case_id FROM cases WHERE status = ? ORDER BY pending_since, created_at, rowid
+            """, arguments: [CaseStatus.pendingResource.rawValue])
+        for caseId in waiting {
+            let free = try freeGPUs(db)
+            guard !free.isEmpty, let state = try caseState(db, caseId) else { break }
+            let decision = conductor.decide(state, .gpusFreed, gpus: GPUAvailability(free: free))
+            // First come, first served: a case that still cannot start blocks those behind it.
+            guard decision.outcome == .applied else { break }
+            try apply(decision, event: .gpusFreed, previous: state, conductor: conductor, db: db, now: now)
+            applied.append(AppliedDecision(event: .gpusFreed, decision: decision, previousStatus: state.status))
+        }
+        return applied
+    }
+
+    static func apply(_ decision: Decision, event: ConductorEvent, previous: CaseState, conductor: Conductor, db: Database, now: Date) throws {
+        let state = decision.state
+        let stepName = state.stepIndex.flatMap { index in
+            conductor.workflows[state.workflow]?.steps.indices.contains(index) == true
+                ? conductor.workflows[state.workflow]?.steps[index].name : nil
+        }
+        guard decision.outcome == .applied else {
+            try history(db, caseId: state.caseId, at: now, event: "ignored", status: state.status, step: stepName,
+                        attempt: state.stepIndex == nil ? nil : state.attempt, message: decision.note)
+            return
+        }
+        for gpu in decision.release {
+            try db.execute(sql: """
+                UPDATE gpu_resources SET status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'free' END,
+                    reserved_by = NULL, reserved_at = NULL
+                WHERE gpu_id = ? AND reserved_by = ?
+                """, arguments: [gpu, state.caseId])
+        }
+        for gpu in decision.reserve {
+            try db.execute(sql: """
+                UPDATE gpu_resources SET status = 'reserved', reserved_by = ?, reserved_at = ? WHERE gpu_id = ? AND status = 'free'
+                """, arguments: [state.caseId, now, gpu])
+            // Never double-book: a GPU that is not free rolls back the whole transaction.
+            guard db.changesCount == 1 else { throw StoreError("GPU \(gpu) is not free; refusing to reserve it for \(state.caseId)") }
+        }
+        let entersWait = state.status == .pendingResource && previous.status != .pendingResource
+        try db.execute(sql: """
+            UPDATE cases SET status = ?, workflow_step = ?, step_index = ?, attempt = ?, progress = ?, gpu_ids = ?,
+                error = ?, updated_at = ?,
+                started_at = CASE WHEN started_at IS NULL AND ? = 'PROCESSING' THEN ? ELSE started_at END,
+                finished_at = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN ? ELSE NULL END,
+                pending_since = CASE WHEN ? = 'PENDING_RESOURCE' THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END
+            WHERE case_id = ?
+            """, arguments: [
+                state.status.rawValue, stepName, state.stepIndex, state.attempt, state.progress, encodeGPUs(state.gpuIds),
+                state.error, now,
+                state.status.rawValue, now,
+                state.status.rawValue, now,
+                state.status.rawValue, entersWait, now,
+                state.caseId,
+            ])
+        for command in decision.commands { try insert(command, db: db, now: now) }
+        try history(db, caseId: state.caseId, at: now, event: event.name, status: state.status, step: stepName,
+                    attempt: state.stepIndex == nil ? nil : state.attempt, message: decision.note)
+    }
+
+    static func history(_ db: Database, caseId: String, at: Date, event: String, status: CaseStatus, step: String?, attempt: Int?, message: String) throws {
+        try db.execute(sql: """
+            INSERT INTO case_events (case_id, at, event, status, step, attempt, message) VALUES (?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [caseId, at, event, status.rawValue, step, attempt, message])
+    }
+
+    static func caseState(_ db: Database, _ caseId: String) throws -> CaseState? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]) else { return nil }
+        return CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
+                         stepIndex: row["step_index"], attempt: row["attempt"], gpuIds: decodeGPUs(row["gpu_ids"]),
+                         progress: row["progress"], error: row["error"])
+    }
+
+    static func freeGPUs(_ db: Database) throws -> [Int] {
+        try Int.fetchAll(db, sql: "SELECT gpu_id FROM gpu_resources WHERE status = 'free' ORDER BY gpu_id")
+    }
+
+    // MARK: GPUs
+
+    /// Makes `gpu_resources` match the configured GPU ids and repairs reservations: a GPU reserved
+    /// by a case that does not hold it (a crash between steps, an edited database) is freed; a GPU
+    /// a running case holds is marked reserved. Returns the ids it freed.
+    @discardableResult
+    public func reconcileGPUs(configured ids: [Int]) async throws -> [Int] {
+        try await pool.write { db in
+            for id in ids {
+                try db.execute(sql: "INSERT INTO gpu_resources (gpu_id, status) VALUES (?, 'free') ON CONFLICT(gpu_id) DO NOTHING", arguments: [id])
+            }
+            let known = try Int.fetchAll(db, sql: "SELECT gpu_id FROM gpu_resources")
+            for id in known where !ids.contains(id) {
+                try db.execute(sql: "UPDATE gpu_resources SET status = 'retired' WHERE gpu_id = ?", arguments: [id])
+            }
+            for id in ids {
+                try db.execute(sql: "UPDATE gpu_resources SET status = CASE WHEN reserved_by IS NULL THEN 'free' ELSE 'reserved' END WHERE gpu_id = ? AND status = 'retired'", arguments: [id])
+            }
+            // Who really holds each GPU: cases that are running or about to, by their gpu_ids.
+            var holders: [Int: String] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT case_id, gpu_ids FROM cases WHERE status = 'PROCESSING' AND gpu_ids != ''") {
+                for gpu in Self.decodeGPUs(row["gpu_ids"]) { holders[gpu] = row["case_id"] }
+            }
+            var freed: [Int] = []
+            for row in try Row.fetchAll(db, sql: "SELECT gpu_id, reserved_by FROM gpu_resources") {
+                let gpu: Int = row["gpu_id"]
+                let reservedBy: String? = row["reserved_by"]
+                if let holder = holders[gpu] {
+                    if reservedBy != holder {
+                        try db.execute(sql: "UPDATE gpu_resources SET reserved_by = ?, reserved_at = coalesce(reserved_at, ?), status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'reserved' END WHERE gpu_id = ?",
+                                       arguments: [holder, Date(), gpu])
+                    }
+                } else if reservedBy != nil {
+                    try db.execute(sql: "UPDATE gpu_resources SET reserved_by = NULL, reserved_at = NULL, status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'free' END WHERE gpu_id = ?", arguments: [gpu])
+                    freed.append(gpu)
+                }
+            }
+            return freed
+        }
+    }
+
+    public func gpus() async throws -> [GPUResource] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM gpu_resources ORDER BY gpu_id").map { row in
+                GPUResource(gpuId: row["gpu_id"], status: GPUResource.Status(rawValue: row["status"]) ?? .retired,
+                            reservedBy: row["reserved_by"], reservedAt: row["reserved_at"])
+            }
+        }
+    }
+
+    // MARK: queries
+
+    public func caseIds() async throws -> Set<String> {
+        try await pool.read { db in Set(try String.fetchAll(db, sql: "SELECT case_id FROM cases")) }
+    }
+
+    public func caseExists(_ caseId: String) async throws -> Bool {
+        try await pool.read { db in
+            try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM cases WHERE case_id = ?)", arguments: [caseId]) ?? false
+        }
+    }
+
+    public func caseState(_ caseId: String) async throws -> CaseState? {
+        try await pool.read { db in try Self.caseState(db, caseId) }
+    }
+
+    public func caseSummary(_ caseId: String) async throws -> CaseSummary? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]).map(Self.summary)
+        }
+    }
+
+    /// Cases newest first, optionally of one status.
+    public func cases(status: CaseStatus? = nil, limit: Int = 10_000) async throws -> [CaseSummary] {
+        try await pool.read { db in
+            if let status {
+                return try Row.fetchAll(db, sql: "SELECT * FROM cases WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                        arguments: [status.rawValue, limit]).map(Self.summary)
+            }
+            return try Row.fetchAll(db, sql: "SELECT * FROM cases ORDER BY created_at DESC, rowid DESC LIMIT ?", arguments: [limit]).map(Self.summary)
+        }
+    }
+
+    public func history(_ caseId: String) async throws -> [CaseHistoryEntry] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM case_events WHERE case_id = ? ORDER BY id", arguments: [caseId]).map { row in
+                CaseHistoryEntry(at: row["at"], event: row["event"], status: CaseStatus(rawValue: row["status"]) ?? .failed,
+                                 step: row["step"], attempt: row["attempt"], message: row["message"])
+            }
+        }
+    }
+
+    /// Case counts per status.
+    public func statusCounts() async throws -> [CaseStatus: Int] {
+        try await pool.read { db in
+            var counts = Dictionary(uniqueKeysWithValues: CaseStatus.allCases.map { ($0, 0) })
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM cases GROUP BY status") {
+                if let status = CaseStatus(rawValue: row["status"]) { counts[status] = row["n"] }
+            }
+            return counts
+        }
+    }
+
+    /// Whether anything is left to do: active cases or queued/leased messages.
+    public func activity() async throws -> ActivitySnapshot {
+        try await pool.read { db in
+            ActivitySnapshot(
+                activeCases: try Int.fetchOne(db, sql: "SELECT count(*) FROM cases WHERE status IN ('NEW', 'PROCESSING', 'PENDING_RESOURCE')") ?? 0,
+                queuedMessages: try Int.fetchOne(db, sql: "SELECT count(*) FROM messages") ?? 0)
+        }
+    }
+
+    static func summary(_ row: Row) -> CaseSummary {
+        CaseSummary(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
+                    workflowStep: row["workflow_step"], progress: row["progress"], gpuIds: decodeGPUs(row["gpu_ids"]),
+                    attempt: row["attempt"], error: row["error"], createdAt: row["created_at"], updatedAt: row["updated_at"],
+                    startedAt: row["started_at"], finishedAt: row["finished_at"])
+    }
+}

@@ -1,0 +1,184 @@
+import Foundation
+import GRDB
+import MQICore
+
+extension Store {
+    /// Publishes messages in one transaction (used by tests and tools; the Conductor publishes
+    /// through `conduct`, workers through `complete`).
+    public func publish(_ messages: [OutgoingMessage]) async throws {
+        let now = now()
+        try await pool.write { db in
+            for message in messages { try Self.insert(message, db: db, now: now) }
+        }
+        ring(messages)
+    }
+
+    static func insert(_ message: OutgoingMessage, db: Database, now: Date, availableAt: Date? = nil) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO messages (queue, kind, case_id, body, created_at, available_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [message.queue.rawValue, message.kind.rawValue, message.body.caseId, try encode(message.body), now, availableAt ?? now])
+    }
+
+    func ring(_ messages: [OutgoingMessage]) {
+        for queue in Set(messages.map(\.queue)) { bell.ring(queue) }
+    }
+
+    /// Claims the oldest available message of `queue` for `owner` for `leaseSec` seconds.
+    /// A message whose lease expired is available again; one that was delivered
+    /// `maxDeliveries` times already goes to the dead letters instead.
+    public func claim(_ queue: QueueName, owner: String, leaseSec: Double) async throws -> ClaimedMessage? {
+        let now = now()
+        let maxDeliveries = maxDeliveries
+        let (claimed, published) = try await pool.write { db -> (ClaimedMessage?, [OutgoingMessage]) in
+            var published: [OutgoingMessage] = []
+            while let row = try Row.fetchOne(db, sql: """
+                SELECT * FROM messages
+                WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?)
+                ORDER BY available_at, id LIMIT 1
+                """, arguments: [queue.rawValue, now, now]) {
+                let id: Int64 = row["id"]
+                let deliveries: Int = row["deliveries"]
+                if deliveries >= maxDeliveries {
+                    let lastError: String? = row["last_error"]
+                    let reason = "gave up after \(deliveries) deliveries: \(lastError ?? "the worker's lease expired (worker died or hung)")"
+                    if let failure = try Self.deadLetter(row, error: reason, db: db, now: now) { published.append(failure) }
+                    continue
+                }
+                try db.execute(sql: """
+                    UPDATE messages SET lease_owner = ?, lease_expires_at = ?, deliveries = deliveries + 1 WHERE id = ?
+                    """, arguments: [owner, now.addingTimeInterval(leaseSec), id])
+                let kind = MessageKind(rawValue: row["kind"]) ?? .newCaseFound
+                let message = ClaimedMessage(id: id, queue: queue, kind: kind, body: try Self.decode(row["body"]),
+                                             deliveries: deliveries + 1, leaseOwner: owner)
+                return (message, published)
+            }
+            return (nil, published)
+        }
+        ring(published)
+        return claimed
+    }
+
+    /// Extends the lease of a message the worker still works on. False if the lease was lost.
+    public func renew(_ message: ClaimedMessage, leaseSec: Double) async throws -> Bool {
+        let now = now()
+        return try await pool.write { db in
+            try db.execute(sql: "UPDATE messages SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?",
+                           arguments: [now.addingTimeInterval(leaseSec), message.id, message.leaseOwner])
+            return db.changesCount == 1
+        }
+    }
+
+    /// Acknowledges a message and publishes its result in one transaction. The result is
+    /// published even if the lease was lost: the Conductor drops duplicates.
+    public func complete(_ message: ClaimedMessage, publishing result: OutgoingMessage?) async throws {
+        let now = now()
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id])
+            if let result { try Self.insert(result, db: db, now: now) }
+        }
+        if let result { ring([result]) }
+    }
+
+    /// Gives a message back after a failed delivery; it becomes available again after `retryAfter`
+    /// seconds, or goes to the dead letters once it was delivered `maxDeliveries` times.
+    /// Returns true if it was dead-lettered.
+    @discardableResult
+    public func fail(_ message: ClaimedMessage, error: String, retryAfter: Double) async throws -> Bool {
+        let now = now()
+        let maxDeliveries = maxDeliveries
+        let (dead, published) = try await pool.write { db -> (Bool, [OutgoingMessage]) in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ?", arguments: [message.id]) else {
+                return (false, [])
+            }
+            if message.deliveries >= maxDeliveries {
+                let failure = try Self.deadLetter(row, error: "gave up after \(message.deliveries) deliveries: \(error)", db: db, now: now)
+                return (true, failure.map { [$0] } ?? [])
+            }
+            try db.execute(sql: """
+                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, last_error = ?, available_at = ? WHERE id = ?
+                """, arguments: [error, now.addingTimeInterval(retryAfter), message.id])
+            return (false, [])
+        }
+        ring(published)
+        if !dead { bell.ring(message.queue) }
+        return dead
+    }
+
+    /// Moves a message to the dead letters. A worker command that dies this way fails its step,
+    /// so the case does not wait forever: the returned event is published in the same transaction.
+    static func deadLetter(_ row: Row, error: String, db: Database, now: Date) throws -> OutgoingMessage? {
+        let id: Int64 = row["id"]
+        try db.execute(sql: """
+            INSERT INTO dead_letters (message_id, queue, kind, case_id, body, deliveries, error, created_at, dead_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [id, row["queue"] as String, row["kind"] as String, row["case_id"] as String, row["body"] as String,
+                             row["deliveries"] as Int, error, row["created_at"] as Date, now])
+        try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [id])
+        guard let kind = MessageKind(rawValue: row["kind"]), let body = try? decode(row["body"]) else { return nil }
+        let failure: MessageKind
+        switch kind {
+        case .executeCommand: failure = .executionFailed
+        case .uploadCase, .downloadResults: failure = .fileTransferFailed
+        default: return nil
+        }
+        let event = body.result(failure, reason: error)
+        try insert(event, db: db, now: now)
+        return event
+    }
+
+    /// Makes every leased message available again at once. Only for start-up: one daemon runs
+    /// per database (the PID file lock), so every lease found then belongs to a dead process.
+    /// The interrupted delivery is not counted against the message.
+    @discardableResult
+    public func reclaimLeases() async throws -> Int {
+        let count = try await pool.write { db in
+            try db.execute(sql: """
+                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, deliveries = max(0, deliveries - 1)
+                WHERE lease_owner IS NOT NULL
+                """)
+            return db.changesCount
+        }
+        for queue in QueueName.allCases { bell.ring(queue) }
+        return count
+    }
+
+    /// Messages per queue (queued or leased).
+    public func queueDepths() async throws -> [QueueName: Int] {
+        try await pool.read { db in
+            var depths = Dictionary(uniqueKeysWithValues: QueueName.allCases.map { ($0, 0) })
+            for row in try Row.fetchAll(db, sql: "SELECT queue, count(*) AS n FROM messages GROUP BY queue") {
+                if let queue = QueueName(rawValue: row["queue"]) { depths[queue] = row["n"] }
+            }
+            return depths
+        }
+    }
+
+    public func deadLetters(limit: Int = 100) async throws -> [DeadLetter] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", arguments: [limit]).map { row in
+                DeadLetter(id: row["id"], queue: QueueName(rawValue: row["queue"]) ?? .conductor,
+                           kind: MessageKind(rawValue: row["kind"]) ?? .newCaseFound, caseId: row["case_id"],
+                           deliveries: row["deliveries"], error: row["error"], deadAt: row["dead_at"])
+            }
+        }
+    }
+
+    /// Puts a dead letter back on its queue with a fresh delivery count.
+    public func replayDeadLetter(_ id: Int64) async throws {
+        let now = now()
+        let queue = try await pool.write { db -> QueueName in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]) else {
+                throw StoreError("no dead letter with id \(id)")
+            }
+            try db.execute(sql: """
+                INSERT INTO messages (queue, kind, case_id, body, created_at, available_at) VALUES (?, ?, ?, ?, ?, ?)
+                """, arguments: [row["queue"] as String, row["kind"] as String, row["case_id"] as String, row["body"] as String, now, now])
+            try db.execute(sql: "DELETE FROM dead_letters WHERE id = ?", arguments: [id])
+            return QueueName(rawValue: row["queue"]) ?? .conductor
+        }
+        bell.ring(queue)
+    }
+}

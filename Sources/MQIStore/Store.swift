@@ -1,0 +1,131 @@
+import Foundation
+import GRDB
+import MQICore
+
+/// The communicator's durable state in one SQLite file (WAL): cases, their history, GPU
+/// reservations and the durable queues. Every method is one transaction; callers never see SQL.
+public struct Store: Sendable {
+    let pool: DatabasePool
+    let now: @Sendable () -> Date
+    /// Deliveries after which a message moves to the dead letters.
+    public let maxDeliveries: Int
+    public let bell: QueueBell
+
+    public init(path: String, maxDeliveries: Int = 5, bell: QueueBell = QueueBell(), now: @escaping @Sendable () -> Date = { Date() }) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var configuration = Configuration()
+        // Writers from other processes (the CLI next to the daemon) wait instead of failing with
+        // "database is locked".
+        configuration.busyMode = .timeout(30)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        self.now = now
+        self.maxDeliveries = max(1, maxDeliveries)
+        self.bell = bell
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE cases (
+                    case_id TEXT PRIMARY KEY NOT NULL,
+                    status TEXT NOT NULL,
+                    workflow TEXT NOT NULL,
+                    workflow_step TEXT,
+                    step_index INTEGER,
+                    attempt INTEGER NOT NULL DEFAULT 0,
+                    progress INTEGER NOT NULL DEFAULT 0,
+                    gpu_ids TEXT NOT NULL DEFAULT '',
+                    error TEXT,
+                    created_at DATETIME NOT NULL,
+                    updated_at DATETIME NOT NULL,
+                    started_at DATETIME,
+                    finished_at DATETIME,
+                    pending_since DATETIME
+                );
+                CREATE INDEX cases_status ON cases(status, created_at);
+                CREATE INDEX cases_created ON cases(created_at);
+                CREATE TABLE case_events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    case_id TEXT NOT NULL,
+                    at DATETIME NOT NULL,
+                    event TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    step TEXT,
+                    attempt INTEGER,
+                    message TEXT NOT NULL
+                );
+                CREATE INDEX case_events_case ON case_events(case_id, id);
+                CREATE TABLE gpu_resources (
+                    gpu_id INTEGER PRIMARY KEY NOT NULL,
+                    status TEXT NOT NULL,
+                    reserved_by TEXT,
+                    reserved_at DATETIME
+                );
+                CREATE TABLE messages (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    queue TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    case_id TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    created_at DATETIME NOT NULL,
+                    available_at DATETIME NOT NULL,
+                    deliveries INTEGER NOT NULL DEFAULT 0,
+                    lease_owner TEXT,
+                    lease_expires_at DATETIME,
+                    last_error TEXT
+                );
+                CREATE INDEX messages_queue ON messages(queue, available_at, id);
+                CREATE TABLE dead_letters (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    message_id INTEGER NOT NULL,
+                    queue TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    case_id TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    deliveries INTEGER NOT NULL,
+                    error TEXT NOT NULL,
+                    created_at DATETIME NOT NULL,
+                    dead_at DATETIME NOT NULL
+                );
+                """)
+        }
+        return migrator
+    }
+
+    /// Checks that the database can be written (for readiness probes).
+    public func checkWritable() async throws {
+        try await pool.write { db in
+            try db.execute(sql: "CREATE TEMP TABLE IF NOT EXISTS _probe(x); DROP TABLE _probe")
+        }
+    }
+
+    // MARK: encoding
+
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
+
+    static func encode(_ body: MessageBody) throws -> String {
+        String(decoding: try encoder.encode(body), as: UTF8.self)
+    }
+
+    static func decode(_ text: String) throws -> MessageBody {
+        try JSONDecoder().decode(MessageBody.self, from: Data(text.utf8))
+    }
+
+    static func encodeGPUs(_ ids: [Int]) -> String {
+        ids.map(String.init).joined(separator: ",")
+    }
+
+    static func decodeGPUs(_ text: String) -> [Int] {
+        text.split(separator: ",").compactMap { Int($0) }
+    }
+}

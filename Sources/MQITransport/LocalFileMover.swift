@@ -1,0 +1,61 @@
+import Foundation
+
+/// Moves files when the "HPC" is a directory tree on this machine. Each copy goes into a
+/// staging directory first and is renamed into place, so a reader never sees half a case.
+public struct LocalFileMover: FileMover {
+    public var uploadDir: String
+    public var downloadDir: String
+
+    public init(uploadDir: String, downloadDir: String) {
+        self.uploadDir = uploadDir
+        self.downloadDir = downloadDir
+    }
+
+    public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
+        try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case")
+    }
+
+    public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
+        try Self.copyAtomically(from: (downloadDir as NSString).appendingPathComponent(caseId), toDirectory: resultsDir, name: caseId, what: "results")
+    }
+
+    /// Copies `source` to `directory/name` through `directory/.mqi-partial/name`. The staging
+    /// directory keeps the final name, so a 255-byte case id still fits.
+    static func copyAtomically(from source: String, toDirectory directory: String, name: String, what: String) throws -> TransferReport {
+        let files = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard files.fileExists(atPath: source, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw TransportError("no \(what) directory at \(source)")
+        }
+        let staging = (directory as NSString).appendingPathComponent(".mqi-partial")
+        let partial = (staging as NSString).appendingPathComponent(name)
+        let final = (directory as NSString).appendingPathComponent(name)
+        do {
+            try files.createDirectory(atPath: staging, withIntermediateDirectories: true)
+            if files.fileExists(atPath: partial) { try files.removeItem(atPath: partial) }
+            try files.copyItem(atPath: source, toPath: partial)
+            let report = try measure(partial)
+            if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
+            try files.moveItem(atPath: partial, toPath: final)
+            return report
+        } catch let error as TransportError {
+            throw error
+        } catch {
+            try? files.removeItem(atPath: partial)
+            throw TransportError("copying \(what) \(source) to \(final) failed: \(error.localizedDescription)")
+        }
+    }
+
+    static func measure(_ directory: String) throws -> TransferReport {
+        var report = TransferReport(files: 0, bytes: 0)
+        guard let walker = FileManager.default.enumerator(atPath: directory) else { return report }
+        while let relative = walker.nextObject() as? String {
+            let attributes = try FileManager.default.attributesOfItem(atPath: (directory as NSString).appendingPathComponent(relative))
+            if attributes[.type] as? FileAttributeType == .typeRegular {
+                report.files += 1
+                report.bytes += (attributes[.size] as? NSNumber)?.int64Value ?? 0
+            }
+        }
+        return report
+    }
+}

@@ -1,0 +1,233 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs execute steps on this machine, detached, under a run directory
+/// `{upload_dir}/{case_id}/.mqi/{step}.{attempt}/` that holds `pid` (the process group) and,
+/// once the command ends, `exit_code`. A restarted daemon finds the directory and adopts the
+/// attempt instead of starting it again.
+public struct LocalStepExecutor: StepExecutor {
+    public var uploadDir: String
+    /// How often cancellation and adopted processes are checked.
+    public var pollInterval: Double
+    /// How long a process group gets between SIGTERM and SIGKILL.
+    public var killGraceSec: Double
+
+    public init(uploadDir: String, pollInterval: Double = 0.25, killGraceSec: Double = 3) {
+        self.uploadDir = uploadDir
+        self.pollInterval = pollInterval
+        self.killGraceSec = killGraceSec
+    }
+
+    public func runDirectory(_ run: StepRun) -> String {
+        [uploadDir, run.caseId, ".mqi", "\(run.step).\(run.attempt)"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+    }
+
+    /// The wrapper that records the process group and the exit code around the command.
+    /// `$1` run directory, `$2` log file, `$3` command. `$$` is the session (= process group) leader.
+    static let wrapper = #"""
+        echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid" || exit 127
+        /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
+        code=$?
+        echo $code > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"
+        exit $code
+        """#
+
+    public func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
+        let runDir = runDirectory(run)
+        let files = FileManager.default
+        if files.fileExists(atPath: runDir) {
+            // Adopt: this attempt was started before (by this daemon before a restart).
+            if let code = Self.readExitCode(runDir) { return outcome(code, run) }
+            if try await readPid(runDir, waitUpTo: 2) == nil {
+                // The daemon died between creating the directory and starting the command.
+                try files.removeItem(atPath: runDir)
+                return try await execute(run, shouldCancel: shouldCancel)
+            }
+            let attributes = try? files.attributesOfItem(atPath: runDir)
+            let started = attributes?[.modificationDate] as? Date ?? Date()
+            return try await supervise(run, runDir: runDir, exited: nil, started: started, shouldCancel: shouldCancel)
+        }
+        try files.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        try files.createDirectory(atPath: (run.logPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let exited = try spawn(run, runDir: runDir)
+        return try await supervise(run, runDir: runDir, exited: exited, started: Date(), shouldCancel: shouldCancel)
+    }
+
+    /// Waits for the attempt's end (its own child, or an adopted process group), its timeout or
+    /// its cancellation.
+    func supervise(_ run: StepRun, runDir: String, exited: OneShot?, started: Date, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
+        return try await withThrowingTaskGroup(of: StepOutcome?.self) { group in
+            group.addTask {
+                if let exited {
+                    await exited.wait()
+                } else {
+                    try await self.waitForAdopted(runDir)
+                }
+                guard let code = Self.readExitCode(runDir) else {
+                    return .failed(reason: "the command's process group ended without recording an exit code (killed by a signal?)")
+                }
+                return self.outcome(code, run)
+            }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .seconds(self.pollInterval))
+                    if await shouldCancel() {
+                        await self.killGroup(runDir)
+                        return .cancelled
+                    }
+                    if let timeout = run.timeoutSec, Date().timeIntervalSince(started) >= timeout {
+                        await self.killGroup(runDir)
+                        return .failed(reason: "timed out after \(Self.format(timeout)) s (timeout_sec); the process group was killed")
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let outcome = first else {
+                throw CancellationError()
+            }
+            return outcome
+        }
+    }
+
+    func outcome(_ code: Int32, _ run: StepRun) -> StepOutcome {
+        if code == 0 { return .succeeded }
+        let tail = LogTail.lastLines(of: run.logPath, count: 10)
+        return .failed(reason: "exit status \(code)" + (tail.isEmpty ? "" : "; last output:\n\(tail)"))
+    }
+
+    /// Starts the wrapper in a new session; the returned signal fires when it exits.
+    func spawn(_ run: StepRun, runDir: String) throws -> OneShot {
+        let exited = OneShot()
+        let process = Process()
+        process.terminationHandler = { _ in exited.fire() }
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        process.arguments = ["-w", "/bin/sh", "-c", Self.wrapper, "mqi-step", runDir, run.logPath, run.command]
+        var environment = ProcessInfo.processInfo.environment
+        environment.merge(run.environment) { $1 }
+        process.environment = environment
+        let caseDir = ((runDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        process.currentDirectoryURL = URL(fileURLWithPath: caseDir)
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            throw TransportError("cannot start step \(run.step) of case \(run.caseId): \(error.localizedDescription)")
+        }
+        return exited
+    }
+
+    func waitForAdopted(_ runDir: String) async throws {
+        while Self.readExitCode(runDir) == nil {
+            guard let pid = Self.readPidNow(runDir), kill(pid, 0) == 0 || errno == EPERM else { return }
+            try await Task.sleep(for: .seconds(pollInterval))
+        }
+    }
+
+    func readPid(_ runDir: String, waitUpTo seconds: Double) async throws -> pid_t? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let pid = Self.readPidNow(runDir) { return pid }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return Self.readPidNow(runDir)
+    }
+
+    static func readPidNow(_ runDir: String) -> pid_t? {
+        guard let text = try? String(contentsOfFile: runDir + "/pid", encoding: .utf8) else { return nil }
+        return pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    static func readExitCode(_ runDir: String) -> Int32? {
+        guard let text = try? String(contentsOfFile: runDir + "/exit_code", encoding: .utf8) else { return nil }
+        return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// SIGTERM to the whole process group, SIGKILL after the grace period, and waits until no
+    /// process of the group is left.
+    func killGroup(_ runDir: String) async {
+        guard let pgid = Self.readPidNow(runDir), pgid > 1 else { return }
+        _ = kill(-pgid, SIGTERM)
+        let deadline = Date().addingTimeInterval(killGraceSec)
+        while Date() < deadline, Self.groupAlive(pgid) {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        while Self.groupAlive(pgid) {
+            _ = kill(-pgid, SIGKILL)
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    static func groupAlive(_ pgid: pid_t) -> Bool {
+        kill(-pgid, 0) == 0 || errno == EPERM
+    }
+
+    static func format(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
+    }
+}
+
+/// Reads the end of a log file without loading all of it.
+public enum LogTail {
+    public static func lastLines(of path: String, count: Int, maxBytes: Int = 8192) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return "" }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        let start = size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0
+        try? handle.seek(toOffset: start)
+        let data = (try? handle.readToEnd()) ?? Data()
+        let text = String(decoding: data, as: UTF8.self)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        let trimmed = lines.last == "" ? lines.dropLast() : lines[...]
+        return trimmed.suffix(count).joined(separator: "\n")
+    }
+}
+
+/// An event that happens once; waiters before and after it are all released. A waiting task
+/// that is cancelled stops waiting.
+public final class OneShot: Sendable {
+    private struct State {
+        var fired = false
+        var nextId = 0
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func fire() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.fired = true
+            defer { state.waiters = [:] }
+            return Array(state.waiters.values)
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    public var hasFired: Bool { state.withLock { $0.fired } }
+
+    public func wait() async {
+        let id = state.withLock { state -> Int in
+            state.nextId += 1
+            return state.nextId
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { state -> Bool in
+                    if state.fired || Task.isCancelled { return true }
+                    state.waiters[id] = continuation
+                    return false
+                }
+                if now { continuation.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { $0.waiters.removeValue(forKey: id) }
+            waiter?.resume()
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import MQICore
+
+/// One attempt of one execute step, as a worker runs it.
+public struct StepRun: Sendable, Equatable {
+    public var caseId: String
+    public var step: String
+    public var attempt: Int
+    /// The rendered, shell-quoted command line.
+    public var command: String
+    public var gpuIds: [Int]
+    public var timeoutSec: Double?
+    /// Where the step's output goes: `logs_dir/{case_id}/{step}.{attempt}.log`, fresh per attempt.
+    public var logPath: String
+
+    public init(caseId: String, step: String, attempt: Int, command: String, gpuIds: [Int], timeoutSec: Double?, logPath: String) {
+        self.caseId = caseId
+        self.step = step
+        self.attempt = attempt
+        self.command = command
+        self.gpuIds = gpuIds
+        self.timeoutSec = timeoutSec
+        self.logPath = logPath
+    }
+
+    /// Environment the command runs with.
+    public var environment: [String: String] {
+        let ids = gpuIds.map(String.init).joined(separator: ",")
+        return [
+            "MQI_CASE_ID": caseId,
+            "MQI_STEP": step,
+            "MQI_ATTEMPT": String(attempt),
+            "MQI_GPU_ID": gpuIds.first.map(String.init) ?? "",
+            "MQI_GPU_IDS": ids,
+            "CUDA_VISIBLE_DEVICES": ids,
+        ]
+    }
+}
+
+/// How an attempt ended.
+public enum StepOutcome: Sendable, Equatable {
+    case succeeded
+    case failed(reason: String)
+    case cancelled
+}
+
+/// Starts, adopts, waits for and cancels step attempts. An attempt whose run directory already
+/// exists is adopted (waited for, or its exit code read), never started a second time.
+public protocol StepExecutor: Sendable {
+    /// Runs (or adopts) `run` until it ends, it times out, or `shouldCancel` returns true
+    /// (checked about every `cancelCheckInterval`). Task cancellation (daemon shutdown) stops
+    /// waiting but leaves the command running, to be adopted after the restart.
+    func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome
+}
+
+/// Moves case files to the compute side and results back.
+public protocol FileMover: Sendable {
+    /// Copies the local case directory to `{upload_dir}/{case_id}/`, complete or not at all.
+    func upload(caseId: String, from localCase: String) async throws -> TransferReport
+    /// Copies `{download_dir}/{case_id}/` to `{results_dir}/{case_id}/`, complete or not at all.
+    func download(caseId: String, into resultsDir: String) async throws -> TransferReport
+}
+
+public struct TransferReport: Sendable, Equatable {
+    public var files: Int
+    public var bytes: Int64
+
+    public init(files: Int, bytes: Int64) {
+        self.files = files
+        self.bytes = bytes
+    }
+}
+
+/// A transport failure a person reads.
+public struct TransportError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+
+    public var description: String { message }
+}

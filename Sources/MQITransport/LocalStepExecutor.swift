@@ -63,6 +63,8 @@ public struct LocalStepExecutor: StepExecutor {
             group.addTask {
                 if let exited {
                     await exited.wait()
+                    // Shutdown: stop waiting, leave the command running for the next daemon.
+                    if !exited.hasFired { throw CancellationError() }
                 } else {
                     try await self.waitForAdopted(runDir)
                 }

@@ -1,0 +1,66 @@
+import Foundation
+import Logging
+import MQICore
+import MQIStore
+import MQITransport
+import ServiceLifecycle
+
+/// Consumes `file_transfer_queue`: uploads cases and downloads results, reporting
+/// `case_upload_completed` / `results_download_completed` or `file_transfer_failed`.
+public struct FileTransferService: Service {
+    let store: Store
+    let mover: any FileMover
+    let localLogdata: String
+    let resultsDir: String
+    let concurrency: Int
+    let retry: RetryPolicy
+    let logger: Logger
+
+    public init(store: Store, mover: any FileMover, localLogdata: String, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger) {
+        self.store = store
+        self.mover = mover
+        self.localLogdata = localLogdata
+        self.resultsDir = resultsDir
+        self.concurrency = concurrency
+        self.retry = retry
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let worker = QueueWorker(store: store, queue: .fileTransfer, name: "transfer", concurrency: concurrency, retry: retry, logger: logger)
+        await cancelWhenGracefulShutdown {
+            await worker.run { message in try await handle(message) }
+        }
+    }
+
+    func handle(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
+        let body = message.body
+        guard let state = try await store.caseState(body.caseId), state.status == .processing,
+              state.stepIndex == body.stepIndex, state.attempt == body.attempt else {
+            logger.info("skipping \(message.kind.rawValue): the case is no longer at this step", metadata: ["case_id": "\(body.caseId)"])
+            return nil
+        }
+        let started = Date()
+        do {
+            let report: TransferReport
+            let done: MessageKind
+            switch message.kind {
+            case .uploadCase:
+                report = try await mover.upload(caseId: body.caseId, from: (localLogdata as NSString).appendingPathComponent(body.caseId))
+                done = .caseUploadCompleted
+            case .downloadResults:
+                try FileManager.default.createDirectory(atPath: resultsDir, withIntermediateDirectories: true)
+                report = try await mover.download(caseId: body.caseId, into: resultsDir)
+                done = .resultsDownloadCompleted
+            default:
+                return body.result(.fileTransferFailed, reason: "\(message.kind.rawValue) is not a file transfer")
+            }
+            logger.info("\(message.kind.rawValue): \(report.files) files, \(report.bytes) bytes in \(String(format: "%.2f", Date().timeIntervalSince(started))) s",
+                        metadata: ["case_id": "\(body.caseId)"])
+            return body.result(done)
+        } catch let error as TransportError {
+            logger.warning("\(message.kind.rawValue) failed: \(error)", metadata: ["case_id": "\(body.caseId)"])
+            return body.result(.fileTransferFailed, reason: error.description)
+        }
+    }
+}

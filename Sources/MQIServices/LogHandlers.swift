@@ -1,0 +1,104 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// How log lines are written.
+public enum LogFormat: String, Sendable, CaseIterable {
+    /// One JSON object per line (for ELK / Graylog).
+    case json
+    /// A compact human line for terminals.
+    case text
+}
+
+/// Where log lines go; one lock so lines from concurrent tasks never interleave.
+public final class LogSink: Sendable {
+    private let handle: Mutex<FileHandle>
+
+    public init(_ handle: FileHandle) {
+        self.handle = Mutex(handle)
+    }
+
+    public static let standardOutput = LogSink(FileHandle.standardOutput)
+
+    public func write(_ line: String) {
+        let data = Data((line + "\n").utf8)
+        handle.withLock { try? $0.write(contentsOf: data) }
+    }
+}
+
+/// A swift-log handler writing one JSON object (or one text line) per record: `timestamp`
+/// (ISO-8601 UTC, ms), `level`, `message`, `logger_name`, `module`, `funcName`, `lineno` and
+/// every metadata key as a top-level field.
+public struct MQILogHandler: LogHandler {
+    public var logLevel: Logger.Level
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    let label: String
+    let format: LogFormat
+    let sink: LogSink
+
+    public init(label: String, level: Logger.Level, format: LogFormat, sink: LogSink = .standardOutput) {
+        self.label = label
+        self.logLevel = level
+        self.format = format
+        self.sink = sink
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        let timestamp = Self.timestamp(Date())
+        switch format {
+        case .json:
+            var object: [String: Any] = [
+                "timestamp": timestamp,
+                "level": event.level.rawValue.uppercased(),
+                "message": event.message.description,
+                "logger_name": label,
+                "module": event.source,
+                "funcName": event.function,
+                "lineno": Int(event.line),
+            ]
+            for (key, value) in merged where object[key] == nil { object[key] = Self.json(value) }
+            guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+            sink.write(String(decoding: data, as: UTF8.self))
+        case .text:
+            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            sink.write("\(timestamp) \(event.level.rawValue.uppercased()) \(event.message)\(fields.isEmpty ? "" : " [\(fields)]")")
+        }
+    }
+
+    static func json(_ value: Logger.MetadataValue) -> Any {
+        switch value {
+        case .string(let string): string
+        case .stringConvertible(let convertible): convertible.description
+        case .array(let array): array.map(json)
+        case .dictionary(let dictionary): dictionary.mapValues(json)
+        }
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        var time = timespec()
+        let seconds = date.timeIntervalSince1970
+        time.tv_sec = Int(seconds)
+        let millis = Int((seconds - Double(time.tv_sec)) * 1000)
+        var parts = tm()
+        var secs = time.tv_sec
+        gmtime_r(&secs, &parts)
+        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday),
+                      Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), millis)
+    }
+}
+
+extension Logger.Level {
+    /// Parses a config / CLI level name.
+    public init?(name: String) {
+        self.init(rawValue: name.lowercased())
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import Logging
+import MQICore
+import MQIStore
+
+/// Claims messages from one queue under a lease, renews the lease while the handler works, and
+/// acknowledges (with the handler's result event) or gives the message back with backoff.
+/// Several loops run concurrently; an idle loop sleeps on the queue's doorbell.
+struct QueueWorker: Sendable {
+    var store: Store
+    var queue: QueueName
+    var name: String
+    var concurrency: Int
+    var leaseSec: Double = 30
+    /// Fallback poll for messages published by another process (the CLI).
+    var idlePollSec: Double = 1
+    var retry: RetryPolicy
+    var logger: Logger
+
+    /// The handler returns the event to publish with the acknowledgement, or nil for none.
+    /// It throws to give the message back for redelivery.
+    typealias Handler = @Sendable (ClaimedMessage) async throws -> OutgoingMessage?
+
+    func run(_ handle: @escaping Handler) async {
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<concurrency {
+                let owner = "\(name)-\(ProcessInfo.processInfo.processIdentifier)-\(index)"
+                group.addTask { await loop(owner: owner, handle) }
+            }
+        }
+    }
+
+    func loop(owner: String, _ handle: @escaping Handler) async {
+        let doorbell = store.bell.doorbell(for: queue)
+        while !Task.isCancelled {
+            let message: ClaimedMessage?
+            do {
+                message = try await store.claim(queue, owner: owner, leaseSec: leaseSec)
+            } catch {
+                logger.error("cannot claim from \(queue.rawValue): \(error)", metadata: ["queue": "\(queue.rawValue)"])
+                await doorbell.wait(upTo: idlePollSec)
+                continue
+            }
+            guard let message else {
+                await doorbell.wait(upTo: idlePollSec)
+                continue
+            }
+            await process(message, handle)
+        }
+    }
+
+    func process(_ message: ClaimedMessage, _ handle: @escaping Handler) async {
+        var messageLogger = logger
+        messageLogger[metadataKey: "case_id"] = "\(message.body.caseId)"
+        messageLogger[metadataKey: "correlation_id"] = "\(message.id)"
+        if let step = message.body.step { messageLogger[metadataKey: "step"] = "\(step)" }
+        if let attempt = message.body.attempt { messageLogger[metadataKey: "attempt"] = "\(attempt)" }
+        let logger = messageLogger
+        let result: Result<OutgoingMessage?, any Error> = await withTaskGroup(of: Result<OutgoingMessage?, any Error>?.self) { group in
+            group.addTask {
+                do { return .success(try await handle(message)) } catch { return .failure(error) }
+            }
+            group.addTask {
+                // Renew the lease while the handler works: only a dead worker's message is taken over.
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(leaseSec / 3))
+                    if Task.isCancelled { break }
+                    if (try? await store.renew(message, leaseSec: leaseSec)) == false {
+                        logger.warning("lost the lease on message \(message.id) (\(message.kind.rawValue))")
+                    }
+                }
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? .failure(CancellationError())
+        }
+        do {
+            switch result {
+            case .success(let event):
+                try await store.complete(message, publishing: event)
+            case .failure(let error) where error is CancellationError:
+                // Shutdown: keep the lease; the next daemon reclaims and adopts the work.
+                logger.info("stopped working on \(message.kind.rawValue) for shutdown; it resumes after restart")
+            case .failure(let error):
+                let delay = retry.delay(attempt: message.deliveries)
+                let dead = try await store.fail(message, error: "\(error)", retryAfter: delay)
+                if dead {
+                    logger.error("\(message.kind.rawValue) failed \(message.deliveries) times and went to the dead letters: \(error)")
+                } else {
+                    logger.warning("\(message.kind.rawValue) failed (delivery \(message.deliveries)); retrying in \(String(format: "%.1f", delay)) s: \(error)")
+                }
+            }
+        } catch {
+            logger.error("cannot record the outcome of message \(message.id): \(error)")
+        }
+    }
+}

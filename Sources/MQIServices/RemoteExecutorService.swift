@@ -1,0 +1,70 @@
+import Foundation
+import Logging
+import MQICore
+import MQIStore
+import MQITransport
+import ServiceLifecycle
+
+/// Consumes `remote_executor_queue`: runs each execute step attempt through the executor and
+/// reports `execution_succeeded` / `execution_failed`. Steps of different cases run concurrently.
+public struct RemoteExecutorService: Service {
+    let store: Store
+    let executor: any StepExecutor
+    let logsDir: String
+    let concurrency: Int
+    let retry: RetryPolicy
+    let logger: Logger
+
+    public init(store: Store, executor: any StepExecutor, logsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger) {
+        self.store = store
+        self.executor = executor
+        self.logsDir = logsDir
+        self.concurrency = concurrency
+        self.retry = retry
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let worker = QueueWorker(store: store, queue: .remoteExecutor, name: "executor", concurrency: concurrency, retry: retry, logger: logger)
+        await cancelWhenGracefulShutdown {
+            await worker.run { message in try await handle(message) }
+        }
+    }
+
+    func handle(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
+        let body = message.body
+        guard let step = body.step, let attempt = body.attempt, let command = body.command else {
+            return body.result(.executionFailed, reason: "malformed execute_command: step, attempt or command missing")
+        }
+        // A command for a case that moved on (cancelled, or a newer attempt) is not run.
+        guard let state = try await store.caseState(body.caseId), state.status == .processing,
+              state.stepIndex == body.stepIndex, state.attempt == attempt else {
+            logger.info("skipping \(step) attempt \(attempt): the case is no longer at this step", metadata: ["case_id": "\(body.caseId)"])
+            return nil
+        }
+        let logPath = [logsDir, body.caseId, "\(step).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+        let run = StepRun(caseId: body.caseId, step: step, attempt: attempt, command: command, gpuIds: body.gpuIds ?? [],
+                          timeoutSec: body.timeoutSec, logPath: logPath)
+        let store = store
+        let stepIndex = body.stepIndex
+        logger.info("running \(step) attempt \(attempt)", metadata: ["gpu_id": "\(run.gpuIds.map(String.init).joined(separator: ","))", "log": "\(logPath)"])
+        let started = Date()
+        let outcome = try await executor.execute(run) {
+            // Cancelled (or retried) by an operator while running.
+            guard let now = try? await store.caseState(run.caseId) else { return false }
+            return now.status != .processing || now.stepIndex != stepIndex || now.attempt != attempt
+        }
+        let seconds = String(format: "%.2f", Date().timeIntervalSince(started))
+        switch outcome {
+        case .succeeded:
+            logger.info("\(step) attempt \(attempt) succeeded in \(seconds) s")
+            return body.result(.executionSucceeded)
+        case .failed(let reason):
+            logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
+            return body.result(.executionFailed, reason: reason)
+        case .cancelled:
+            logger.info("\(step) attempt \(attempt) was cancelled; its process group was killed")
+            return body.result(.executionFailed, reason: "cancelled by an operator")
+        }
+    }
+}

@@ -40,9 +40,15 @@ let package = Package(
             "MQIServices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .target(name: "MQITestSupport", dependencies: ["MQICore", "MQIStore", "MQIServices"]),
+        .target(name: "MQITestSupport", dependencies: [
+            "MQICore", "MQIStore", "MQIServices",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
         .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
-        .testTarget(name: "MQIServicesTests", dependencies: ["MQIServices", "MQITestSupport"]),
+        .testTarget(name: "MQIServicesTests", dependencies: [
+            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQITestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ]
 )

@@ -1,0 +1,77 @@
+import Foundation
+import Logging
+import MQICore
+import MQIServices
+import Synchronization
+
+/// A fresh directory under the system temp dir, removed by `remove()`.
+public struct TemporaryDirectory: Sendable {
+    public let path: String
+
+    public init(_ prefix: String = "mqi-test") throws {
+        path = (NSTemporaryDirectory() as NSString).appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    public func file(_ relative: String) -> String {
+        (path as NSString).appendingPathComponent(relative)
+    }
+
+    public func remove() {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// Log records kept in memory, for tests that assert on what was logged (never bootstraps).
+public final class CapturedLogs: Sendable {
+    public struct Record: Sendable {
+        public var level: Logger.Level
+        public var message: String
+        public var metadata: [String: String]
+    }
+
+    private let records = Mutex<[Record]>([])
+
+    public init() {}
+
+    public var all: [Record] { records.withLock { $0 } }
+
+    public func messages(at level: Logger.Level) -> [String] {
+        all.filter { $0.level == level }.map(\.message)
+    }
+
+    public func logger(_ label: String = "test", level: Logger.Level = .debug) -> Logger {
+        Logger(label: label) { _ in CapturingHandler(logs: self, logLevel: level) }
+    }
+
+    func append(_ record: Record) {
+        records.withLock { $0.append(record) }
+    }
+}
+
+struct CapturingHandler: LogHandler {
+    let logs: CapturedLogs
+    var logLevel: Logger.Level
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var merged = metadata
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        logs.append(.init(level: event.level, message: event.message.description, metadata: merged.mapValues { "\($0)" }))
+    }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+public func eventually(within seconds: Double = 10, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}

@@ -52,6 +52,7 @@ public struct Daemon: Sendable {
                 localLogdata: config.scanner.localLogdata, resultsDir: config.conductor.resultsDir, concurrency: 2,
                 retry: config.retry, logger: logger)),
         ]
+        services.append(.init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore))
         if exitWhenIdle {
             services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger),
                                   successTerminationBehavior: .gracefullyShutdownGroup))

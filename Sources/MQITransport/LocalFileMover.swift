@@ -12,7 +12,8 @@ public struct LocalFileMover: FileMover {
     }
 
     public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
-        try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case")
+        try CaseInspection.check(localCase)
+        return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case")
     }
 
     public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
@@ -57,5 +58,38 @@ public struct LocalFileMover: FileMover {
             }
         }
         return report
+    }
+}
+
+/// Refuses case directories that must not be uploaded: empty ones, and ones holding symlinks
+/// that point outside the case (nothing outside the case is ever read).
+public enum CaseInspection {
+    public static func check(_ caseDir: String) throws {
+        let files = FileManager.default
+        let root = (caseDir as NSString).resolvingSymlinksInPath
+        guard let walker = files.enumerator(atPath: caseDir) else {
+            throw TransportError("cannot read the case directory \(caseDir)")
+        }
+        var regularFiles = 0
+        while let relative = walker.nextObject() as? String {
+            let path = (caseDir as NSString).appendingPathComponent(relative)
+            let attributes = try? files.attributesOfItem(atPath: path)
+            switch attributes?[.type] as? FileAttributeType {
+            case .typeSymbolicLink?:
+                let target = (try? files.destinationOfSymbolicLink(atPath: path)) ?? "?"
+                let absolute = target.hasPrefix("/") ? target : ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(target)
+                let resolved = (absolute as NSString).resolvingSymlinksInPath
+                if resolved != root && !resolved.hasPrefix(root + "/") {
+                    throw TransportError("refusing the case: \(relative) is a symlink to \(target), outside the case directory")
+                }
+            case .typeRegular?:
+                regularFiles += 1
+            default:
+                break
+            }
+        }
+        if regularFiles == 0 {
+            throw TransportError("the case directory \(caseDir) holds no files")
+        }
     }
 }

@@ -1,0 +1,574 @@
+import Foundation
+import MQICore
+
+/// A self-contained demo site: sample cases, a local "HPC" tree, stand-in scripts and a config.
+///
+/// Layout of `directory`:
+/// ```
+/// .mqi-demo                      marks the directory as a demo site (so it may be reset)
+/// config.yaml                    the daemon's config (relative paths, absolute script paths)
+/// data/local_logdata/<case_id>/  sample cases in the clinic layout, `_CASE_READY` written last
+/// hpc/upload/ hpc/download/      the local "HPC"
+/// bin/interpreter.sh bin/moquisim.sh   stand-ins for the log interpreter and MOQUI (POSIX sh)
+/// var/                           database, PID file, logs and results (created by the daemon)
+/// ```
+public struct DemoSite: Sendable {
+    public let directory: String     // absolute
+    public var configPath: String    // directory/config.yaml
+
+    /// The file whose presence makes a directory a demo site that `create` may reset.
+    public static let markerName = ".mqi-demo"
+    /// What `create` removes and writes anew in a previous demo site; nothing else is touched.
+    public static let generatedEntries = ["var", "hpc", "data", "bin", "config.yaml"]
+
+    init(directory: String) {
+        self.directory = directory
+        self.configPath = (directory as NSString).appendingPathComponent("config.yaml")
+    }
+
+    /// Creates (or re-creates) the site. If `directory` exists it must be empty or a previous demo
+    /// site (it contains the file `.mqi-demo`); a previous site's generated state (var/, hpc/,
+    /// data/, bin/, config.yaml) is removed and written anew, so running the demo twice in the
+    /// same dir works. Anything else throws, and nothing is deleted.
+    public static func create(at directory: String, cases: Int, gpus: [Int] = [0, 1]) throws -> DemoSite {
+        let fm = FileManager.default
+        let root = PathResolver.absolute(directory, relativeTo: fm.currentDirectoryPath)
+        guard cases >= 0 else { throw DemoSiteError(directory: root, message: "the number of cases must be 0 or more, not \(cases)") }
+        guard !gpus.isEmpty else { throw DemoSiteError(directory: root, message: "at least one GPU id is needed") }
+        guard gpus.allSatisfy({ $0 >= 0 }), Set(gpus).count == gpus.count else {
+            throw DemoSiteError(directory: root, message: "GPU ids must be distinct and not negative: \(gpus)")
+        }
+        let site = DemoSite(directory: root)
+        let marker = site.path(markerName)
+
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: root, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw DemoSiteError(directory: root, message: "it exists and is not a directory; choose another --dir")
+            }
+            let entries = try fm.contentsOfDirectory(atPath: root)
+            if !entries.isEmpty {
+                var markerIsDirectory: ObjCBool = false
+                guard fm.fileExists(atPath: marker, isDirectory: &markerIsDirectory), !markerIsDirectory.boolValue else {
+                    throw DemoSiteError(directory: root, message:
+                        "the directory is not empty and is not a demo site (it has no \(markerName) file); nothing was changed. Choose an empty or new --dir")
+                }
+                let pidFile = site.path("var/mqi.pid")
+                let holder = PIDLock.holder(of: pidFile)
+                if holder.running {
+                    throw DemoSiteError(directory: root, message:
+                        "an mqi daemon\(holder.pid.map { " (PID \($0))" } ?? "") is running on this demo site; stop it before resetting the site")
+                }
+                for entry in generatedEntries where fm.fileExists(atPath: site.path(entry)) || site.isSymbolicLink(entry) {
+                    do {
+                        try fm.removeItem(atPath: site.path(entry))
+                    } catch {
+                        throw DemoSiteError(directory: root, message: "cannot remove the previous demo state \(entry): \(error.localizedDescription)")
+                    }
+                }
+            }
+        } else {
+            try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        }
+
+        // The marker goes first, so a site whose creation was interrupted can still be reset.
+        try Data("""
+            This directory is an MQI Communicator demo site, created by `mqi demo`.
+            Running `mqi demo` here again removes and re-creates \(generatedEntries.joined(separator: ", ")).
+
+            """.utf8).write(to: URL(fileURLWithPath: marker))
+
+        let localLogdata = site.path("data/local_logdata")
+        for relative in ["data/local_logdata", "hpc/upload", "hpc/download", "bin", "var/logs", "var/results"] {
+            try fm.createDirectory(atPath: site.path(relative), withIntermediateDirectories: true)
+        }
+        let width = max(3, String(cases).count)
+        for index in 0..<cases {
+            try writeCase(named: caseID(index + 1, width: width), in: localLogdata, beams: 2 + index % 2)
+        }
+
+        let interpreter = site.path("bin/interpreter.sh")
+        let simulator = site.path("bin/moquisim.sh")
+        try writeScript(DemoScripts.interpreter, to: interpreter)
+        try writeScript(DemoScripts.simulator, to: simulator)
+        try Data(configText(interpreter: interpreter, simulator: simulator, gpus: gpus).utf8)
+            .write(to: URL(fileURLWithPath: site.configPath), options: .atomic)
+        return site
+    }
+
+    /// The id of the `number`-th demo case: `DEMO-001_1.2.840.113619.2.55.3.1`, zero-padded so ids sort.
+    public static func caseID(_ number: Int, width: Int = 3) -> String {
+        let padded = String(repeating: "0", count: max(0, width - String(number).count)) + String(number)
+        return "DEMO-\(padded)_1.2.840.113619.2.55.3.\(number)"
+    }
+
+    /// Writes one sample case in the clinic layout into `localLogdata/named/`: the RT plan
+    /// stand-in `RP.<uid>.dcm`, `beams` beam folders named by timestamp, each with `PlanInfo.txt`
+    /// and 5–8 `NN_*.ptn` layer logs, and `marker` (if not nil) written last.
+    public static func writeCase(named name: String, in localLogdata: String, beams: Int = 2, marker: String? = "_CASE_READY") throws {
+        guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0") else {
+            throw DemoSiteError(directory: localLogdata, message: "\(String(reflecting: name)) cannot be a case directory name")
+        }
+        guard beams >= 0 else { throw DemoSiteError(directory: localLogdata, message: "a case cannot have \(beams) beams") }
+        let fm = FileManager.default
+        let caseDir = (localLogdata as NSString).appendingPathComponent(name)
+        try fm.createDirectory(atPath: caseDir, withIntermediateDirectories: true)
+        let seed = stableSeed(name)
+        let patientID = name.split(separator: "_").first.map(String.init) ?? name
+
+        let planUID = "1.2.840.113854.\(seed).1"
+        try DICOMStandIn.plan(patientID: patientID, planUID: planUID, beams: beams)
+            .write(to: URL(fileURLWithPath: (caseDir as NSString).appendingPathComponent("RP.\(planUID).dcm")))
+
+        // 2025-04-24 01:50:14 UTC, shifted per case so different cases have different beam times.
+        let firstBeamTime = Date(timeIntervalSince1970: 1_745_459_414 + Double(seed % 2_592_000))
+        for beam in stride(from: 1, through: beams, by: 1) {
+            let time = firstBeamTime.addingTimeInterval(Double((beam - 1) * 420 + Int(seed % 97)))
+            let beamDir = (caseDir as NSString).appendingPathComponent(beamFolderName(time))
+            try fm.createDirectory(atPath: beamDir, withIntermediateDirectories: true)
+            let layers = 5 + Int((seed &+ UInt32(beam) &* 3) % 4)
+            let gantry = [0, 45, 90, 135, 180, 225, 270, 315][Int((seed &+ UInt32(beam) &* 2) % 8)]
+            let topEnergy = 150.0 + Double(seed % 40) + Double(beam) * 2.5
+            let planInfo = """
+                DICOM_PATIENT_ID,\(patientID)
+                DICOM_PLAN_UID,\(planUID)
+                DICOM_BEAM_NUMBER,\(beam)
+                TCSC_FIELD_NUMBER,\(beam)
+                BEAM_NAME,Field \(beam)
+                TREATMENT_MACHINE,G1
+                GANTRY_ANGLE,\(gantry).0
+                COUCH_ANGLE,0.0
+                SNOUT_POSITION,\(String(format: "%.1f", 300.0 + Double(seed % 120)))
+                RANGE_SHIFTER,NONE
+                NUMBER_OF_ENERGY_LAYERS,\(layers)
+                DELIVERY_START,\(beamFolderName(time))
+
+                """
+            try Data(planInfo.utf8).write(to: URL(fileURLWithPath: (beamDir as NSString).appendingPathComponent("PlanInfo.txt")))
+            for layer in 1...layers {
+                let energy = topEnergy - Double(layer - 1) * 4.5
+                let file = String(format: "%02d_%.2fMeV.ptn", layer, energy)
+                try Data(layerLog(layer: layer, energy: energy, seed: seed &+ UInt32(beam * 31 + layer)).utf8)
+                    .write(to: URL(fileURLWithPath: (beamDir as NSString).appendingPathComponent(file)))
+            }
+        }
+        if let marker {
+            try Data().write(to: URL(fileURLWithPath: (caseDir as NSString).appendingPathComponent(marker)))
+        }
+    }
+
+    // MARK: - pieces
+
+    func path(_ relative: String) -> String {
+        (directory as NSString).appendingPathComponent(relative)
+    }
+
+    func isSymbolicLink(_ relative: String) -> Bool {
+        (try? FileManager.default.attributesOfItem(atPath: path(relative))[.type] as? FileAttributeType) == .typeSymbolicLink
+    }
+
+    /// The config, with absolute script paths in the commands and every other path relative to it.
+    static func configText(interpreter: String, simulator: String, gpus: [Int]) -> String {
+        """
+        # MQI Communicator demo site, generated by `mqi demo` (re-created on each run).
+        # Relative paths resolve against this file's directory.
+        scanner:
+          local_logdata: ./data/local_logdata
+          ready_marker: _CASE_READY
+          quiet_period_sec: 2
+          rescan_interval_sec: 30
+          workflow: default_qa
+        state:
+          database: ./var/mqi.sqlite
+          pid_file: ./var/mqi.pid
+          logs_dir: ./var/logs
+        hpc:
+          transport: local
+          gpus: [\(gpus.map(String.init).joined(separator: ", "))]
+        conductor:
+          monitor_interval_sec: 60
+          remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
+          results_dir: ./var/results
+        workflows:
+          default_qa:
+            - { name: upload_case_files, type: upload,   progress: 10 }
+            - { name: run_interpreter,   type: execute,  progress: 30 }
+            - { name: run_moqui_sim,     type: execute,  progress: 70, timeout_sec: 600 }
+            - { name: download_results,  type: download, progress: 90 }
+        # Stand-ins for the real log interpreter and MOQUI (see the comments at the top of each script).
+        remote_commands:
+          run_interpreter: "\(yamlEscaped(templateEscaped("/bin/sh " + shellWord(interpreter)))) --case-dir {case_dir} --gpu {gpu_id}"
+          run_moqui_sim:   "\(yamlEscaped(templateEscaped("/bin/sh " + shellWord(simulator)))) --case-dir {case_dir} --out {result_dir} --gpu {gpu_id}"
+        retry: { max_attempts: 3, initial_delay_sec: 1, max_delay_sec: 60, multiplier: 2 }
+        logging: { level: info }
+
+        """
+    }
+
+    /// `path` as one shell word: as is when it has only `[A-Za-z0-9_./-]`, else single-quoted.
+    static func shellWord(_ path: String) -> String {
+        let safe = path.unicodeScalars.allSatisfy { scalar in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || "_./-".unicodeScalars.contains(scalar))
+        }
+        return safe && !path.isEmpty ? path : ShellQuote.quote(path)
+    }
+
+    /// Literal braces in a command template are written doubled.
+    static func templateEscaped(_ text: String) -> String {
+        text.replacingOccurrences(of: "{", with: "{{").replacingOccurrences(of: "}", with: "}}")
+    }
+
+    /// The body of a double-quoted YAML scalar.
+    static func yamlEscaped(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    out += String(format: "\\x%02X", scalar.value)
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
+    }
+
+    static func writeScript(_ text: String, to path: String) throws {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: path)
+    }
+
+    /// `2025042401501400`: the delivery time as the treatment machine names beam folders.
+    static func beamFolderName(_ date: Date) -> String {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let c = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second], from: date)
+        return String(format: "%04d%02d%02d%02d%02d%02d00", c.year!, c.month!, c.day!, c.hour!, c.minute!, c.second!)
+    }
+
+    /// A few lines of spot data for one energy layer (CSV-like, as the stand-in interpreter expects).
+    static func layerLog(layer: Int, energy: Double, seed: UInt32) -> String {
+        var lines = [String(format: "# layer %d, nominal energy %.2f MeV (MQI demo stand-in, not machine data)", layer, energy)]
+        var state = seed | 1
+        func next() -> Double {
+            state ^= state << 13; state ^= state >> 17; state ^= state << 5
+            return Double(state % 10_000) / 10_000
+        }
+        let spots = 6 + Int(seed % 5)
+        for spot in 0..<spots {
+            let time = spot * 1_250 + Int(next() * 200)
+            lines.append(String(format: "%d,%.2f,%.2f,%.4f,%.2f", time, next() * 80 - 40, next() * 80 - 40, 0.01 + next() * 0.05, energy))
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// A hash of the name (FNV-1a, mixed): the same case name always gets the same sample content.
+    static func stableSeed(_ name: String) -> UInt32 {
+        var hash: UInt32 = 2_166_136_261
+        for byte in name.utf8 {
+            hash ^= UInt32(byte)
+            hash = hash &* 16_777_619
+        }
+        // murmur3's finalizer, so names that differ in one digit get unrelated content
+        hash ^= hash >> 16
+        hash = hash &* 0x85EB_CA6B
+        hash ^= hash >> 13
+        hash = hash &* 0xC2B2_AE35
+        hash ^= hash >> 16
+        return hash
+    }
+}
+
+/// Why a demo site could not be created; says which directory and what to do.
+public struct DemoSiteError: Error, Sendable, CustomStringConvertible {
+    public var directory: String
+    public var message: String
+
+    public init(directory: String, message: String) {
+        self.directory = directory
+        self.message = message
+    }
+
+    public var description: String { "demo site \(directory): \(message)" }
+}
+
+/// Small files that start like DICOM (128-byte preamble, `DICM`, a few explicit-VR elements)
+/// so tools that sniff the format see one; they are stand-ins, not valid RT objects.
+enum DICOMStandIn {
+    static func plan(patientID: String, planUID: String, beams: Int) -> Data {
+        var data = Data(count: 128)
+        data.append(contentsOf: Array("DICM".utf8))
+        data.append(element(0x0002, 0x0002, "UI", "1.2.840.10008.5.1.4.1.1.481.8"))  // RT Ion Plan Storage
+        data.append(element(0x0002, 0x0003, "UI", planUID))
+        data.append(element(0x0002, 0x0010, "UI", "1.2.840.10008.1.2.1"))           // explicit VR little endian
+        data.append(element(0x0008, 0x0060, "CS", "RTPLAN"))
+        data.append(element(0x0010, 0x0020, "LO", String(patientID.prefix(64))))
+        data.append(element(0x300A, 0x0002, "SH", "DEMO STAND-IN"))
+        data.append(element(0x300A, 0x0003, "LO", "MQI demo: \(beams) beam(s), not a real plan"))
+        return data
+    }
+
+    static func element(_ group: UInt16, _ number: UInt16, _ vr: String, _ value: String) -> Data {
+        var bytes = Array(value.utf8)
+        if bytes.count % 2 == 1 { bytes.append(vr == "UI" ? 0 : 0x20) }
+        var data = Data()
+        for half in [group, number, UInt16(bytes.count)].enumerated() {
+            if half.offset == 2 { data.append(contentsOf: Array(vr.utf8)) }
+            data.append(UInt8(half.element & 0xFF))
+            data.append(UInt8(half.element >> 8))
+        }
+        data.append(contentsOf: bytes)
+        return data
+    }
+}
+
+/// The demo's stand-ins for the log interpreter and MOQUI: POSIX sh (they run under dash), no
+/// python, no bash. They print what the real programs print and write files where they would.
+enum DemoScripts {
+    static let interpreter = #"""
+        #!/bin/sh
+        # =============================================================================
+        #  STAND-IN for the real MOQUI log interpreter -- written by `mqi demo`.
+        #  It interprets nothing: it walks the case layout (beam folders holding
+        #  PlanInfo.txt and NN_*.ptn layer logs), prints the lines the real
+        #  interpreter prints, writes small CSV files into <case-dir>/interpreted/
+        #  and exits 0 after about half a second.
+        #  Fails with exit status 2 and an "ERROR:" line when the case has no beam
+        #  folder with a PlanInfo.txt.
+        #  Usage: interpreter.sh --case-dir DIR [--gpu N]
+        # =============================================================================
+        set -u
+
+        usage() {
+            echo "ERROR: $1" >&2
+            echo "usage: interpreter.sh --case-dir DIR [--gpu N]" >&2
+            exit 2
+        }
+
+        case_dir=
+        gpu=0
+        while [ $# -gt 0 ]; do
+            case $1 in
+                --case-dir) [ $# -ge 2 ] || usage "--case-dir needs a value"; case_dir=$2; shift 2 ;;
+                --case-dir=*) case_dir=${1#--case-dir=}; shift ;;
+                --gpu) [ $# -ge 2 ] || usage "--gpu needs a value"; gpu=$2; shift 2 ;;
+                --gpu=*) gpu=${1#--gpu=}; shift ;;
+                *) usage "unknown argument: $1" ;;
+            esac
+        done
+        [ -n "$case_dir" ] || usage "--case-dir is required"
+        [ -d "$case_dir" ] || { echo "ERROR: case directory not found: $case_dir" >&2; exit 2; }
+
+        echo "MQI log interpreter (demo stand-in) 1.0"
+        echo "Case directory: $case_dir"
+        echo "Using GPU $gpu${CUDA_VISIBLE_DEVICES:+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)}"
+        for plan in "$case_dir"/RP*.dcm; do
+            [ -f "$plan" ] && echo "Reading RT plan ${plan##*/}"
+        done
+        sleep 0.2
+
+        beams=0
+        for beam_dir in "$case_dir"/*/; do
+            [ -f "${beam_dir}PlanInfo.txt" ] && beams=$((beams + 1))
+        done
+        if [ "$beams" -eq 0 ]; then
+            echo "ERROR: no PlanInfo.txt found in any beam folder of $case_dir" >&2
+            exit 2
+        fi
+        echo "Found $beams beam folder(s)"
+
+        out="$case_dir/interpreted"
+        mkdir -p "$out" || { echo "ERROR: cannot create $out" >&2; exit 2; }
+        summary="$out/beams.csv"
+        echo "beam_number,field_number,beam_name,layers,spots,source_folder" > "$summary"
+        total_layers=0
+        for beam_dir in "$case_dir"/*/; do
+            info="${beam_dir}PlanInfo.txt"
+            [ -f "$info" ] || continue
+            folder=${beam_dir%/}
+            folder=${folder##*/}
+            beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
+            [ -n "$beam" ] || { echo "ERROR: $info has no DICOM_BEAM_NUMBER" >&2; exit 2; }
+            field=$(sed -n 's/^TCSC_FIELD_NUMBER,//p' "$info" | head -n 1 | tr -d '\r,')
+            name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r,')
+            echo "Reading PlanInfo.txt for beam $beam ($name, TCSC field $field, folder $folder)"
+            csv="$out/beam${beam}_spots.csv"
+            echo "layer,time_us,x_mm,y_mm,mu,energy_mev" > "$csv"
+            layers=0
+            for ptn in "${beam_dir}"*.ptn; do
+                [ -f "$ptn" ] || continue
+                layers=$((layers + 1))
+                grep -v '^#' "$ptn" | sed "s/^/$layers,/" >> "$csv"
+            done
+            spots=$(($(wc -l < "$csv") - 1))
+            echo "Parsed $layers layers ($spots spots)"
+            echo "Writing CSV $csv"
+            echo "$beam,$field,$name,$layers,$spots,$folder" >> "$summary"
+            total_layers=$((total_layers + layers))
+            sleep 0.1
+        done
+        echo "Writing CSV $summary"
+        sleep 0.1
+        echo "Interpretation finished: $beams beam(s), $total_layers layers"
+        exit 0
+
+        """#
+
+    static let simulator = #"""
+        #!/bin/sh
+        # =============================================================================
+        #  STAND-IN for MOQUI, the GPU Monte Carlo dose engine -- written by `mqi demo`.
+        #  It simulates nothing: it prints MOQUI-like progress (GPUID, particle
+        #  upload, batch generation, "Total execution time:"), takes 1-3 s, and
+        #  writes one stand-in OUTDIR/RTDOSE_beam<n>.dcm per beam folder plus
+        #  OUTDIR/moqui_tps.in and OUTDIR/moqui_summary.txt.
+        #  Usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N]
+        #  Environment, for tests:
+        #    MQI_DEMO_LEDGER=FILE     append "<case_dir> <gpu> <start_ns> <end_ns>" per run
+        #    MQI_DEMO_FAIL_CASE=NAME  fail with "FATAL ERROR" (exit 3) for the case dir NAME
+        # =============================================================================
+        set -u
+
+        usage() {
+            echo "ERROR: $1" >&2
+            echo "usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N]" >&2
+            exit 2
+        }
+
+        case_dir=
+        out=
+        gpu=0
+        while [ $# -gt 0 ]; do
+            case $1 in
+                --case-dir) [ $# -ge 2 ] || usage "--case-dir needs a value"; case_dir=$2; shift 2 ;;
+                --case-dir=*) case_dir=${1#--case-dir=}; shift ;;
+                --out) [ $# -ge 2 ] || usage "--out needs a value"; out=$2; shift 2 ;;
+                --out=*) out=${1#--out=}; shift ;;
+                --gpu) [ $# -ge 2 ] || usage "--gpu needs a value"; gpu=$2; shift 2 ;;
+                --gpu=*) gpu=${1#--gpu=}; shift ;;
+                *) usage "unknown argument: $1" ;;
+            esac
+        done
+        [ -n "$case_dir" ] || usage "--case-dir is required"
+        [ -n "$out" ] || usage "--out is required"
+        case $gpu in
+            ''|*[!0-9]*) usage "--gpu must be a GPU number, not '$gpu'" ;;
+        esac
+        [ -d "$case_dir" ] || { echo "ERROR: case directory not found: $case_dir" >&2; exit 2; }
+
+        start_ns=$(date +%s%N)
+        case_name=${case_dir%/}
+        case_name=${case_name##*/}
+
+        # One ledger line per run (tests count runs per case and how many overlapped).
+        record_run() {
+            if [ -n "${MQI_DEMO_LEDGER:-}" ]; then
+                printf '%s %s %s %s\n' "$case_dir" "$gpu" "$start_ns" "$(date +%s%N)" >> "$MQI_DEMO_LEDGER"
+            fi
+        }
+
+        beam_numbers=
+        beams=0
+        for beam_dir in "$case_dir"/*/; do
+            info="${beam_dir}PlanInfo.txt"
+            [ -f "$info" ] || continue
+            beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
+            [ -n "$beam" ] || beam=$((beams + 1))
+            beams=$((beams + 1))
+            beam_numbers="${beam_numbers:+$beam_numbers,}$beam"
+        done
+        if [ "$beams" -eq 0 ]; then
+            echo "ERROR: no beam folder with PlanInfo.txt in $case_dir" >&2
+            exit 2
+        fi
+        mkdir -p "$out" || { echo "ERROR: cannot create output directory $out" >&2; exit 2; }
+
+        particles=100000
+        batches=10
+        cat > "$out/moqui_tps.in" <<EOF
+        GPUID $gpu
+        RandomSeed -1932780356
+        UseAbsolutePath true
+        Verbosity 0
+        ParentDir $case_dir
+        DicomDir $case_dir
+        logFilePath $case_dir/interpreted
+        OutputDir $out
+        OutputFormat dcm
+        SimulationType perBeam
+        BeamNumbers $beam_numbers
+        ParticlesPerHistory 1
+        TotalParticles $particles
+        EOF
+
+        echo "MOQUI Monte Carlo dose engine (demo STAND-IN: no physics is simulated)"
+        echo "Reading input parameters from $out/moqui_tps.in"
+        echo "GPUID $gpu"
+        echo "ParentDir $case_dir"
+        echo "OutputDir $out"
+        echo "BeamNumbers $beam_numbers"
+        if [ -d "$case_dir/interpreted" ]; then
+            echo "Reading machine log data from $case_dir/interpreted"
+        else
+            echo "WARNING: no interpreted log data in $case_dir/interpreted; using the plan only"
+        fi
+        sleep 0.1
+
+        # About 1.5 s of "simulation" per case, whatever the number of beams.
+        pause_ms=$((1500 / (beams * batches)))
+        [ "$pause_ms" -ge 1 ] || pause_ms=1
+        pause=$(printf '%d.%03d' $((pause_ms / 1000)) $((pause_ms % 1000)))
+
+        for beam_dir in "$case_dir"/*/; do
+            info="${beam_dir}PlanInfo.txt"
+            [ -f "$info" ] || continue
+            beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
+            [ -n "$beam" ] || beam=1
+            name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r')
+            gantry=$(sed -n 's/^GANTRY_ANGLE,//p' "$info" | head -n 1 | tr -d '\r')
+            echo "Beam $beam ($name, gantry $gantry deg)"
+            echo "Uploading particles with batch.. : Particle count --> $particles with $batches batches"
+            if [ "${MQI_DEMO_FAIL_CASE:-}" = "$case_name" ]; then
+                echo "FATAL ERROR: CUDA error: an illegal memory access was encountered (beam $beam, GPU $gpu) [demo fault injected by MQI_DEMO_FAIL_CASE]" >&2
+                record_run
+                exit 3
+            fi
+            k=1
+            while [ "$k" -le "$batches" ]; do
+                echo "Generating particles for ($k of $batches batches)"
+                sleep "$pause"
+                k=$((k + 1))
+            done
+            dose="$out/RTDOSE_beam$beam.dcm"
+            {
+                dd if=/dev/zero bs=128 count=1 2>/dev/null
+                printf 'DICM'
+                printf 'MQI demo stand-in RTDOSE: beam %s, GPU %s, %s particles, not a real dose\n' "$beam" "$gpu" "$particles"
+            } > "$dose" || { echo "ERROR: cannot write $dose" >&2; exit 2; }
+            echo "Writing dose to $dose"
+        done
+
+        end_ns=$(date +%s%N)
+        elapsed_ms=$(((end_ns - start_ns) / 1000000))
+        elapsed=$(printf '%d.%03d' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
+        {
+            echo "MOQUI demo stand-in summary"
+            echo "case_dir $case_dir"
+            echo "gpu $gpu"
+            echo "beams $beam_numbers"
+            echo "particles_per_beam $particles"
+            echo "batches_per_beam $batches"
+            echo "total_execution_time_s $elapsed"
+        } > "$out/moqui_summary.txt"
+        record_run
+        echo "Total execution time: $elapsed s"
+        exit 0
+
+        """#
+}

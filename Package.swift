@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
         .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
         .testTarget(name: "MQIServicesTests", dependencies: [
-            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQITestSupport",
+            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQITestSupport", "mqi",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -161,6 +161,13 @@ public struct Conductor: Sendable {
     /// Starts (or waits for GPUs for) step `stepIndex` attempt `attempt`.
     func start(_ state: CaseState, stepIndex: Int, attempt: Int, gpus: GPUAvailability, note: String) -> Decision {
         guard let workflow = workflows[state.workflow] else { return missingWorkflow(state) }
+        guard workflow.steps.indices.contains(stepIndex) else {
+            var failed = state
+            failed.status = .failed
+            failed.gpuIds = []
+            failed.error = "workflow '\(state.workflow)' has no step #\(stepIndex) (\(workflow.steps.count) step(s)); was the config changed?"
+            return Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
+        }
         let step = workflow.steps[stepIndex]
         var next = state
         next.stepIndex = stepIndex

@@ -17,7 +17,7 @@ public enum ConfigLoader {
 
     /// Parses config text; `file` is used in error messages, `baseDirectory` resolves relative paths.
     public static func parse(_ text: String, file: String, baseDirectory: String) throws(ConfigErrors) -> Config {
-        let parser = ConfigParser(file: file, base: baseDirectory)
+        let parser = ConfigParser(file: file, base: baseDirectory, text: text)
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)
@@ -70,11 +70,13 @@ private final class Fields {
 private final class ConfigParser {
     let file: String
     let base: String
+    let text: String
     var errors: [ConfigError] = []
 
-    init(file: String, base: String) {
+    init(file: String, base: String, text: String) {
         self.file = file
         self.base = base
+        self.text = text
     }
 
     // MARK: errors
@@ -86,6 +88,8 @@ private final class ConfigParser {
 
     func yamlError(_ error: YamlError) -> ConfigError {
         switch error {
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return duplicateKeyError(duplicates.first ?? "?", first: context.mark)
         case .scanner(let context, let problem, let mark, _),
              .parser(let context, let problem, let mark, _),
              .composer(let context, let problem, let mark, _):
@@ -96,6 +100,46 @@ private final class ConfigParser {
         default:
             return ConfigError(file: file, line: 1, column: 1, keyPath: "", message: "invalid YAML: \(error)")
         }
+    }
+
+    /// Yams rejects duplicate keys before we see the tree and names only the first occurrence;
+    /// find the second one in the text and the block keys above it for the key path.
+    func duplicateKeyError(_ key: String, first: Mark) -> ConfigError {
+        let lines = text.components(separatedBy: "\n")
+        let escaped = NSRegularExpression.escapedPattern(for: key)
+        let pattern = try? NSRegularExpression(pattern: "(^|[\\s{,])[\"']?\(escaped)[\"']?\\s*:")
+        var seen = 0
+        for (index, line) in lines.enumerated() where index + 1 >= first.line {
+            let range = NSRange(line.startIndex..., in: line)
+            for match in pattern?.matches(in: line, range: range) ?? [] {
+                seen += 1
+                guard seen == 2 else { continue }
+                let column = line.distance(from: line.startIndex, to: Range(match.range, in: line)!.lowerBound)
+                    + (match.range(at: 1).length > 0 ? 1 : 0) + 1
+                return ConfigError(file: file, line: index + 1, column: column, keyPath: blockPath(lines, index, key),
+                                   message: "duplicate key (first defined on line \(first.line))")
+            }
+        }
+        return ConfigError(file: file, line: first.line, column: first.column, keyPath: key, message: "duplicate key")
+    }
+
+    /// The dotted path of `key` on line `index`, from the less-indented block keys above it.
+    func blockPath(_ lines: [String], _ index: Int, _ key: String) -> String {
+        func indent(_ line: String) -> Int { line.prefix { $0 == " " }.count }
+        var path = [key]
+        var level = indent(lines[index])
+        var cursor = index - 1
+        while cursor >= 0, level > 0 {
+            let line = lines[cursor]
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if !trimmed.isEmpty, !trimmed.hasPrefix("#"), indent(line) < level, let colon = trimmed.firstIndex(of: ":") {
+                let name = trimmed[..<colon].trimmingCharacters(in: .whitespaces)
+                if !name.hasPrefix("-") { path.insert(name, at: 0) }
+                level = indent(line)
+            }
+            cursor -= 1
+        }
+        return path.joined(separator: ".")
     }
 
     // MARK: structure
@@ -123,7 +167,7 @@ private final class ConfigParser {
 
     /// Reports every key of `fields` that was never read.
     func finish(_ fields: Fields, allowed: [String]) {
-        for pair in fields.pairs where !fields.read.contains(pair.key) {
+        for pair in fields.pairs where !fields.read.contains(pair.key) && !allowed.contains(pair.key) {
             fail(pair.keyNode, fields.child(pair.key), "unknown key; expected one of: \(allowed.joined(separator: ", "))")
         }
     }
@@ -346,6 +390,9 @@ private final class ConfigParser {
         return LoggingConfig(level: level)
     }
 
+    /// Commands that were present but invalid (already reported).
+    var brokenCommands: Set<String> = []
+
     func remoteCommands(_ top: Fields) -> [String: (template: CommandTemplate, node: Node, keyNode: Node)] {
         guard let fields = mapping(top["remote_commands"], "remote_commands") else { return [:] }
         var commands: [String: (CommandTemplate, Node, Node)] = [:]
@@ -354,6 +401,7 @@ private final class ConfigParser {
             do {
                 commands[pair.key] = (try CommandTemplate(text), pair.value, pair.keyNode)
             } catch {
+                brokenCommands.insert(pair.key)
                 fail(pair.value, fields.child(pair.key), error.description)
             }
         }
@@ -397,7 +445,7 @@ private final class ConfigParser {
                 }
                 let progress = integer(stepFields, "progress", default: 0, min: 0, max: 100)
                 var timeout: Double?
-                if stepFields["timeout_sec"] != nil {
+                if let node = stepFields["timeout_sec"], !isNull(node) {
                     timeout = number(stepFields, "timeout_sec", default: 0, min: 0, exclusiveMin: true)
                 }
                 let gpu = bool(stepFields, "gpu") ?? (type == .execute)
@@ -409,7 +457,7 @@ private final class ConfigParser {
                         if !gpu, let used = command.template.placeholders.first(where: { $0 == "gpu_id" || $0 == "gpu_ids" }) {
                             fail(command.node, "remote_commands.\(name)", "uses {\(used)} but step '\(name)' has gpu: false")
                         }
-                    } else {
+                    } else if !brokenCommands.contains(name) {
                         fail(item, "\(stepPath)", "execute step '\(name)' has no command: add remote_commands.\(name)")
                     }
                 }

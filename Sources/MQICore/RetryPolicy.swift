@@ -15,6 +15,7 @@ public struct RetryPolicy: Sendable, Equatable {
 
     /// The upper bound of the delay before retry number `attempt` (1 = the first retry).
     public func ceiling(attempt: Int) -> Double {
+        guard initialDelaySec > 0 else { return 0 }
         let exponent = Double(max(0, attempt - 1))
         let raw = initialDelaySec * pow(multiplier, exponent)
         return min(maxDelaySec, raw.isFinite ? raw : maxDelaySec)

@@ -345,9 +345,12 @@ enum DemoScripts {
         # =============================================================================
         set -u
 
+        # printf, not echo: dash's echo would mangle backslashes in case names and paths.
+        say() { printf '%s\n' "$*"; }
+
         usage() {
-            echo "ERROR: $1" >&2
-            echo "usage: interpreter.sh --case-dir DIR [--gpu N]" >&2
+            say "ERROR: $1" >&2
+            say "usage: interpreter.sh --case-dir DIR [--gpu N]" >&2
             exit 2
         }
 
@@ -363,13 +366,13 @@ enum DemoScripts {
             esac
         done
         [ -n "$case_dir" ] || usage "--case-dir is required"
-        [ -d "$case_dir" ] || { echo "ERROR: case directory not found: $case_dir" >&2; exit 2; }
+        [ -d "$case_dir" ] || { say "ERROR: case directory not found: $case_dir" >&2; exit 2; }
 
-        echo "MQI log interpreter (demo stand-in) 1.0"
-        echo "Case directory: $case_dir"
-        echo "Using GPU $gpu${CUDA_VISIBLE_DEVICES:+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)}"
+        say "MQI log interpreter (demo stand-in) 1.0"
+        say "Case directory: $case_dir"
+        say "Using GPU $gpu${CUDA_VISIBLE_DEVICES:+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)}"
         for plan in "$case_dir"/RP*.dcm; do
-            [ -f "$plan" ] && echo "Reading RT plan ${plan##*/}"
+            [ -f "$plan" ] && say "Reading RT plan ${plan##*/}"
         done
         sleep 0.2
 
@@ -378,15 +381,15 @@ enum DemoScripts {
             [ -f "${beam_dir}PlanInfo.txt" ] && beams=$((beams + 1))
         done
         if [ "$beams" -eq 0 ]; then
-            echo "ERROR: no PlanInfo.txt found in any beam folder of $case_dir" >&2
+            say "ERROR: no PlanInfo.txt found in any beam folder of $case_dir" >&2
             exit 2
         fi
-        echo "Found $beams beam folder(s)"
+        say "Found $beams beam folder(s)"
 
         out="$case_dir/interpreted"
-        mkdir -p "$out" || { echo "ERROR: cannot create $out" >&2; exit 2; }
+        mkdir -p "$out" || { say "ERROR: cannot create $out" >&2; exit 2; }
         summary="$out/beams.csv"
-        echo "beam_number,field_number,beam_name,layers,spots,source_folder" > "$summary"
+        say "beam_number,field_number,beam_name,layers,spots,source_folder" > "$summary"
         total_layers=0
         for beam_dir in "$case_dir"/*/; do
             info="${beam_dir}PlanInfo.txt"
@@ -394,12 +397,12 @@ enum DemoScripts {
             folder=${beam_dir%/}
             folder=${folder##*/}
             beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
-            [ -n "$beam" ] || { echo "ERROR: $info has no DICOM_BEAM_NUMBER" >&2; exit 2; }
+            [ -n "$beam" ] || { say "ERROR: $info has no DICOM_BEAM_NUMBER" >&2; exit 2; }
             field=$(sed -n 's/^TCSC_FIELD_NUMBER,//p' "$info" | head -n 1 | tr -d '\r,')
             name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r,')
-            echo "Reading PlanInfo.txt for beam $beam ($name, TCSC field $field, folder $folder)"
+            say "Reading PlanInfo.txt for beam $beam ($name, TCSC field $field, folder $folder)"
             csv="$out/beam${beam}_spots.csv"
-            echo "layer,time_us,x_mm,y_mm,mu,energy_mev" > "$csv"
+            say "layer,time_us,x_mm,y_mm,mu,energy_mev" > "$csv"
             layers=0
             for ptn in "${beam_dir}"*.ptn; do
                 [ -f "$ptn" ] || continue
@@ -407,15 +410,15 @@ enum DemoScripts {
                 grep -v '^#' "$ptn" | sed "s/^/$layers,/" >> "$csv"
             done
             spots=$(($(wc -l < "$csv") - 1))
-            echo "Parsed $layers layers ($spots spots)"
-            echo "Writing CSV $csv"
-            echo "$beam,$field,$name,$layers,$spots,$folder" >> "$summary"
+            say "Parsed $layers layers ($spots spots)"
+            say "Writing CSV $csv"
+            say "$beam,$field,$name,$layers,$spots,$folder" >> "$summary"
             total_layers=$((total_layers + layers))
             sleep 0.1
         done
-        echo "Writing CSV $summary"
+        say "Writing CSV $summary"
         sleep 0.1
-        echo "Interpretation finished: $beams beam(s), $total_layers layers"
+        say "Interpretation finished: $beams beam(s), $total_layers layers"
         exit 0
 
         """#
@@ -435,9 +438,12 @@ enum DemoScripts {
         # =============================================================================
         set -u
 
+        # printf, not echo: dash's echo would mangle backslashes in case names and paths.
+        say() { printf '%s\n' "$*"; }
+
         usage() {
-            echo "ERROR: $1" >&2
-            echo "usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N]" >&2
+            say "ERROR: $1" >&2
+            say "usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N]" >&2
             exit 2
         }
 
@@ -460,7 +466,7 @@ enum DemoScripts {
         case $gpu in
             ''|*[!0-9]*) usage "--gpu must be a GPU number, not '$gpu'" ;;
         esac
-        [ -d "$case_dir" ] || { echo "ERROR: case directory not found: $case_dir" >&2; exit 2; }
+        [ -d "$case_dir" ] || { say "ERROR: case directory not found: $case_dir" >&2; exit 2; }
 
         start_ns=$(date +%s%N)
         case_name=${case_dir%/}
@@ -484,10 +490,10 @@ enum DemoScripts {
             beam_numbers="${beam_numbers:+$beam_numbers,}$beam"
         done
         if [ "$beams" -eq 0 ]; then
-            echo "ERROR: no beam folder with PlanInfo.txt in $case_dir" >&2
+            say "ERROR: no beam folder with PlanInfo.txt in $case_dir" >&2
             exit 2
         fi
-        mkdir -p "$out" || { echo "ERROR: cannot create output directory $out" >&2; exit 2; }
+        mkdir -p "$out" || { say "ERROR: cannot create output directory $out" >&2; exit 2; }
 
         particles=100000
         batches=10
@@ -507,16 +513,16 @@ enum DemoScripts {
         TotalParticles $particles
         EOF
 
-        echo "MOQUI Monte Carlo dose engine (demo STAND-IN: no physics is simulated)"
-        echo "Reading input parameters from $out/moqui_tps.in"
-        echo "GPUID $gpu"
-        echo "ParentDir $case_dir"
-        echo "OutputDir $out"
-        echo "BeamNumbers $beam_numbers"
+        say "MOQUI Monte Carlo dose engine (demo STAND-IN: no physics is simulated)"
+        say "Reading input parameters from $out/moqui_tps.in"
+        say "GPUID $gpu"
+        say "ParentDir $case_dir"
+        say "OutputDir $out"
+        say "BeamNumbers $beam_numbers"
         if [ -d "$case_dir/interpreted" ]; then
-            echo "Reading machine log data from $case_dir/interpreted"
+            say "Reading machine log data from $case_dir/interpreted"
         else
-            echo "WARNING: no interpreted log data in $case_dir/interpreted; using the plan only"
+            say "WARNING: no interpreted log data in $case_dir/interpreted; using the plan only"
         fi
         sleep 0.1
 
@@ -532,16 +538,16 @@ enum DemoScripts {
             [ -n "$beam" ] || beam=1
             name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r')
             gantry=$(sed -n 's/^GANTRY_ANGLE,//p' "$info" | head -n 1 | tr -d '\r')
-            echo "Beam $beam ($name, gantry $gantry deg)"
-            echo "Uploading particles with batch.. : Particle count --> $particles with $batches batches"
+            say "Beam $beam ($name, gantry $gantry deg)"
+            say "Uploading particles with batch.. : Particle count --> $particles with $batches batches"
             if [ "${MQI_DEMO_FAIL_CASE:-}" = "$case_name" ]; then
-                echo "FATAL ERROR: CUDA error: an illegal memory access was encountered (beam $beam, GPU $gpu) [demo fault injected by MQI_DEMO_FAIL_CASE]" >&2
+                say "FATAL ERROR: CUDA error: an illegal memory access was encountered (beam $beam, GPU $gpu) [demo fault injected by MQI_DEMO_FAIL_CASE]" >&2
                 record_run
                 exit 3
             fi
             k=1
             while [ "$k" -le "$batches" ]; do
-                echo "Generating particles for ($k of $batches batches)"
+                say "Generating particles for ($k of $batches batches)"
                 sleep "$pause"
                 k=$((k + 1))
             done
@@ -550,24 +556,24 @@ enum DemoScripts {
                 dd if=/dev/zero bs=128 count=1 2>/dev/null
                 printf 'DICM'
                 printf 'MQI demo stand-in RTDOSE: beam %s, GPU %s, %s particles, not a real dose\n' "$beam" "$gpu" "$particles"
-            } > "$dose" || { echo "ERROR: cannot write $dose" >&2; exit 2; }
-            echo "Writing dose to $dose"
+            } > "$dose" || { say "ERROR: cannot write $dose" >&2; exit 2; }
+            say "Writing dose to $dose"
         done
 
         end_ns=$(date +%s%N)
         elapsed_ms=$(((end_ns - start_ns) / 1000000))
         elapsed=$(printf '%d.%03d' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
         {
-            echo "MOQUI demo stand-in summary"
-            echo "case_dir $case_dir"
-            echo "gpu $gpu"
-            echo "beams $beam_numbers"
-            echo "particles_per_beam $particles"
-            echo "batches_per_beam $batches"
-            echo "total_execution_time_s $elapsed"
+            say "MOQUI demo stand-in summary"
+            say "case_dir $case_dir"
+            say "gpu $gpu"
+            say "beams $beam_numbers"
+            say "particles_per_beam $particles"
+            say "batches_per_beam $batches"
+            say "total_execution_time_s $elapsed"
         } > "$out/moqui_summary.txt"
         record_run
-        echo "Total execution time: $elapsed s"
+        say "Total execution time: $elapsed s"
         exit 0
 
         """#

@@ -59,6 +59,8 @@ public struct LocalStepExecutor: StepExecutor {
     /// Waits for the attempt's end (its own child, or an adopted process group), its timeout or
     /// its cancellation.
     func supervise(_ run: StepRun, runDir: String, exited: OneShot?, started: Date, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
+        // Set before the process group is killed, so the exit that follows reports why.
+        let verdict = Verdict()
         return try await withThrowingTaskGroup(of: StepOutcome?.self) { group in
             group.addTask {
                 if let exited {
@@ -68,6 +70,7 @@ public struct LocalStepExecutor: StepExecutor {
                 } else {
                     try await self.waitForAdopted(runDir)
                 }
+                if let decided = verdict.value.withLock({ $0 }) { return decided }
                 guard let code = Self.readExitCode(runDir) else {
                     return .failed(reason: "the command's process group ended without recording an exit code (killed by a signal?)")
                 }
@@ -76,13 +79,16 @@ public struct LocalStepExecutor: StepExecutor {
             group.addTask {
                 while true {
                     try await Task.sleep(for: .seconds(self.pollInterval))
+                    var decided: StepOutcome?
                     if await shouldCancel() {
-                        await self.killGroup(runDir)
-                        return .cancelled
+                        decided = .cancelled
+                    } else if let timeout = run.timeoutSec, Date().timeIntervalSince(started) >= timeout {
+                        decided = .failed(reason: "timed out after \(Self.format(timeout)) s (timeout_sec); the process group was killed")
                     }
-                    if let timeout = run.timeoutSec, Date().timeIntervalSince(started) >= timeout {
+                    if let decided {
+                        verdict.value.withLock { $0 = decided }
                         await self.killGroup(runDir)
-                        return .failed(reason: "timed out after \(Self.format(timeout)) s (timeout_sec); the process group was killed")
+                        return decided
                     }
                 }
             }
@@ -158,7 +164,9 @@ public struct LocalStepExecutor: StepExecutor {
         while Date() < deadline, Self.groupAlive(pgid) {
             try? await Task.sleep(for: .milliseconds(50))
         }
-        while Self.groupAlive(pgid) {
+        // Bounded: a zombie nobody reaps would otherwise keep the group "alive" forever.
+        let hardDeadline = Date().addingTimeInterval(10)
+        while Self.groupAlive(pgid), Date() < hardDeadline {
             _ = kill(-pgid, SIGKILL)
             try? await Task.sleep(for: .milliseconds(20))
         }
@@ -232,4 +240,9 @@ public final class OneShot: Sendable {
             waiter?.resume()
         }
     }
+}
+
+/// Why the executor ended an attempt itself (cancel, timeout), shared between its watchers.
+final class Verdict: Sendable {
+    let value = Mutex<StepOutcome?>(nil)
 }

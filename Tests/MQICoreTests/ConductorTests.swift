@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import MQICore
 
@@ -504,5 +505,23 @@ struct ConductorTests {
         let result = MessageBody(caseId: "c", stepIndex: 1, attempt: 2, step: "s", gpuIds: [0], command: "x").result(.executionFailed, reason: "r")
         #expect(result.body == MessageBody(caseId: "c", stepIndex: 1, attempt: 2, step: "s", reason: "r"))
         #expect(result.queue == .conductor)
+    }
+}
+
+@Suite("Conductor robustness")
+struct ConductorRobustnessTests {
+    // Bug: Conductor.start(_:stepIndex:...) indexes `workflow.steps[stepIndex]` without a bounds check.
+    // A case persisted at step 3 whose workflow was shortened in config.yaml before a restart traps the
+    // daemon on retry (or on gpusFreed for a PENDING_RESOURCE case) instead of failing that one case.
+    @Test("a step index beyond the workflow fails the case instead of trapping")
+    func stepIndexOutOfRange() {
+        let step = WorkflowStep(name: "up", type: .upload, progress: 10, gpuCount: 0)
+        let conductor = Conductor(workflows: ["w": Workflow(name: "w", steps: [step])], uploadDir: "/u", downloadDir: "/d")
+        let failed = CaseState(caseId: "c", status: .failed, workflow: "w", stepIndex: 3, attempt: 1, gpuIds: [0])
+        let decision = conductor.decide(failed, .retry, gpus: GPUAvailability(free: [0]))
+        #expect(decision.outcome == .applied)
+        #expect(decision.state.status == .failed)
+        #expect(decision.state.error?.contains("has no step #3") == true)
+        #expect(decision.release == [0] && decision.commands.isEmpty)
     }
 }

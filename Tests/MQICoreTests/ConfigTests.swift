@@ -329,24 +329,22 @@ struct ConfigErrorTests {
         #expect(errors.allSatisfy { $0.line == 10 })
     }
 
-    // MARK: known issues (bugs in Sources/MQICore/ConfigLoader.swift, reported to the lead)
+    // MARK: regressions (bugs found in review, now fixed)
 
     @Test("a duplicate key is reported at the duplicate's line with its key path")
-    func duplicateKey() {
+    func duplicateKey() throws {
         let lines = ["scanner:", "  local_logdata: ./data/local_logdata", "  local_logdata: ./other"] + steps + commands
         let errors = configErrors(lines.joined(separator: "\n"))
         #expect(errors.count == 1)
         // Yams rejects duplicate keys itself (YamlError.duplicatedKeysInMapping) before the loader's own
         // check runs; ConfigParser.yamlError sends that case to `default:` → line 1, column 1, no key path.
-        withKnownIssue("duplicate keys lose their line and key path") {
-            let error = try #require(errors.first)
-            #expect(error.keyPath == "scanner.local_logdata")
-            #expect(error.line == 3)
-            #expect(error.message.contains("duplicate key"))
-        }
+        let error = try #require(errors.first)
+        #expect(error.keyPath == "scanner.local_logdata")
+        #expect(error.line == 3)
+        #expect(error.message.contains("duplicate key"))
     }
 
-    @Test("an unknown step type or unknown placeholder is the only error reported")
+    @Test("an unknown step type, unknown placeholder or missing step name is the only error reported")
     func noFollowOnErrors() {
         // Unknown type: the step's loop `continue`s before reading progress/timeout_sec/gpu, so the
         // deferred finish() reports `progress` as an unknown key ("expected one of: name, type, progress, …").
@@ -354,10 +352,11 @@ struct ConfigErrorTests {
         // Unknown placeholder: the command is dropped, so the step also gets "has no command: add
         // remote_commands.run_interpreter" although that key exists.
         let badPlaceholder = badConfigs.first { $0.name == "unknown placeholder in a remote command" }!
-        withKnownIssue("follow-on errors for a key that is valid") {
-            #expect(configErrors(badType.yaml).map(\.keyPath) == ["workflows.default_qa[0].type"])
-            #expect(configErrors(badPlaceholder.yaml).map(\.keyPath) == ["remote_commands.run_interpreter"])
-        }
+        // Missing name: same early `continue`, so `type` and `progress` are reported as unknown keys.
+        let noName = scanner + ["workflows:", "  default_qa:", "    - { type: upload, progress: 10 }"]
+        #expect(configErrors(badType.yaml).map(\.keyPath) == ["workflows.default_qa[0].type"])
+        #expect(configErrors(badPlaceholder.yaml).map(\.keyPath) == ["remote_commands.run_interpreter"])
+        #expect(configErrors(noName.joined(separator: "\n")).map(\.keyPath) == ["workflows.default_qa[0].name"])
     }
 
     @Test("timeout_sec: null means no timeout")
@@ -367,8 +366,6 @@ struct ConfigErrorTests {
         let config = try ConfigLoader.parse(lines.joined(separator: "\n"), file: "config.yaml", baseDirectory: "/srv/mqi")
         let step = try #require(config.workflows["default_qa"]?.steps.last)
         // `if stepFields["timeout_sec"] != nil { timeout = number(..., default: 0, ...) }` turns null into 0.
-        withKnownIssue("timeout_sec: null becomes a 0-second timeout") {
-            #expect(step.timeoutSec == nil)
-        }
+        #expect(step.timeoutSec == nil)
     }
 }

@@ -38,10 +38,15 @@ struct EndToEndTests {
 
     /// The most simulations that overlapped in time.
     static func maxConcurrency(_ lines: [LedgerLine]) -> Int {
-        let edges = lines.flatMap { [($0.start, 1), ($0.end, -1)] }.sorted { $0.0 == $1.0 ? $0.1 < $1.1 : $0.0 < $1.0 }
+        var edges: [(time: Int64, delta: Int)] = []
+        for line in lines {
+            edges.append((line.start, 1))
+            edges.append((line.end, -1))
+        }
+        edges.sort { a, b in a.time == b.time ? a.delta < b.delta : a.time < b.time }
         var current = 0, best = 0
         for edge in edges {
-            current += edge.1
+            current += edge.delta
             best = max(best, current)
         }
         return best

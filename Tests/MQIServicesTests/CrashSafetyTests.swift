@@ -1,0 +1,178 @@
+import Foundation
+import MQICore
+import MQIStore
+import MQITestSupport
+import Testing
+@testable import MQIServices
+
+/// The real `mqi` binary killed, signalled and started twice, against a real SQLite file.
+@Suite(.serialized)
+struct CrashSafetyTests {
+    /// A site whose steps sleep a random 0.2–2 s and log every start to a ledger.
+    struct Site {
+        let temp: TemporaryDirectory
+        var config: String { temp.file("config.yaml") }
+        var ledger: String { temp.file("ledger.txt") }
+        var logdata: String { temp.file("data") }
+
+        init(cases: Int, gpus: [Int]) throws {
+            temp = try TemporaryDirectory("mqi-crash")
+            let step = temp.file("step.sh")
+            try """
+                #!/bin/sh
+                # step.sh LEDGER KIND CASE_DIR GPU [OUT]: a stand-in step of random length.
+                echo "$2 $(basename "$3") $4" >> "$1"
+                n=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+                ms=$((200 + n % 1800))
+                sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
+                if [ -n "$5" ]; then mkdir -p "$5" && echo "dose of $(basename "$3")" > "$5/dose.txt"; fi
+                echo "$2 done"
+                """.write(toFile: step, atomically: true, encoding: .utf8)
+            let quoted = ShellQuote.quote(step), ledger = ShellQuote.quote(temp.file("ledger.txt"))
+            try """
+                scanner: { local_logdata: ./data, ready_marker: _CASE_READY, rescan_interval_sec: 5 }
+                state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
+                hpc: { transport: local, gpus: [\(gpus.map(String.init).joined(separator: ", "))] }
+                conductor:
+                  remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
+                  results_dir: ./var/results
+                workflows:
+                  default_qa:
+                    - { name: upload_case_files, type: upload,   progress: 10 }
+                    - { name: run_interpreter,   type: execute,  progress: 30 }
+                    - { name: run_moqui_sim,     type: execute,  progress: 70, timeout_sec: 120 }
+                    - { name: download_results,  type: download, progress: 90 }
+                remote_commands:
+                  run_interpreter: "/bin/sh \(quoted) \(ledger) interpreter {case_dir} {gpu_id}"
+                  run_moqui_sim: "/bin/sh \(quoted) \(ledger) simulation {case_dir} {gpu_id} {result_dir}"
+                retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
+                """.write(toFile: temp.file("config.yaml"), atomically: true, encoding: .utf8)
+            try FileManager.default.createDirectory(atPath: temp.file("data"), withIntermediateDirectories: true)
+            for index in 1...cases {
+                try DemoSite.writeCase(named: String(format: "CASE-%03d", index), in: temp.file("data"), beams: 1)
+            }
+        }
+
+        /// Starts per (kind, case) in the ledger.
+        func runs() throws -> [String: Int] {
+            let text = (try? String(contentsOfFile: ledger, encoding: .utf8)) ?? ""
+            var counts: [String: Int] = [:]
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                counts["\(parts[0]) \(parts[1])", default: 0] += 1
+            }
+            return counts
+        }
+
+        func store() throws -> Store {
+            try Daemon.openStore(try ConfigLoader.load(path: config))
+        }
+
+        func run(_ extra: [String] = [], tag: String) throws -> MQIProcess {
+            try MQIProcess(["run", "--config", config, "--log-format", "text"] + extra, output: temp.file("daemon-\(tag).log"))
+        }
+
+        /// Everything finished exactly once and nothing is left behind.
+        func expectCleanFinish(cases: Int) async throws {
+            let store = try store()
+            let all = try await store.cases()
+            #expect(all.count == cases)
+            let unfinished = all.filter { $0.status != .completed }
+            #expect(unfinished.isEmpty, "\(unfinished.map { "\($0.caseId) \($0.status.rawValue) \($0.error ?? "")" })")
+            let runs = try runs()
+            for summary in all {
+                #expect(runs["simulation \(summary.caseId)"] == 1, "simulation of \(summary.caseId) ran \(runs["simulation \(summary.caseId)"] ?? 0) times")
+                #expect(runs["interpreter \(summary.caseId)"] == 1, "interpreter of \(summary.caseId) ran \(runs["interpreter \(summary.caseId)"] ?? 0) times")
+                let dose = (temp.file("var/results") as NSString).appendingPathComponent("\(summary.caseId)/dose.txt")
+                #expect(FileManager.default.fileExists(atPath: dose))
+            }
+            #expect(try await store.gpus().allSatisfy { $0.status == .free && $0.reservedBy == nil })
+            #expect(try await store.activity().queuedMessages == 0)
+            #expect(try await store.deadLetters().isEmpty)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func killMinusNineAtRandomMomentsLosesNothingAndRunsNothingTwice() async throws {
+        let site = try Site(cases: 30, gpus: [0, 1, 2])
+        defer { site.temp.remove() }
+        let started = Date()
+        for round in 1...10 {
+            let daemon = try site.run(tag: "\(round)")
+            try await Task.sleep(for: .milliseconds(Int.random(in: 300...2500)))
+            daemon.signal(SIGKILL)
+            #expect(await daemon.wait(upTo: 10) != nil)
+        }
+        let last = try site.run(["--exit-when-idle"], tag: "final")
+        let status = await last.wait(upTo: 180)
+        #expect(status == 0, "final run: \(last.output.suffix(3000))")
+        print("kill -9 torture: 30 cases, 3 GPUs, 10 kills, \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        try await site.expectCleanFinish(cases: 30)
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func sigtermLeavesStepsRunningAndTheRestartAdoptsThem() async throws {
+        let site = try Site(cases: 6, gpus: [0, 1])
+        defer { site.temp.remove() }
+        let daemon = try site.run(tag: "first")
+        // Wait until a simulation is running, then ask the daemon to stop.
+        #expect(await eventually(within: 30) { (try? site.runs().keys.contains { $0.hasPrefix("simulation") }) == true })
+        daemon.signal(SIGTERM)
+        let status = await daemon.wait(upTo: 30)
+        #expect(status == 0, "\(daemon.output.suffix(2000))")
+        let again = try site.run(["--exit-when-idle"], tag: "second")
+        #expect(await again.wait(upTo: 120) == 0, "\(again.output.suffix(2000))")
+        try await site.expectCleanFinish(cases: 6)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aSecondInstanceIsRefusedWithExitThree() async throws {
+        let site = try Site(cases: 1, gpus: [0])
+        defer { site.temp.remove() }
+        let first = try site.run(tag: "first")
+        defer { first.signal(SIGKILL) }
+        #expect(await eventually(within: 20) { FileManager.default.fileExists(atPath: site.temp.file("var/mqi.pid")) })
+        try await Task.sleep(for: .milliseconds(300))
+        let second = try site.run(tag: "second")
+        #expect(await second.wait(upTo: 20) == 3)
+        #expect(second.output.contains("already running (PID \(first.pid))"), "\(second.output)")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aStalePIDFileIsReplaced() async throws {
+        let site = try Site(cases: 1, gpus: [0])
+        defer { site.temp.remove() }
+        try FileManager.default.createDirectory(atPath: site.temp.file("var"), withIntermediateDirectories: true)
+        // A PID that is not running (pid_max is below 2^22 on Linux).
+        try "4194304\n".write(toFile: site.temp.file("var/mqi.pid"), atomically: true, encoding: .utf8)
+        let daemon = try site.run(["--exit-when-idle"], tag: "stale")
+        #expect(await daemon.wait(upTo: 60) == 0, "\(daemon.output.suffix(2000))")
+        #expect(daemon.output.contains("replaced a stale PID file left by PID 4194304"))
+        try await site.expectCleanFinish(cases: 1)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func cancelFromTheCLIKillsTheRunningStepAndFreesItsGPU() async throws {
+        let site = try Site(cases: 1, gpus: [0])
+        defer { site.temp.remove() }
+        // A simulation that would run for a minute.
+        var text = try String(contentsOfFile: site.config, encoding: .utf8)
+        text = text.replacingOccurrences(of: "run_moqui_sim: \"/bin/sh", with: "run_moqui_sim: \"sleep 60; /bin/sh")
+        try text.write(toFile: site.config, atomically: true, encoding: .utf8)
+        let daemon = try site.run(tag: "cancel")
+        defer { daemon.signal(SIGKILL) }
+        let store = try site.store()
+        #expect(await eventually(within: 30) { (try? await store.caseSummary("CASE-001"))?.workflowStep == "run_moqui_sim" })
+        try await Task.sleep(for: .milliseconds(300))
+        let cancel = try MQIProcess(["cases", "cancel", "CASE-001", "--config", site.config], output: site.temp.file("cancel.log"))
+        #expect(await cancel.wait(upTo: 20) == 0, "\(cancel.output)")
+        let cancelledAt = Date()
+        #expect(try await store.caseSummary("CASE-001")?.status == .cancelled)
+        #expect(try await store.gpus().allSatisfy { $0.status == .free })
+        // The step's process group is killed within a second or two.
+        let runDir = site.temp.file("hpc/upload/CASE-001/.mqi/run_moqui_sim.1")
+        let pgid = try #require(Int32(try String(contentsOfFile: runDir + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(await eventually(within: 10) { kill(-pgid, 0) != 0 })
+        #expect(Date().timeIntervalSince(cancelledAt) < 5)
+    }
+}

@@ -46,7 +46,8 @@ extension Store {
             let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting))
             try Self.apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
             var applied = [AppliedDecision(event: event, decision: decision, previousStatus: state.status)]
-            if !decision.release.isEmpty {
+            // GPUs freed, or the head of the wait left it: the cases behind may start now.
+            if !decision.release.isEmpty || (state.status == .pendingResource && decision.state.status != .pendingResource) {
                 applied += try Self.dispatchPending(conductor: conductor, db: db, now: now)
             }
             return (applied, applied.flatMap(\.decision.commands))
@@ -150,7 +151,8 @@ extension Store {
     /// a running case holds is marked reserved. Returns the ids it freed.
     @discardableResult
     public func reconcileGPUs(configured ids: [Int]) async throws -> [Int] {
-        try await pool.write { db in
+        let now = now()
+        return try await pool.write { db in
             for id in ids {
                 try db.execute(sql: "INSERT INTO gpu_resources (gpu_id, status) VALUES (?, 'free') ON CONFLICT(gpu_id) DO NOTHING", arguments: [id])
             }
@@ -173,7 +175,7 @@ extension Store {
                 if let holder = holders[gpu] {
                     if reservedBy != holder {
                         try db.execute(sql: "UPDATE gpu_resources SET reserved_by = ?, reserved_at = coalesce(reserved_at, ?), status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'reserved' END WHERE gpu_id = ?",
-                                       arguments: [holder, Date(), gpu])
+                                       arguments: [holder, now, gpu])
                     }
                 } else if reservedBy != nil {
                     try db.execute(sql: "UPDATE gpu_resources SET reserved_by = NULL, reserved_at = NULL, status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'free' END WHERE gpu_id = ?", arguments: [gpu])

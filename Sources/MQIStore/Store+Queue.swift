@@ -90,11 +90,15 @@ extension Store {
         let now = now()
         let maxDeliveries = maxDeliveries
         let (dead, published) = try await pool.write { db -> (Bool, [OutgoingMessage]) in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ?", arguments: [message.id]) else {
+            // Only the lease holder may give the message back: after a lost lease another worker
+            // owns it now, and its lease must not be cleared.
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ? AND lease_owner = ? AND deliveries = ?",
+                                             arguments: [message.id, message.leaseOwner, message.deliveries]) else {
                 return (false, [])
             }
-            if message.deliveries >= maxDeliveries {
-                let failure = try Self.deadLetter(row, error: "gave up after \(message.deliveries) deliveries: \(error)", db: db, now: now)
+            let deliveries: Int = row["deliveries"]
+            if deliveries >= maxDeliveries {
+                let failure = try Self.deadLetter(row, error: "gave up after \(deliveries) deliveries: \(error)", db: db, now: now)
                 return (true, failure.map { [$0] } ?? [])
             }
             try db.execute(sql: """

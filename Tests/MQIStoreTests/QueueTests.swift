@@ -323,9 +323,7 @@ struct QueueTests {
         // worker-b still holds the lease: nobody else may start the same GPU job.
         let stillLeased = try await store.renew(current, leaseSec: 30)
         let takenOver = try await store.claim(.remoteExecutor, owner: "worker-c", leaseSec: 30)
-        withKnownIssue("Store.fail ignores lease_owner: a stale worker's fail releases the new owner's lease") {
-            #expect(stillLeased)
-            #expect(takenOver == nil)
-        }
+        #expect(stillLeased)
+        #expect(takenOver == nil)
     }
 }

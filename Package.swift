@@ -41,10 +41,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "MQITestSupport", dependencies: [
-            "MQICore", "MQIStore", "MQIServices",
+            "MQICore", "MQIStore", "MQIServices", "MQITransport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
+        .testTarget(name: "MQITransportTests", dependencies: ["MQITransport", "MQICore", "MQITestSupport"]),
         .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
         .testTarget(name: "MQIServicesTests", dependencies: [
             "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQITestSupport", "mqi",

@@ -11,11 +11,16 @@ public struct Config: Sendable, Equatable {
     public var workflows: [String: Workflow]
     public var retry: RetryPolicy
     public var logging: LoggingConfig
+    public var metrics: MetricsConfig
+    public var gpuMonitor: GPUMonitorConfig
+    /// How long a graceful shutdown may take before the daemon exits anyway.
+    public var shutdownTimeoutSec: Double
 
     public init(
         sourcePath: String, scanner: ScannerConfig, state: StateConfig, hpc: HPCConfig,
         conductor: ConductorConfig, workflows: [String: Workflow], retry: RetryPolicy,
-        logging: LoggingConfig
+        logging: LoggingConfig, metrics: MetricsConfig = MetricsConfig(), gpuMonitor: GPUMonitorConfig = GPUMonitorConfig(),
+        shutdownTimeoutSec: Double = 30
     ) {
         self.sourcePath = sourcePath
         self.scanner = scanner
@@ -25,6 +30,69 @@ public struct Config: Sendable, Equatable {
         self.workflows = workflows
         self.retry = retry
         self.logging = logging
+        self.metrics = metrics
+        self.gpuMonitor = gpuMonitor
+        self.shutdownTimeoutSec = shutdownTimeoutSec
+    }
+}
+
+/// The HTTP endpoint: `/metrics`, `/healthz`, `/readyz` (and later the API and dashboard).
+public struct MetricsConfig: Sendable, Equatable {
+    public var enabled: Bool
+    public var host: String
+    /// 0 picks a free port (logged at start).
+    public var port: Int
+
+    public init(enabled: Bool = true, host: String = "127.0.0.1", port: Int = 8000) {
+        self.enabled = enabled
+        self.host = host
+        self.port = port
+    }
+}
+
+/// GPU telemetry from `nvidia-smi`, run through the transport.
+public struct GPUMonitorConfig: Sendable, Equatable {
+    public static let defaultCommand = "nvidia-smi --query-gpu=index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu --format=csv,noheader,nounits"
+
+    public var enabled: Bool
+    public var intervalSec: Double
+    public var command: String
+    /// A free GPU using more memory than this (a foreign process) is not reserved.
+    public var busyMemoryMB: Double
+
+    public init(enabled: Bool = true, intervalSec: Double = 10, command: String = GPUMonitorConfig.defaultCommand, busyMemoryMB: Double = 500) {
+        self.enabled = enabled
+        self.intervalSec = intervalSec
+        self.command = command
+        self.busyMemoryMB = busyMemoryMB
+    }
+}
+
+/// How to reach the HPC over SSH (`hpc.transport: ssh`).
+public struct SSHConfig: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public var user: String?
+    public var identityFile: String?
+    public var knownHostsFile: String?
+    public var strictHostKeyChecking: Bool
+    public var connectTimeoutSec: Double
+    /// New TCP connections to the host at most per minute (the ControlMaster is shared).
+    public var maxNewConnectionsPerMin: Int
+    /// More `-o Key=Value` options for ssh.
+    public var extraOptions: [String]
+
+    public init(host: String, port: Int = 22, user: String? = nil, identityFile: String? = nil, knownHostsFile: String? = nil,
+                strictHostKeyChecking: Bool = true, connectTimeoutSec: Double = 10, maxNewConnectionsPerMin: Int = 6, extraOptions: [String] = []) {
+        self.host = host
+        self.port = port
+        self.user = user
+        self.identityFile = identityFile
+        self.knownHostsFile = knownHostsFile
+        self.strictHostKeyChecking = strictHostKeyChecking
+        self.connectTimeoutSec = connectTimeoutSec
+        self.maxNewConnectionsPerMin = maxNewConnectionsPerMin
+        self.extraOptions = extraOptions
     }
 }
 
@@ -58,15 +126,22 @@ public struct StateConfig: Sendable, Equatable {
 
 public enum TransportKind: String, Sendable, Equatable, CaseIterable {
     case local
+    case ssh
 }
 
 public struct HPCConfig: Sendable, Equatable {
     public var transport: TransportKind
+    /// GPU ids the communicator may reserve (discovered at start when `gpusAuto`).
     public var gpus: [Int]
+    /// `hpc.gpus: auto`: discover the ids from nvidia-smi at start.
+    public var gpusAuto: Bool
+    public var ssh: SSHConfig?
 
-    public init(transport: TransportKind, gpus: [Int]) {
+    public init(transport: TransportKind, gpus: [Int], gpusAuto: Bool = false, ssh: SSHConfig? = nil) {
         self.transport = transport
         self.gpus = gpus
+        self.gpusAuto = gpusAuto
+        self.ssh = ssh
     }
 }
 

@@ -270,7 +270,8 @@ private final class ConfigParser {
 
     // MARK: sections
 
-    static let topKeys = ["scanner", "state", "hpc", "conductor", "workflows", "remote_commands", "retry", "logging"]
+    static let topKeys = ["scanner", "state", "hpc", "conductor", "workflows", "remote_commands", "retry", "logging",
+                          "metrics", "gpu_monitor", "shutdown_timeout_sec"]
 
     func config(_ root: Node) -> Config? {
         guard let top = mapping(root, "") else { return nil }
@@ -282,11 +283,15 @@ private final class ConfigParser {
         let conductor = self.conductor(top)
         let retry = self.retry(top)
         let logging = self.logging(top)
+        let metrics = self.metrics(top)
+        let gpuMonitor = self.gpuMonitor(top)
+        let shutdown = number(top, "shutdown_timeout_sec", default: 30, min: 0, exclusiveMin: true)
         finish(top, allowed: Self.topKeys)
         guard let scanner else { return nil }
         return Config(
             sourcePath: file, scanner: scanner, state: state, hpc: hpc, conductor: conductor,
-            workflows: workflows, retry: retry, logging: logging)
+            workflows: workflows, retry: retry, logging: logging, metrics: metrics, gpuMonitor: gpuMonitor,
+            shutdownTimeoutSec: shutdown)
     }
 
     func scanner(_ top: Fields, workflows: [String: Workflow]) -> ScannerConfig? {
@@ -322,7 +327,7 @@ private final class ConfigParser {
     func hpc(_ top: Fields) -> HPCConfig {
         var config = HPCConfig(transport: .local, gpus: [0])
         guard let fields = mapping(top["hpc"], "hpc") else { return config }
-        defer { finish(fields, allowed: ["transport", "gpus"]) }
+        defer { finish(fields, allowed: ["transport", "gpus", "ssh"]) }
         if let transport = string(fields, "transport") {
             if let kind = TransportKind(rawValue: transport) {
                 config.transport = kind
@@ -339,11 +344,69 @@ private final class ConfigParser {
                 }
                 if sequence.isEmpty { fail(node, "hpc.gpus", "must list at least one GPU id") }
                 config.gpus = ids
+            } else if case .scalar(let scalar) = node, scalar.string == "auto" {
+                config.gpus = []
+                config.gpusAuto = true
             } else {
-                fail(node, "hpc.gpus", "expected a list of GPU ids like [0, 1], got \(describe(node))")
+                fail(node, "hpc.gpus", "expected a list of GPU ids like [0, 1] or auto, got \(describe(node))")
             }
         }
+        config.ssh = ssh(fields)
+        if config.transport == .ssh, config.ssh == nil, fields["ssh"] == nil {
+            fail(fields.node, "hpc.ssh", "missing required section for transport ssh (hpc.ssh.host is required)")
+        }
         return config
+    }
+
+    static let sshKeys = ["host", "port", "user", "identity_file", "known_hosts_file", "strict_host_key_checking",
+                          "connect_timeout_sec", "max_new_connections_per_min", "extra_options"]
+
+    func ssh(_ hpc: Fields) -> SSHConfig? {
+        guard let fields = mapping(hpc["ssh"], "hpc.ssh") else { return nil }
+        defer { finish(fields, allowed: Self.sshKeys) }
+        guard let host = nonEmptyString(fields, "host", required: true) else { return nil }
+        var extra: [String] = []
+        if let node = fields["extra_options"], !isNull(node) {
+            if case .sequence(let sequence) = node {
+                for (index, item) in sequence.enumerated() {
+                    guard case .scalar(let scalar) = item, scalar.string.contains("=") else {
+                        fail(item, "hpc.ssh.extra_options[\(index)]", "expected an ssh option like Key=Value, got \(describe(item))")
+                        continue
+                    }
+                    extra.append(scalar.string)
+                }
+            } else {
+                fail(node, "hpc.ssh.extra_options", "expected a list of Key=Value ssh options, got \(describe(node))")
+            }
+        }
+        return SSHConfig(
+            host: host, port: integer(fields, "port", default: 22, min: 1, max: 65535),
+            user: nonEmptyString(fields, "user"),
+            identityFile: nonEmptyString(fields, "identity_file").map { PathResolver.absolute($0, relativeTo: base) },
+            knownHostsFile: nonEmptyString(fields, "known_hosts_file").map { PathResolver.absolute($0, relativeTo: base) },
+            strictHostKeyChecking: bool(fields, "strict_host_key_checking") ?? true,
+            connectTimeoutSec: number(fields, "connect_timeout_sec", default: 10, min: 0, exclusiveMin: true),
+            maxNewConnectionsPerMin: integer(fields, "max_new_connections_per_min", default: 6, min: 1),
+            extraOptions: extra)
+    }
+
+    func metrics(_ top: Fields) -> MetricsConfig {
+        guard let fields = mapping(top["metrics"], "metrics") else { return MetricsConfig() }
+        defer { finish(fields, allowed: ["enabled", "host", "port"]) }
+        return MetricsConfig(
+            enabled: bool(fields, "enabled") ?? true,
+            host: nonEmptyString(fields, "host") ?? "127.0.0.1",
+            port: integer(fields, "port", default: 8000, min: 0, max: 65535))
+    }
+
+    func gpuMonitor(_ top: Fields) -> GPUMonitorConfig {
+        guard let fields = mapping(top["gpu_monitor"], "gpu_monitor") else { return GPUMonitorConfig() }
+        defer { finish(fields, allowed: ["enabled", "interval_sec", "command", "busy_memory_mb"]) }
+        return GPUMonitorConfig(
+            enabled: bool(fields, "enabled") ?? true,
+            intervalSec: number(fields, "interval_sec", default: 10, min: 0, exclusiveMin: true),
+            command: nonEmptyString(fields, "command") ?? GPUMonitorConfig.defaultCommand,
+            busyMemoryMB: number(fields, "busy_memory_mb", default: 500, min: 0))
     }
 
     func conductor(_ top: Fields) -> ConductorConfig {

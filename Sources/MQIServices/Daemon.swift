@@ -39,16 +39,17 @@ public struct Daemon: Sendable {
         let freed = try await store.reconcileGPUs(configured: config.hpc.gpus)
         if !freed.isEmpty { logger.warning("freed GPU reservation(s) \(freed) held by no running case") }
 
+        let transports = try Transports.make(config, logger: logger)
         let conductor = Conductor(config: config)
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger)),
             .init(service: RemoteExecutorService(
-                store: store, executor: LocalStepExecutor(uploadDir: config.conductor.uploadDir), logsDir: config.state.logsDir,
+                store: store, executor: transports.executor, logsDir: config.state.logsDir,
                 concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger)),
             .init(service: FileTransferService(
-                store: store, mover: LocalFileMover(uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir),
+                store: store, mover: transports.mover,
                 localLogdata: config.scanner.localLogdata, resultsDir: config.conductor.resultsDir, concurrency: 2,
                 retry: config.retry, logger: logger)),
         ]
@@ -58,7 +59,7 @@ public struct Daemon: Sendable {
                                   successTerminationBehavior: .gracefullyShutdownGroup))
         }
         var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        groupConfig.maximumGracefulShutdownDuration = .seconds(30)
+        groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(config.shutdownTimeoutSec * 1000))
         let group = ServiceGroup(configuration: groupConfig)
         logger.info("mqi daemon started", metadata: [
             "config": "\(config.sourcePath)", "database": "\(config.state.database)", "gpus": "\(config.hpc.gpus)",

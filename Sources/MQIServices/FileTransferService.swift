@@ -58,7 +58,7 @@ public struct FileTransferService: Service {
             logger.info("\(message.kind.rawValue): \(report.files) files, \(report.bytes) bytes in \(String(format: "%.2f", Date().timeIntervalSince(started))) s",
                         metadata: ["case_id": "\(body.caseId)"])
             return body.result(done)
-        } catch let error as TransportError {
+        } catch let error as TransportError where !error.isTransient {
             logger.warning("\(message.kind.rawValue) failed: \(error)", metadata: ["case_id": "\(body.caseId)"])
             return body.result(.fileTransferFailed, reason: error.description)
         }

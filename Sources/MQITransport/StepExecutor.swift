@@ -71,12 +71,34 @@ public struct TransferReport: Sendable, Equatable {
     }
 }
 
+/// Runs a short command on the compute side and captures its output (nvidia-smi, checks).
+public protocol CommandRunner: Sendable {
+    /// Runs `command` with `/bin/sh -c`; stdout and stderr together. Throws `TransportError` only
+    /// when the command could not be run at all (for ssh: the connection failed).
+    func capture(_ command: String, timeoutSec: Double) async throws -> CommandResult
+}
+
+public struct CommandResult: Sendable, Equatable {
+    public var status: Int32
+    public var output: String
+
+    public init(status: Int32, output: String) {
+        self.status = status
+        self.output = output
+    }
+}
+
 /// A transport failure a person reads.
 public struct TransportError: Error, Sendable, CustomStringConvertible {
     public var message: String
+    /// A failure of the way there (connection refused, ssh exit 255, timeout), not of the work:
+    /// worth retrying with backoff. Permanent failures (a missing file, a refused case, a host
+    /// key mismatch) fail the step at once.
+    public var isTransient: Bool
 
-    public init(_ message: String) {
+    public init(_ message: String, transient: Bool = false) {
         self.message = message
+        self.isTransient = transient
     }
 
     public var description: String { message }

@@ -1,5 +1,6 @@
 import Foundation
 import MQICore
+import Synchronization
 import MQITestSupport
 import MQITransport
 import Testing

@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Pure values and logic: config, workflow, the Conductor's decisions, templates. No I/O
@@ -32,9 +34,16 @@ let package = Package(
         ]),
         // Long-running services and their wiring.
         .target(name: "MQIServices", dependencies: [
-            "MQICore", "MQIStore", "MQITransport",
+            "MQICore", "MQIStore", "MQITransport", "MQIHTTP",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        // The HTTP endpoint: /metrics, health probes (and later the API and dashboard).
+        .target(name: "MQIHTTP", dependencies: [
+            "MQICore", "MQIStore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "mqi", dependencies: [
             "MQIServices",
@@ -46,6 +55,10 @@ let package = Package(
         ]),
         .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
         .testTarget(name: "MQITransportTests", dependencies: ["MQITransport", "MQICore", "MQITestSupport"]),
+        .testTarget(name: "MQIHTTPTests", dependencies: [
+            "MQIHTTP", "MQIStore", "MQICore", "MQITestSupport",
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+        ]),
         .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
         .testTarget(name: "MQIServicesTests", dependencies: [
             "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQITestSupport", "mqi",

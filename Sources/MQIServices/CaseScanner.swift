@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 import ServiceLifecycle
 import Synchronization
@@ -14,6 +15,7 @@ public final class CaseScanner: Service, Sendable {
     let store: Store
     let logger: Logger
     let now: @Sendable () -> Date
+    let metrics: MQIMetrics
     private let state = Mutex(ScanState())
     let wake = Doorbell()
 
@@ -25,7 +27,8 @@ public final class CaseScanner: Service, Sendable {
         var settling: [String: (signature: CaseSignature, since: Date)] = [:]
     }
 
-    public init(config: ScannerConfig, store: Store, logger: Logger, now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(), now: @escaping @Sendable () -> Date = { Date() }) {
+        self.metrics = metrics
         self.config = config
         self.store = store
         self.logger = logger
@@ -102,6 +105,7 @@ public final class CaseScanner: Service, Sendable {
                 do {
                     if try await store.registerCase(name, workflow: config.workflow) {
                         registered += 1
+                        metrics.casesReceived.increment()
                         logger.info("new case found", metadata: ["case_id": "\(name)"])
                     }
                     state.withLock { $0.known.insert(name); _ = $0.settling.removeValue(forKey: name) }

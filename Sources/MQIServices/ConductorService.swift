@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 import ServiceLifecycle
 
@@ -11,18 +12,20 @@ public struct ConductorService: Service {
     let conductor: Conductor
     let retry: RetryPolicy
     let logger: Logger
+    let metrics: MQIMetrics
 
-    public init(store: Store, conductor: Conductor, retry: RetryPolicy, logger: Logger) {
+    public init(store: Store, conductor: Conductor, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
         self.store = store
         self.conductor = conductor
         self.retry = retry
         self.logger = logger
+        self.metrics = metrics
     }
 
     public func run() async throws {
         // Cases that waited for GPUs when the daemon stopped start as soon as it is back.
         log(try await store.dispatchPending(conductor: conductor))
-        let worker = QueueWorker(store: store, queue: .conductor, name: "conductor", concurrency: 1, retry: retry, logger: logger)
+        let worker = QueueWorker(store: store, queue: .conductor, name: "conductor", concurrency: 1, retry: retry, logger: logger, metrics: metrics)
         await cancelWhenGracefulShutdown {
             await worker.run { message in
                 guard let event = ConductorEvent(message.kind, message.body) else {
@@ -40,6 +43,13 @@ public struct ConductorService: Service {
     }
 
     func log(_ applied: [AppliedDecision]) {
+        for item in applied where item.decision.outcome == .applied && item.previousStatus != item.decision.state.status {
+            switch item.decision.state.status {
+            case .completed: metrics.casesCompleted.increment()
+            case .failed: metrics.casesFailed.increment()
+            default: break
+            }
+        }
         Self.log(applied, logger: logger)
     }
 

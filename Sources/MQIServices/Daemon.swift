@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 import MQITransport
 import ServiceLifecycle
@@ -12,11 +13,18 @@ public struct Daemon: Sendable {
     public var logger: Logger
     /// Shut down once nothing is left to do (and a scan found nothing new).
     public var exitWhenIdle: Bool
+    /// The metrics registry to export (tests pass their own to read it).
+    public var metrics: MQIMetrics?
+    /// Called with the HTTP port once the server listens (useful with `metrics.port: 0`).
+    public var onListening: (@Sendable (Int) async -> Void)?
 
-    public init(config: Config, logger: Logger, exitWhenIdle: Bool = false) {
+    public init(config: Config, logger: Logger, exitWhenIdle: Bool = false, metrics: MQIMetrics? = nil,
+                onListening: (@Sendable (Int) async -> Void)? = nil) {
         self.config = config
         self.logger = logger
         self.exitWhenIdle = exitWhenIdle
+        self.metrics = metrics
+        self.onListening = onListening
     }
 
     /// Opens the state database the way every command does.
@@ -30,8 +38,20 @@ public struct Daemon: Sendable {
         if let stale = lock.stalePID {
             logger.info("replaced a stale PID file left by PID \(stale), which is no longer running", metadata: ["pid_file": "\(config.state.pidFile)"])
         }
+        if config.metrics.enabled {
+            try HTTPServer.checkBindable(host: config.metrics.host, port: config.metrics.port)
+        }
         for directory in [config.state.logsDir, config.conductor.uploadDir, config.conductor.downloadDir, config.conductor.resultsDir] {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let transports = try Transports.make(config, logger: logger)
+        var config = config
+        if config.hpc.gpusAuto {
+            guard let samples = await GPUMonitor.read(config.gpuMonitor.command, runner: transports.runner, logger: logger), !samples.isEmpty else {
+                throw DaemonError("hpc.gpus: auto, but nvidia-smi (gpu_monitor.command) listed no GPU; list the GPU ids in hpc.gpus instead")
+            }
+            config.hpc.gpus = samples.map(\.index).sorted()
+            logger.info("discovered GPUs \(config.hpc.gpus) with nvidia-smi (hpc.gpus: auto)")
         }
         let store = try Self.openStore(config)
         let reclaimed = try await store.reclaimLeases()
@@ -39,21 +59,36 @@ public struct Daemon: Sendable {
         let freed = try await store.reconcileGPUs(configured: config.hpc.gpus)
         if !freed.isEmpty { logger.warning("freed GPU reservation(s) \(freed) held by no running case") }
 
-        let transports = try Transports.make(config, logger: logger)
+        let metrics = self.metrics ?? MQIMetrics()
         let conductor = Conductor(config: config)
-        let scanner = CaseScanner(config: config.scanner, store: store, logger: logger)
+        let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup),
-            .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger)),
+            .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics)),
             .init(service: RemoteExecutorService(
                 store: store, executor: transports.executor, logsDir: config.state.logsDir,
-                concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger)),
+                concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics)),
             .init(service: FileTransferService(
                 store: store, mover: transports.mover,
                 localLogdata: config.scanner.localLogdata, resultsDir: config.conductor.resultsDir, concurrency: 2,
-                retry: config.retry, logger: logger)),
+                retry: config.retry, logger: logger, metrics: metrics)),
+            .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
         ]
-        services.append(.init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore))
+        if config.gpuMonitor.enabled {
+            services.append(.init(service: GPUMonitor(config: config.gpuMonitor, runner: transports.runner, store: store,
+                                                      conductor: conductor, metrics: metrics, logger: logger)))
+        }
+        if config.metrics.enabled {
+            let readiness = Readiness(store: store, runner: transports.runner)
+            let onListening = self.onListening
+            let host = config.metrics.host
+            let app = HTTPServer.application(config: config.metrics, store: store, metrics: metrics, readiness: { await readiness.problems() },
+                                             logger: logger, onListening: { port in
+                                                 logger.info("serving /metrics, /healthz and /readyz on http://\(host):\(port)")
+                                                 await onListening?(port)
+                                             })
+            services.append(.init(service: app))
+        }
         if exitWhenIdle {
             services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger),
                                   successTerminationBehavior: .gracefullyShutdownGroup))
@@ -63,9 +98,37 @@ public struct Daemon: Sendable {
         let group = ServiceGroup(configuration: groupConfig)
         logger.info("mqi daemon started", metadata: [
             "config": "\(config.sourcePath)", "database": "\(config.state.database)", "gpus": "\(config.hpc.gpus)",
+            "transport": "\(config.hpc.transport.rawValue)",
         ])
         try await group.run()
         logger.info("mqi daemon stopped")
+    }
+}
+
+public struct DaemonError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The checks behind `/readyz`: the database is writable and the transport answers.
+struct Readiness: Sendable {
+    let store: Store
+    let runner: any CommandRunner
+
+    func problems() async -> [String: String] {
+        var problems: [String: String] = [:]
+        do {
+            try await store.checkWritable()
+        } catch {
+            problems["database"] = "not writable: \(error)"
+        }
+        do {
+            let result = try await runner.capture("true", timeoutSec: 10)
+            if result.status != 0 { problems["transport"] = "`true` exited \(result.status): \(result.output.prefix(200))" }
+        } catch {
+            problems["transport"] = "unreachable: \(error)"
+        }
+        return problems
     }
 }
 

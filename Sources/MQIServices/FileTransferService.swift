@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 import MQITransport
 import ServiceLifecycle
@@ -15,8 +16,10 @@ public struct FileTransferService: Service {
     let concurrency: Int
     let retry: RetryPolicy
     let logger: Logger
+    let metrics: MQIMetrics
 
-    public init(store: Store, mover: any FileMover, localLogdata: String, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger) {
+    public init(store: Store, mover: any FileMover, localLogdata: String, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
+        self.metrics = metrics
         self.store = store
         self.mover = mover
         self.localLogdata = localLogdata
@@ -27,7 +30,7 @@ public struct FileTransferService: Service {
     }
 
     public func run() async throws {
-        let worker = QueueWorker(store: store, queue: .fileTransfer, name: "transfer", concurrency: concurrency, retry: retry, logger: logger)
+        let worker = QueueWorker(store: store, queue: .fileTransfer, name: "transfer", concurrency: concurrency, retry: retry, logger: logger, metrics: metrics)
         await cancelWhenGracefulShutdown {
             await worker.run { message in try await handle(message) }
         }
@@ -41,6 +44,12 @@ public struct FileTransferService: Service {
             return nil
         }
         let started = Date()
+        metrics.activeJobs.increment()
+        defer {
+            metrics.activeJobs.decrement()
+            let type: StepType = message.kind == .uploadCase ? .upload : .download
+            metrics.taskDuration(type: type, step: body.step ?? message.kind.rawValue).record(Date().timeIntervalSince(started))
+        }
         do {
             let report: TransferReport
             let done: MessageKind
@@ -55,6 +64,7 @@ public struct FileTransferService: Service {
             default:
                 return body.result(.fileTransferFailed, reason: "\(message.kind.rawValue) is not a file transfer")
             }
+            metrics.transferBytes(direction: done == .caseUploadCompleted ? "upload" : "download").increment(by: report.bytes)
             logger.info("\(message.kind.rawValue): \(report.files) files, \(report.bytes) bytes in \(String(format: "%.2f", Date().timeIntervalSince(started))) s",
                         metadata: ["case_id": "\(body.caseId)"])
             return body.result(done)

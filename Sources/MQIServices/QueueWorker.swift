@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 
 /// Claims messages from one queue under a lease, renews the lease while the handler works, and
@@ -16,6 +17,7 @@ struct QueueWorker: Sendable {
     var idlePollSec: Double = 1
     var retry: RetryPolicy
     var logger: Logger
+    var metrics: MQIMetrics
 
     /// The handler returns the event to publish with the acknowledgement, or nil for none.
     /// It throws to give the message back for redelivery.
@@ -88,6 +90,7 @@ struct QueueWorker: Sendable {
                 if dead {
                     logger.error("\(message.kind.rawValue) failed \(message.deliveries) times and went to the dead letters: \(error)")
                 } else {
+                    metrics.stepRetries(step: message.body.step ?? message.kind.rawValue).increment()
                     logger.warning("\(message.kind.rawValue) failed (delivery \(message.deliveries)); retrying in \(String(format: "%.1f", delay)) s: \(error)")
                 }
             }

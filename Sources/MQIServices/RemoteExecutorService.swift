@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 import MQITransport
 import ServiceLifecycle
@@ -14,8 +15,10 @@ public struct RemoteExecutorService: Service {
     let concurrency: Int
     let retry: RetryPolicy
     let logger: Logger
+    let metrics: MQIMetrics
 
-    public init(store: Store, executor: any StepExecutor, logsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger) {
+    public init(store: Store, executor: any StepExecutor, logsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
+        self.metrics = metrics
         self.store = store
         self.executor = executor
         self.logsDir = logsDir
@@ -25,7 +28,7 @@ public struct RemoteExecutorService: Service {
     }
 
     public func run() async throws {
-        let worker = QueueWorker(store: store, queue: .remoteExecutor, name: "executor", concurrency: concurrency, retry: retry, logger: logger)
+        let worker = QueueWorker(store: store, queue: .remoteExecutor, name: "executor", concurrency: concurrency, retry: retry, logger: logger, metrics: metrics)
         await cancelWhenGracefulShutdown {
             await worker.run { message in try await handle(message) }
         }
@@ -49,6 +52,11 @@ public struct RemoteExecutorService: Service {
         let stepIndex = body.stepIndex
         logger.info("running \(step) attempt \(attempt)", metadata: ["gpu_id": "\(run.gpuIds.map(String.init).joined(separator: ","))", "log": "\(logPath)"])
         let started = Date()
+        metrics.activeJobs.increment()
+        defer {
+            metrics.activeJobs.decrement()
+            metrics.taskDuration(type: .execute, step: step).record(Date().timeIntervalSince(started))
+        }
         let outcome = try await executor.execute(run) {
             // Cancelled (or retried) by an operator while running.
             guard let now = try? await store.caseState(run.caseId) else { return false }

@@ -57,13 +57,32 @@ public struct GPUResource: Sendable, Equatable, Codable {
         case retired
     }
 
+    /// What the hardware says (from nvidia-smi).
+    public enum Health: String, Sendable, Codable {
+        case ok
+        /// Free in the database but in use by a foreign process: not reserved until it frees up.
+        case busy
+        /// No longer listed by nvidia-smi: not reserved until it is back.
+        case missing
+    }
+
     public var gpuId: Int
     public var status: Status
     public var reservedBy: String?
     public var reservedAt: Date?
+    public var health: Health = .ok
+    public var name: String?
+    public var uuid: String?
+    public var utilizationPercent: Double?
+    public var memoryUsedMB: Double?
+    public var memoryTotalMB: Double?
+    public var temperatureC: Double?
+    public var lastSeen: Date?
 
     enum CodingKeys: String, CodingKey {
-        case gpuId = "gpu_id", status, reservedBy = "reserved_by", reservedAt = "reserved_at"
+        case gpuId = "gpu_id", status, reservedBy = "reserved_by", reservedAt = "reserved_at", health, name, uuid
+        case utilizationPercent = "utilization_percent", memoryUsedMB = "memory_used_mb", memoryTotalMB = "memory_total_mb"
+        case temperatureC = "temperature_c", lastSeen = "last_seen"
     }
 }
 

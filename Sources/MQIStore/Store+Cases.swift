@@ -141,7 +141,7 @@ extension Store {
     }
 
     static func freeGPUs(_ db: Database) throws -> [Int] {
-        try Int.fetchAll(db, sql: "SELECT gpu_id FROM gpu_resources WHERE status = 'free' ORDER BY gpu_id")
+        try Int.fetchAll(db, sql: "SELECT gpu_id FROM gpu_resources WHERE status = 'free' AND health = 'ok' ORDER BY gpu_id")
     }
 
     // MARK: GPUs
@@ -190,8 +190,40 @@ extension Store {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM gpu_resources ORDER BY gpu_id").map { row in
                 GPUResource(gpuId: row["gpu_id"], status: GPUResource.Status(rawValue: row["status"]) ?? .retired,
-                            reservedBy: row["reserved_by"], reservedAt: row["reserved_at"])
+                            reservedBy: row["reserved_by"], reservedAt: row["reserved_at"],
+                            health: GPUResource.Health(rawValue: row["health"]) ?? .ok, name: row["name"], uuid: row["uuid"],
+                            utilizationPercent: row["utilization"], memoryUsedMB: row["memory_used_mb"],
+                            memoryTotalMB: row["memory_total_mb"], temperatureC: row["temperature"], lastSeen: row["last_seen"])
             }
+        }
+    }
+
+    /// Records what nvidia-smi reports. A free GPU whose memory use is above `busyMemoryMB` is
+    /// marked busy (a foreign process) and a configured GPU missing from the list is marked
+    /// missing; neither is reserved until it is back. Returns the GPUs that became usable again.
+    @discardableResult
+    public func recordGPUTelemetry(_ samples: [GPUSample], busyMemoryMB: Double) async throws -> [Int] {
+        let now = now()
+        return try await pool.write { db in
+            var recovered: [Int] = []
+            for row in try Row.fetchAll(db, sql: "SELECT gpu_id, status, health FROM gpu_resources WHERE status != 'retired'") {
+                let id: Int = row["gpu_id"]
+                let status: String = row["status"]
+                let before = GPUResource.Health(rawValue: row["health"]) ?? .ok
+                guard let sample = samples.first(where: { $0.index == id }) else {
+                    try db.execute(sql: "UPDATE gpu_resources SET health = 'missing' WHERE gpu_id = ?", arguments: [id])
+                    continue
+                }
+                let foreign = status == "free" && (sample.memoryUsedMB ?? 0) > busyMemoryMB
+                let health: GPUResource.Health = foreign ? .busy : .ok
+                if health == .ok, before != .ok { recovered.append(id) }
+                try db.execute(sql: """
+                    UPDATE gpu_resources SET health = ?, name = ?, uuid = ?, utilization = ?, memory_used_mb = ?, memory_total_mb = ?,
+                        temperature = ?, last_seen = ? WHERE gpu_id = ?
+                    """, arguments: [health.rawValue, sample.name, sample.uuid, sample.utilizationPercent, sample.memoryUsedMB,
+                                     sample.memoryTotalMB, sample.temperatureC, now, id])
+            }
+            return recovered
         }
     }
 

@@ -186,3 +186,9 @@ extension Store {
         bell.ring(queue)
     }
 }
+
+extension Store {
+    public func deadLetterCount() async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM dead_letters") ?? 0 }
+    }
+}

@@ -95,6 +95,18 @@ public struct Store: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v2-gpu-telemetry") { db in
+            try db.execute(sql: """
+                ALTER TABLE gpu_resources ADD COLUMN name TEXT;
+                ALTER TABLE gpu_resources ADD COLUMN uuid TEXT;
+                ALTER TABLE gpu_resources ADD COLUMN utilization REAL;
+                ALTER TABLE gpu_resources ADD COLUMN memory_used_mb REAL;
+                ALTER TABLE gpu_resources ADD COLUMN memory_total_mb REAL;
+                ALTER TABLE gpu_resources ADD COLUMN temperature REAL;
+                ALTER TABLE gpu_resources ADD COLUMN last_seen DATETIME;
+                ALTER TABLE gpu_resources ADD COLUMN health TEXT NOT NULL DEFAULT 'ok';
+                """)
+        }
         return migrator
     }
 

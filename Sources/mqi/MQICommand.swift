@@ -11,7 +11,7 @@ struct MQICommand: AsyncParsableCommand {
         commandName: "mqi",
         abstract: "MQI Communicator: runs proton-therapy QA cases through MOQUI on GPUs and tracks them.",
         discussion: "Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 another instance is running.",
-        subcommands: [Run.self, Status.self, Cases.self, ConfigCommand.self, Demo.self])
+        subcommands: [Run.self, Status.self, Cases.self, GPUs.self, ConfigCommand.self, Demo.self])
 }
 
 /// `--config PATH`, shared by every command that reads a config.
@@ -206,6 +206,30 @@ func operate(_ options: ConfigOption, _ caseId: String, _ event: ConductorEvent)
     print("\(caseId): \(first.previousStatus.rawValue) → \(first.decision.state.status.rawValue): \(first.decision.note)")
 }
 
+struct GPUs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "gpus", abstract: "Show each GPU: reservation, health and the last telemetry.")
+
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let config = try options.load()
+        let gpus = try await Daemon.openStore(config).gpus()
+        if json {
+            print(try jsonText(gpus))
+            return
+        }
+        let header = ["GPU", "NAME", "STATUS", "RESERVED BY", "HEALTH", "UTIL", "MEMORY", "TEMP", "LAST SEEN"]
+        let rows = gpus.map { gpu -> [String] in
+            let memory = gpu.memoryUsedMB.map { used in "\(Int(used))/\(gpu.memoryTotalMB.map { String(Int($0)) } ?? "?") MiB" } ?? "-"
+            return [String(gpu.gpuId), gpu.name ?? "-", gpu.status.rawValue, gpu.reservedBy ?? "-", gpu.health.rawValue,
+                    gpu.utilizationPercent.map { "\(Int($0))%" } ?? "-", memory,
+                    gpu.temperatureC.map { "\(Int($0)) C" } ?? "-", gpu.lastSeen.map(isoDate) ?? "never"]
+        }
+        printColumns(header, rows)
+    }
+}
+
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "config", abstract: "Work with the config file.", subcommands: [Check.self])
 
@@ -254,7 +278,9 @@ struct Demo: AsyncParsableCommand {
         print("running until every case is done...")
         let started = Date()
         do {
-            try await Daemon(config: config, logger: Logger(label: "mqi"), exitWhenIdle: true).run()
+            try await Daemon(config: config, logger: Logger(label: "mqi"), exitWhenIdle: true, onListening: { port in
+                print("metrics: http://127.0.0.1:\(port)/metrics (while the demo runs)")
+            }).run()
         } catch {
             printError("mqi demo: the daemon failed: \(error)")
             throw ExitCode(1)
@@ -283,6 +309,10 @@ func printTable(_ cases: [CaseSummary]) {
                 summary.gpuIds.isEmpty ? "-" : summary.gpuIds.map(String.init).joined(separator: ","), duration,
                 summary.error.map { String($0.prefix(60)).replacingOccurrences(of: "\n", with: " ") } ?? ""]
     }
+    printColumns(header, rows)
+}
+
+func printColumns(_ header: [String], _ rows: [[String]]) {
     let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
     for row in [header] + rows {
         print(row.indices.map { $0 == row.count - 1 ? row[$0] : row[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) }

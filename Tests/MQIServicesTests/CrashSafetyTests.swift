@@ -46,6 +46,8 @@ struct CrashSafetyTests {
                   run_interpreter: "/bin/sh \(quoted) \(ledger) interpreter {case_dir} {gpu_id}"
                   run_moqui_sim: "/bin/sh \(quoted) \(ledger) simulation {case_dir} {gpu_id} {result_dir}"
                 retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
+                metrics: { port: 0 }
+                gpu_monitor: { enabled: false }
                 """.write(toFile: temp.file("config.yaml"), atomically: true, encoding: .utf8)
             try FileManager.default.createDirectory(atPath: temp.file("data"), withIntermediateDirectories: true)
             for index in 1...cases {

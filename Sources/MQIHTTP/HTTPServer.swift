@@ -1,0 +1,88 @@
+import Foundation
+import Hummingbird
+import Logging
+import MQICore
+import MQIStore
+import NIOCore
+
+/// Why the daemon is not ready, as named checks; empty when ready.
+public typealias ReadinessCheck = @Sendable () async -> [String: String]
+
+/// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+public enum HTTPServer {
+    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: SecurityHeaders())
+        router.get("/metrics") { _, _ -> Response in
+            let text = try await metrics.render(from: store)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+        router.get("/healthz") { _, _ -> Response in
+            json(.ok, ["status": "ok"])
+        }
+        router.get("/readyz") { _, _ -> Response in
+            let problems = await readiness()
+            if problems.isEmpty { return json(.ok, ["status": "ready"]) }
+            return json(.serviceUnavailable, ["status": "not ready", "reasons": problems])
+        }
+        return router
+    }
+
+    /// The server as a service for the daemon's ServiceGroup. `onListening` gets the bound port.
+    public static func application(
+        config: MetricsConfig, store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, logger: Logger,
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        Application(
+            router: router(store: store, metrics: metrics, readiness: readiness),
+            configuration: .init(address: .hostname(config.host, port: config.port), serverName: "mqi-communicator"),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
+            logger: logger)
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ object: [String: Any]) -> Response {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// Fails with a clear message if `host:port` cannot be bound (checked before the daemon starts).
+    public static func checkBindable(host: String, port: Int) throws {
+        guard port != 0 else { return }
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &address.sin_addr) == 1 else { return }
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if bound != 0 {
+            let reason = String(cString: strerror(errno))
+            throw HTTPServerError("cannot listen on \(host):\(port) (metrics.host / metrics.port): \(reason); is another mqi or service using the port?")
+        }
+    }
+}
+
+public struct HTTPServerError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Standard security headers on every response; no CORS.
+struct SecurityHeaders<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        response.headers[.init("X-Content-Type-Options")!] = "nosniff"
+        response.headers[.init("X-Frame-Options")!] = "DENY"
+        response.headers[.init("Referrer-Policy")!] = "no-referrer"
+        response.headers[.init("Content-Security-Policy")!] = "default-src 'self'; frame-ancestors 'none'"
+        response.headers[.cacheControl] = "no-store"
+        return response
+    }
+}

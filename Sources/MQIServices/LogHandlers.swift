@@ -26,6 +26,69 @@ public final class LogSink: Sendable {
     }
 }
 
+/// Keeps an error repeated in a loop (the HPC down for an hour) from flooding the log: the first
+/// occurrence of a WARNING-or-worse message is written, repeats within `window` are counted, and
+/// the next occurrence after the window writes "… repeated N times in the last M min" first.
+/// Messages that differ only in their numbers count as the same message.
+public final class RepeatFilter: Sendable {
+    struct Entry {
+        var windowStart: Date
+        var suppressed: Int
+    }
+
+    let window: TimeInterval
+    let now: @Sendable () -> Date
+    private let entries = Mutex<[String: Entry]>([:])
+
+    public init(window: TimeInterval = 600, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.window = window
+        self.now = now
+    }
+
+    public enum Verdict: Equatable {
+        case write
+        /// Write, preceded by a summary of this many suppressed repeats.
+        case writeAfterSummary(repeats: Int, minutes: Int)
+        case suppress
+    }
+
+    public func check(_ level: Logger.Level, _ message: String) -> Verdict {
+        guard level >= .warning else { return .write }
+        let key = "\(level.rawValue)|" + Self.shape(message)
+        let now = now()
+        return entries.withLock { entries in
+            guard var entry = entries[key], now.timeIntervalSince(entry.windowStart) < window else {
+                let previous = entries[key]
+                entries[key] = Entry(windowStart: now, suppressed: 0)
+                if entries.count > 10_000 { entries = entries.filter { now.timeIntervalSince($0.value.windowStart) < window } }
+                if let previous, previous.suppressed > 0 {
+                    return .writeAfterSummary(repeats: previous.suppressed, minutes: Int((window / 60).rounded(.up)))
+                }
+                return .write
+            }
+            entry.suppressed += 1
+            entries[key] = entry
+            return .suppress
+        }
+    }
+
+    /// The message with every run of digits replaced, so "retry 3 in 1.2 s" matches "retry 4 in 0.7 s".
+    static func shape(_ message: String) -> String {
+        var out = ""
+        var inNumber = false
+        for character in message.prefix(500) {
+            if character.isNumber {
+                if !inNumber { out.append("#") }
+                inNumber = true
+            } else {
+                inNumber = false
+                out.append(character)
+            }
+        }
+        return out
+    }
+}
+
 /// A swift-log handler writing one JSON object (or one text line) per record: `timestamp`
 /// (ISO-8601 UTC, ms), `level`, `message`, `logger_name`, `module`, `funcName`, `lineno` and
 /// every metadata key as a top-level field.
@@ -36,12 +99,14 @@ public struct MQILogHandler: LogHandler {
     let label: String
     let format: LogFormat
     let sink: LogSink
+    let repeats: RepeatFilter?
 
-    public init(label: String, level: Logger.Level, format: LogFormat, sink: LogSink = .standardOutput) {
+    public init(label: String, level: Logger.Level, format: LogFormat, sink: LogSink = .standardOutput, repeats: RepeatFilter? = nil) {
         self.label = label
         self.logLevel = level
         self.format = format
         self.sink = sink
+        self.repeats = repeats
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -50,6 +115,20 @@ public struct MQILogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
+        switch repeats?.check(event.level, event.message.description) ?? .write {
+        case .suppress:
+            return
+        case .writeAfterSummary(let count, let minutes):
+            var summary = event
+            summary.message = "… \"\(String(event.message.description.prefix(200)))\" repeated \(count) times in the last \(minutes) min"
+            write(summary)
+        case .write:
+            break
+        }
+        write(event)
+    }
+
+    func write(_ event: LogEvent) {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }
         if let extra = event.metadata { merged.merge(extra) { $1 } }

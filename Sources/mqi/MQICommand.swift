@@ -55,7 +55,8 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         let format = logFormat
-        LoggingSystem.bootstrap { label in MQILogHandler(label: label, level: level, format: format) }
+        let repeats = RepeatFilter()
+        LoggingSystem.bootstrap { label in MQILogHandler(label: label, level: level, format: format, repeats: repeats) }
         let logger = Logger(label: "mqi")
         do {
             try await Daemon(config: config, logger: logger, exitWhenIdle: exitWhenIdle).run()
@@ -271,7 +272,8 @@ struct Demo: AsyncParsableCommand {
         FileManager.default.createFile(atPath: logPath, contents: nil)
         guard let logFile = FileHandle(forWritingAtPath: logPath) else { throw ExitCode(1) }
         let sink = LogSink(logFile)
-        LoggingSystem.bootstrap { label in MQILogHandler(label: label, level: .info, format: .json, sink: sink) }
+        let repeats = RepeatFilter()
+        LoggingSystem.bootstrap { label in MQILogHandler(label: label, level: .info, format: .json, sink: sink, repeats: repeats) }
         print("MQI Communicator demo: \(cases) case(s) in \(site.directory)")
         print("config: \(site.configPath)")
         print("log:    \(logPath)")

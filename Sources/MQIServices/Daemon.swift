@@ -41,8 +41,13 @@ public struct Daemon: Sendable {
         if config.metrics.enabled {
             try HTTPServer.checkBindable(host: config.metrics.host, port: config.metrics.port)
         }
-        for directory in [config.state.logsDir, config.conductor.uploadDir, config.conductor.downloadDir, config.conductor.resultsDir] {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (key, directory) in [("state.logs_dir", config.state.logsDir), ("conductor.remote_paths.upload_dir", config.conductor.uploadDir),
+                                 ("conductor.remote_paths.download_dir", config.conductor.downloadDir), ("conductor.results_dir", config.conductor.resultsDir)] {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw DaemonError("cannot create \(key) \(directory): \(error.localizedDescription)")
+            }
         }
         let transports = try Transports.make(config, logger: logger)
         var config = config
@@ -70,7 +75,7 @@ public struct Daemon: Sendable {
                 concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics)),
             .init(service: FileTransferService(
                 store: store, mover: transports.mover,
-                localLogdata: config.scanner.localLogdata, resultsDir: config.conductor.resultsDir, concurrency: 2,
+                localLogdata: config.scanner.localLogdata, readyMarker: config.scanner.readyMarker, resultsDir: config.conductor.resultsDir, concurrency: 2,
                 retry: config.retry, logger: logger, metrics: metrics)),
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
         ]

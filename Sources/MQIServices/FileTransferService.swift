@@ -12,17 +12,19 @@ public struct FileTransferService: Service {
     let store: Store
     let mover: any FileMover
     let localLogdata: String
+    let readyMarker: String?
     let resultsDir: String
     let concurrency: Int
     let retry: RetryPolicy
     let logger: Logger
     let metrics: MQIMetrics
 
-    public init(store: Store, mover: any FileMover, localLogdata: String, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
+    public init(store: Store, mover: any FileMover, localLogdata: String, readyMarker: String? = nil, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
         self.metrics = metrics
         self.store = store
         self.mover = mover
         self.localLogdata = localLogdata
+        self.readyMarker = readyMarker
         self.resultsDir = resultsDir
         self.concurrency = concurrency
         self.retry = retry
@@ -55,7 +57,10 @@ public struct FileTransferService: Service {
             let done: MessageKind
             switch message.kind {
             case .uploadCase:
-                report = try await mover.upload(caseId: body.caseId, from: (localLogdata as NSString).appendingPathComponent(body.caseId))
+                let caseDir = (localLogdata as NSString).appendingPathComponent(body.caseId)
+                // Refuse empty cases and symlinks out of the case before anything is sent.
+                try CaseInspection.check(caseDir, ignoring: Set([readyMarker].compactMap { $0 }))
+                report = try await mover.upload(caseId: body.caseId, from: caseDir)
                 done = .caseUploadCompleted
             case .downloadResults:
                 try FileManager.default.createDirectory(atPath: resultsDir, withIntermediateDirectories: true)

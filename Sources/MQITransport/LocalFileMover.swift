@@ -12,7 +12,6 @@ public struct LocalFileMover: FileMover {
     }
 
     public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
-        try CaseInspection.check(localCase)
         return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case")
     }
 
@@ -64,7 +63,8 @@ public struct LocalFileMover: FileMover {
 /// Refuses case directories that must not be uploaded: empty ones, and ones holding symlinks
 /// that point outside the case (nothing outside the case is ever read).
 public enum CaseInspection {
-    public static func check(_ caseDir: String) throws {
+    /// `ignoring`: names that do not count as case data (the ready marker).
+    public static func check(_ caseDir: String, ignoring: Set<String> = []) throws {
         let files = FileManager.default
         let root = (caseDir as NSString).resolvingSymlinksInPath
         guard let walker = files.enumerator(atPath: caseDir) else {
@@ -83,13 +83,13 @@ public enum CaseInspection {
                     throw TransportError("refusing the case: \(relative) is a symlink to \(target), outside the case directory")
                 }
             case .typeRegular?:
-                regularFiles += 1
+                if !ignoring.contains(relative) { regularFiles += 1 }
             default:
                 break
             }
         }
         if regularFiles == 0 {
-            throw TransportError("the case directory \(caseDir) holds no files")
+            throw TransportError("the case directory \(caseDir) holds no files" + (ignoring.isEmpty ? "" : " besides \(ignoring.sorted().joined(separator: ", "))"))
         }
     }
 }

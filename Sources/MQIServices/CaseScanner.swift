@@ -16,6 +16,9 @@ public final class CaseScanner: Service, Sendable {
     let logger: Logger
     let now: @Sendable () -> Date
     let metrics: MQIMetrics
+    /// Whether a case's complete, verified results are already in `results_dir` (after the
+    /// database was rebuilt): such a case is recorded COMPLETED, not run again.
+    let hasVerifiedResults: @Sendable (String) -> Bool
     private let state = Mutex(ScanState())
     let wake = Doorbell()
 
@@ -27,7 +30,9 @@ public final class CaseScanner: Service, Sendable {
         var settling: [String: (signature: CaseSignature, since: Date)] = [:]
     }
 
-    public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(), now: @escaping @Sendable () -> Date = { Date() }) {
+    public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(),
+                hasVerifiedResults: @escaping @Sendable (String) -> Bool = { _ in false }, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.hasVerifiedResults = hasVerifiedResults
         self.metrics = metrics
         self.config = config
         self.store = store
@@ -103,7 +108,12 @@ public final class CaseScanner: Service, Sendable {
             switch readiness(name, path: path, now: now) {
             case .ready:
                 do {
-                    if try await store.registerCase(name, workflow: config.workflow) {
+                    if hasVerifiedResults(name) {
+                        if try await store.registerCompletedCase(name, workflow: config.workflow,
+                                                                 note: "complete, verified results already in the results directory; not run again") {
+                            logger.info("case already has complete, verified results; recorded COMPLETED without running it", metadata: ["case_id": "\(name)"])
+                        }
+                    } else if try await store.registerCase(name, workflow: config.workflow) {
                         registered += 1
                         metrics.casesReceived.increment()
                         logger.info("new case found", metadata: ["case_id": "\(name)"])

@@ -58,7 +58,12 @@ public struct Daemon: Sendable {
             config.hpc.gpus = samples.map(\.index).sorted()
             logger.info("discovered GPUs \(config.hpc.gpus) with nvidia-smi (hpc.gpus: auto)")
         }
-        let store = try Self.openStore(config)
+        let opened = try Store.openRecovering(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
+        let store = opened.store
+        if let setAside = opened.setAside {
+            logger.error("the state database could not be used (\(opened.problem ?? "damaged")); it was set aside as \(setAside) and a new one was created; re-scanning \(config.scanner.localLogdata): cases with complete, verified results are recorded COMPLETED, all others run again",
+                         metadata: ["database": "\(config.state.database)", "set_aside": "\(setAside)"])
+        }
         let reclaimed = try await store.reclaimLeases()
         if reclaimed > 0 { logger.info("took back \(reclaimed) message(s) left in progress by the previous run; their steps are adopted, not restarted") }
         let freed = try await store.reconcileGPUs(configured: config.hpc.gpus)
@@ -66,7 +71,9 @@ public struct Daemon: Sendable {
 
         let metrics = self.metrics ?? MQIMetrics()
         let conductor = Conductor(config: config)
-        let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics)
+        let resultsDir = config.conductor.resultsDir
+        let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,
+                                  hasVerifiedResults: { caseId in ResultManifest.verify((resultsDir as NSString).appendingPathComponent(caseId)) == nil })
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics)),

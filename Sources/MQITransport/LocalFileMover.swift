@@ -15,13 +15,20 @@ public struct LocalFileMover: FileMover {
         return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case")
     }
 
+    /// The results carry a SHA-256 manifest (`.mqi-manifest.sha256`), written and checked in the
+    /// staging directory before it is renamed into place.
     public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
-        try Self.copyAtomically(from: (downloadDir as NSString).appendingPathComponent(caseId), toDirectory: resultsDir, name: caseId, what: "results")
+        try Self.copyAtomically(from: (downloadDir as NSString).appendingPathComponent(caseId), toDirectory: resultsDir, name: caseId,
+                                what: "results") { staging in
+            try ResultManifest.write(in: staging)
+            if let problem = ResultManifest.verify(staging) { throw TransportError(problem) }
+        }
     }
 
     /// Copies `source` to `directory/name` through `directory/.mqi-partial/name`. The staging
     /// directory keeps the final name, so a 255-byte case id still fits.
-    static func copyAtomically(from source: String, toDirectory directory: String, name: String, what: String) throws -> TransferReport {
+    static func copyAtomically(from source: String, toDirectory directory: String, name: String, what: String,
+                               beforeRename: (String) throws -> Void = { _ in }) throws -> TransferReport {
         let files = FileManager.default
         var isDirectory: ObjCBool = false
         guard files.fileExists(atPath: source, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -35,6 +42,7 @@ public struct LocalFileMover: FileMover {
             if files.fileExists(atPath: partial) { try files.removeItem(atPath: partial) }
             try files.copyItem(atPath: source, toPath: partial)
             let report = try measure(partial)
+            try beforeRename(partial)
             if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
             try files.moveItem(atPath: partial, toPath: final)
             return report

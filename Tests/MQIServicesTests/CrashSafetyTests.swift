@@ -1,6 +1,7 @@
 import Foundation
 import MQICore
 import MQIStore
+import MQITransport
 import MQITestSupport
 import Testing
 @testable import MQIServices
@@ -176,5 +177,42 @@ struct CrashSafetyTests {
         let pgid = try #require(Int32(try String(contentsOfFile: runDir + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(await eventually(within: 10) { kill(-pgid, 0) != 0 })
         #expect(Date().timeIntervalSince(cancelledAt) < 5)
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aCorruptDatabaseIsSetAsideAndOnlyCasesWithoutVerifiedResultsRunAgain() async throws {
+        let site = try Site(cases: 6, gpus: [0, 1])
+        defer { site.temp.remove() }
+        let first = try site.run(["--exit-when-idle"], tag: "first")
+        #expect(await first.wait(upTo: 120) == 0, "\(first.output.suffix(2000))")
+        try await site.expectCleanFinish(cases: 6)
+        // Two cases lose their results (one entirely, one a corrupted file): they must run again.
+        let results = site.temp.file("var/results")
+        try FileManager.default.removeItem(atPath: results + "/CASE-002")
+        try "tampered".write(toFile: results + "/CASE-005/dose.txt", atomically: true, encoding: .utf8)
+        // Garbage over the database header.
+        let database = site.temp.file("var/mqi.sqlite")
+        let handle = try #require(FileHandle(forWritingAtPath: database))
+        try handle.write(contentsOf: Data(repeating: 0x5A, count: 100))
+        try handle.close()
+
+        let second = try site.run(["--exit-when-idle"], tag: "second")
+        #expect(await second.wait(upTo: 120) == 0, "\(second.output.suffix(2000))")
+        #expect(second.output.contains("ERROR") && second.output.contains("set aside as \(database).corrupt-"), "\(second.output.prefix(3000))")
+        let varFiles = try FileManager.default.contentsOfDirectory(atPath: site.temp.file("var"))
+        #expect(varFiles.contains { $0.hasPrefix("mqi.sqlite.corrupt-") }, "the damaged database is kept: \(varFiles)")
+
+        let store = try site.store()
+        let all = try await store.cases()
+        #expect(all.count == 6 && all.allSatisfy { $0.status == .completed }, "\(all.map { "\($0.caseId) \($0.status.rawValue) \($0.error ?? "")" })")
+        let runs = try site.runs()
+        for index in 1...6 {
+            let id = String(format: "CASE-%03d", index)
+            let expected = (index == 2 || index == 5) ? 2 : 1
+            #expect(runs["simulation \(id)"] == expected, "\(id) simulated \(runs["simulation \(id)"] ?? 0) times")
+            #expect(ResultManifest.verifyResults(at: results + "/" + id))
+        }
+        let history = try await store.history("CASE-001")
+        #expect(history.contains { $0.event == "recovered" })
     }
 }

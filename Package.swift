@@ -45,6 +45,12 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // `swift run -c release mqi-bench [--quick] [--json FILE]`: the performance figures.
+        .executableTarget(name: "mqi-bench", dependencies: [
+            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "mqi", dependencies: [
             "MQIServices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

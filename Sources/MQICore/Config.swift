@@ -13,6 +13,8 @@ public struct Config: Sendable, Equatable {
     public var logging: LoggingConfig
     public var metrics: MetricsConfig
     public var gpuMonitor: GPUMonitorConfig
+    /// The JSON API's and dashboard's settings.
+    public var http: HTTPConfig
     /// How long a graceful shutdown may take before the daemon exits anyway.
     public var shutdownTimeoutSec: Double
 
@@ -20,8 +22,9 @@ public struct Config: Sendable, Equatable {
         sourcePath: String, scanner: ScannerConfig, state: StateConfig, hpc: HPCConfig,
         conductor: ConductorConfig, workflows: [String: Workflow], retry: RetryPolicy,
         logging: LoggingConfig, metrics: MetricsConfig = MetricsConfig(), gpuMonitor: GPUMonitorConfig = GPUMonitorConfig(),
-        shutdownTimeoutSec: Double = 30
+        shutdownTimeoutSec: Double = 30, http: HTTPConfig = HTTPConfig()
     ) {
+        self.http = http
         self.sourcePath = sourcePath
         self.scanner = scanner
         self.state = state
@@ -47,6 +50,16 @@ public struct MetricsConfig: Sendable, Equatable {
         self.enabled = enabled
         self.host = host
         self.port = port
+    }
+}
+
+/// The operators' API: mutating endpoints need `Authorization: Bearer <token>`, the token read
+/// from `token_file`; without one they answer 403.
+public struct HTTPConfig: Sendable, Equatable {
+    public var tokenFile: String?
+
+    public init(tokenFile: String? = nil) {
+        self.tokenFile = tokenFile
     }
 }
 

@@ -271,7 +271,7 @@ private final class ConfigParser {
     // MARK: sections
 
     static let topKeys = ["scanner", "state", "hpc", "conductor", "workflows", "remote_commands", "retry", "logging",
-                          "metrics", "gpu_monitor", "shutdown_timeout_sec"]
+                          "metrics", "gpu_monitor", "shutdown_timeout_sec", "http"]
 
     func config(_ root: Node) -> Config? {
         guard let top = mapping(root, "") else { return nil }
@@ -286,12 +286,17 @@ private final class ConfigParser {
         let metrics = self.metrics(top)
         let gpuMonitor = self.gpuMonitor(top)
         let shutdown = number(top, "shutdown_timeout_sec", default: 30, min: 0, exclusiveMin: true)
+        var http = HTTPConfig()
+        if let fields = mapping(top["http"], "http") {
+            http.tokenFile = nonEmptyString(fields, "token_file").map { PathResolver.absolute($0, relativeTo: base) }
+            finish(fields, allowed: ["token_file"])
+        }
         finish(top, allowed: Self.topKeys)
         guard let scanner else { return nil }
         return Config(
             sourcePath: file, scanner: scanner, state: state, hpc: hpc, conductor: conductor,
             workflows: workflows, retry: retry, logging: logging, metrics: metrics, gpuMonitor: gpuMonitor,
-            shutdownTimeoutSec: shutdown)
+            shutdownTimeoutSec: shutdown, http: http)
     }
 
     func scanner(_ top: Fields, workflows: [String: Workflow]) -> ScannerConfig? {

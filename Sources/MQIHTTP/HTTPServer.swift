@@ -10,9 +10,10 @@ public typealias ReadinessCheck = @Sendable () async -> [String: String]
 
 /// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 public enum HTTPServer {
-    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck) -> Router<BasicRequestContext> {
+    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil) -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: SecurityHeaders())
+        if let api { APIRoutes.register(on: router, api) }
         router.get("/metrics") { _, _ -> Response in
             let text = try await metrics.render(from: store)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
@@ -31,11 +32,11 @@ public enum HTTPServer {
 
     /// The server as a service for the daemon's ServiceGroup. `onListening` gets the bound port.
     public static func application(
-        config: MetricsConfig, store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, logger: Logger,
+        config: MetricsConfig, store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil, logger: Logger,
         onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         Application(
-            router: router(store: store, metrics: metrics, readiness: readiness),
+            router: router(store: store, metrics: metrics, readiness: readiness, api: api),
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "mqi-communicator"),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
             logger: logger)

@@ -94,8 +94,9 @@ public struct Daemon: Sendable {
             let readiness = Readiness(store: store, runner: transports.runner)
             let onListening = self.onListening
             let host = config.metrics.host
+            let api = APIContext(store: store, conductor: conductor, config: config, logger: logger)
             let app = HTTPServer.application(config: config.metrics, store: store, metrics: metrics, readiness: { await readiness.problems() },
-                                             logger: logger, onListening: { port in
+                                             api: api, logger: logger, onListening: { port in
                                                  logger.info("serving /metrics, /healthz and /readyz on http://\(host):\(port)")
                                                  await onListening?(port)
                                              })

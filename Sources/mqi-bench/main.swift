@@ -1,0 +1,1 @@
+print("mqi-bench: not written yet")

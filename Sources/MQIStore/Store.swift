@@ -107,6 +107,13 @@ public struct Store: Sendable {
                 ALTER TABLE gpu_resources ADD COLUMN health TEXT NOT NULL DEFAULT 'ok';
                 """)
         }
+        migrator.registerMigration("v3-case-details") { db in
+            try db.execute(sql: """
+                ALTER TABLE cases ADD COLUMN patient_id TEXT;
+                ALTER TABLE cases ADD COLUMN beam_numbers TEXT;
+                ALTER TABLE cases ADD COLUMN failure_class TEXT;
+                """)
+        }
         return migrator
     }
 

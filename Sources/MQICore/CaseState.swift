@@ -11,6 +11,12 @@ public enum CaseStatus: String, Sendable, Codable, CaseIterable {
     public var isFinal: Bool { self == .completed || self == .failed || self == .cancelled }
 }
 
+/// Whether a failure could go away by itself (retried automatically) or not.
+public enum FailureClass: String, Sendable, Codable, Equatable {
+    case permanent
+    case retryable
+}
+
 /// What the Conductor knows about one case.
 public struct CaseState: Sendable, Equatable {
     public var caseId: String
@@ -24,9 +30,18 @@ public struct CaseState: Sendable, Equatable {
     public var gpuIds: [Int]
     public var progress: Int
     public var error: String?
+    /// `permanent` or `retryable` when the case failed.
+    public var failureClass: FailureClass?
+    /// From the case's PlanInfo.txt (`scanner.case_layout: moqui`).
+    public var patientId: String?
+    public var beamNumbers: [Int]
 
     public init(caseId: String, status: CaseStatus = .new, workflow: String, stepIndex: Int? = nil, attempt: Int = 0,
-                gpuIds: [Int] = [], progress: Int = 0, error: String? = nil) {
+                gpuIds: [Int] = [], progress: Int = 0, error: String? = nil, failureClass: FailureClass? = nil,
+                patientId: String? = nil, beamNumbers: [Int] = []) {
+        self.failureClass = failureClass
+        self.patientId = patientId
+        self.beamNumbers = beamNumbers
         self.caseId = caseId
         self.status = status
         self.workflow = workflow

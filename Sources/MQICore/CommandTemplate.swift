@@ -13,7 +13,8 @@ public struct CommandTemplate: Sendable, Equatable, CustomStringConvertible {
     }
 
     public static let knownPlaceholders: Set<String> = [
-        "case_id", "gpu_id", "gpu_ids", "upload_dir", "download_dir", "case_dir", "result_dir",
+        "case_id", "gpu_id", "gpu_ids", "gpu_count", "upload_dir", "download_dir", "case_dir", "result_dir",
+        "patient_id", "beam_numbers",
     ]
 
     public let source: String
@@ -61,12 +62,13 @@ public struct CommandTemplate: Sendable, Equatable, CustomStringConvertible {
 
     /// The command with every placeholder replaced by its shell-quoted value.
     /// A placeholder missing from `values` is rendered as an empty quoted string.
-    public func render(_ values: [String: String]) -> String {
+    /// With `quoted: false` values go in as they are (for input files, not shell commands).
+    public func render(_ values: [String: String], quoted: Bool = true) -> String {
         var out = ""
         for piece in pieces {
             switch piece {
             case .literal(let text): out += text
-            case .placeholder(let name): out += ShellQuote.quote(values[name] ?? "")
+            case .placeholder(let name): out += quoted ? ShellQuote.quote(values[name] ?? "") : (values[name] ?? "")
             }
         }
         return out

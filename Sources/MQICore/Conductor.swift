@@ -4,8 +4,9 @@ public enum ConductorEvent: Sendable, Equatable {
     case newCaseFound
     /// A worker finished step `stepIndex`, attempt `attempt`.
     case stepSucceeded(stepIndex: Int, attempt: Int)
-    /// A worker failed step `stepIndex`, attempt `attempt`.
-    case stepFailed(stepIndex: Int, attempt: Int, reason: String)
+    /// A worker failed step `stepIndex`, attempt `attempt`; `retryable` when the failure matched
+    /// the step's `retryable_patterns`.
+    case stepFailed(stepIndex: Int, attempt: Int, reason: String, retryable: Bool = false)
     /// GPUs were released: a case waiting for them may start.
     case gpusFreed
     /// An operator cancelled the case.
@@ -21,7 +22,8 @@ public enum ConductorEvent: Sendable, Equatable {
         case .executionSucceeded, .caseUploadCompleted, .resultsDownloadCompleted:
             self = .stepSucceeded(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1)
         case .executionFailed, .fileTransferFailed:
-            self = .stepFailed(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1, reason: body.reason ?? "no reason given")
+            self = .stepFailed(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1, reason: body.reason ?? "no reason given",
+                               retryable: body.retryable ?? false)
         case .executeCommand, .uploadCase, .downloadResults:
             return nil
         }
@@ -85,15 +87,19 @@ public struct Conductor: Sendable {
     public var workflows: [String: Workflow]
     public var uploadDir: String
     public var downloadDir: String
+    /// Backoff before a retryable step failure runs again (its ceiling, without jitter).
+    public var retry: RetryPolicy
 
-    public init(workflows: [String: Workflow], uploadDir: String, downloadDir: String) {
+    public init(workflows: [String: Workflow], uploadDir: String, downloadDir: String, retry: RetryPolicy = RetryPolicy()) {
         self.workflows = workflows
         self.uploadDir = uploadDir
         self.downloadDir = downloadDir
+        self.retry = retry
     }
 
     public init(config: Config) {
-        self.init(workflows: config.workflows, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir)
+        self.init(workflows: config.workflows, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir,
+                  retry: config.retry)
     }
 
     public func decide(_ state: CaseState, _ event: ConductorEvent, gpus: GPUAvailability) -> Decision {
@@ -116,12 +122,23 @@ public struct Conductor: Sendable {
             }
             return start(state, stepIndex: next, attempt: 1, gpus: gpus, note: "step \(stepName(state, index)) succeeded")
 
-        case (.processing, .stepFailed(let index, let attempt, let reason)):
+        case (.processing, .stepFailed(let index, let attempt, let reason, let retryable)):
             guard isCurrent(state, index, attempt) else { return stale(state, event) }
+            let step = workflows[state.workflow].flatMap { $0.steps.indices.contains(index) ? $0.steps[index] : nil }
+            let retriesLeft = (step?.maxStepRetries ?? 0) - (attempt - 1)
+            if retryable, retriesLeft > 0 {
+                let delay = retry.ceiling(attempt: attempt)
+                var decision = start(state, stepIndex: index, attempt: attempt + 1, gpus: gpus,
+                                     note: "step \(stepName(state, index)) (attempt \(attempt)) failed with a retryable error: \(reason); retrying in \(Int(delay.rounded())) s")
+                decision.commands = decision.commands.map { var command = $0; command.delaySec = delay; return command }
+                return decision
+            }
             var failed = state
             failed.status = .failed
             failed.gpuIds = []
-            failed.error = "step \(stepName(state, index)) (attempt \(attempt)) failed: \(reason)"
+            failed.failureClass = retryable ? .retryable : .permanent
+            let exhausted = retryable ? "retryable, gave up after \(attempt) attempt(s)" : "permanent"
+            failed.error = "step \(stepName(state, index)) (attempt \(attempt)) failed (\(exhausted)): \(reason)"
             return Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
 
         case (.pendingResource, .gpusFreed):
@@ -140,6 +157,7 @@ public struct Conductor: Sendable {
         case (.failed, .retry), (.cancelled, .retry):
             var retried = state
             retried.error = nil
+            retried.failureClass = nil
             guard let index = state.stepIndex else {
                 return start(retried, stepIndex: 0, attempt: 1, gpus: gpus, note: "retry requested")
             }
@@ -180,27 +198,34 @@ public struct Conductor: Sendable {
         if step.gpuCount == 0 {
             release = state.gpuIds
             next.gpuIds = []
-        } else if state.gpuIds.count < step.gpuCount {
-            release = state.gpuIds
-            let available = gpus.free + state.gpuIds
-            guard !gpus.othersWaiting, available.count >= step.gpuCount else {
+        } else if state.gpuIds.count >= step.gpuMin {
+            // Keep what the case holds (up to the step's maximum).
+            next.gpuIds = Array(state.gpuIds.prefix(step.gpuCount))
+            release = state.gpuIds.filter { !next.gpuIds.contains($0) }
+        } else {
+            // Held GPUs count towards the request: the case takes what it has plus free ones,
+            // at least gpuMin and at most gpuCount, or waits in line holding none.
+            let available = state.gpuIds + gpus.free.filter { !state.gpuIds.contains($0) }
+            guard !gpus.othersWaiting, available.count >= step.gpuMin else {
                 next.status = .pendingResource
                 next.gpuIds = []
-                return Decision(outcome: .applied, state: next, release: release,
-                                note: "\(note); step \(step.name) waits for \(step.gpuCount) GPU(s)")
+                let wanted = step.gpuMin == step.gpuCount ? "\(step.gpuCount)" : "\(step.gpuMin)–\(step.gpuCount)"
+                return Decision(outcome: .applied, state: next, release: state.gpuIds,
+                                note: "\(note); step \(step.name) waits for \(wanted) GPU(s)")
             }
             next.gpuIds = Array(available.prefix(step.gpuCount))
             reserve = next.gpuIds.filter { !state.gpuIds.contains($0) }
             release = state.gpuIds.filter { !next.gpuIds.contains($0) }
         }
 
-        let command = self.command(for: step, index: stepIndex, attempt: attempt, state: next)
+        let nextProgress = stepIndex + 1 < workflow.steps.count ? workflow.steps[stepIndex + 1].progress : 100
+        let command = self.command(for: step, index: stepIndex, attempt: attempt, state: next, progressTo: max(next.progress, nextProgress))
         let gpuNote = next.gpuIds.isEmpty ? "" : " on GPU \(next.gpuIds.map(String.init).joined(separator: ","))"
         return Decision(outcome: .applied, state: next, commands: [command], reserve: reserve, release: release,
                         note: "\(note); starting \(step.name) (attempt \(attempt))\(gpuNote)")
     }
 
-    func command(for step: WorkflowStep, index: Int, attempt: Int, state: CaseState) -> OutgoingMessage {
+    func command(for step: WorkflowStep, index: Int, attempt: Int, state: CaseState, progressTo: Int) -> OutgoingMessage {
         var body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: attempt, step: step.name, gpuIds: state.gpuIds)
         switch step.type {
         case .upload:
@@ -208,18 +233,36 @@ public struct Conductor: Sendable {
         case .download:
             return OutgoingMessage(kind: .downloadResults, body: body)
         case .execute:
-            body.command = step.command?.render(placeholderValues(caseId: state.caseId, gpuIds: state.gpuIds))
+            let values = placeholderValues(state)
+            body.command = step.command?.render(values)
             body.timeoutSec = step.timeoutSec
+            body.rules = step.rules
+            body.progressFrom = state.progress
+            body.progressTo = progressTo
+            if !step.inputFiles.isEmpty {
+                body.inputFiles = step.inputFiles.map {
+                    RenderedFile(path: $0.path.render(values, quoted: false), content: $0.content.render(values, quoted: false))
+                }
+            }
             return OutgoingMessage(kind: .executeCommand, body: body)
         }
     }
 
     /// The values of every placeholder for a case holding `gpuIds`.
     public func placeholderValues(caseId: String, gpuIds: [Int]) -> [String: String] {
-        [
+        placeholderValues(CaseState(caseId: caseId, workflow: "", gpuIds: gpuIds))
+    }
+
+    /// The values of every placeholder for a case in `state`.
+    public func placeholderValues(_ state: CaseState) -> [String: String] {
+        let caseId = state.caseId, gpuIds = state.gpuIds
+        return [
             "case_id": caseId,
             "gpu_id": gpuIds.first.map(String.init) ?? "",
             "gpu_ids": gpuIds.map(String.init).joined(separator: ","),
+            "gpu_count": String(gpuIds.count),
+            "patient_id": state.patientId ?? "",
+            "beam_numbers": state.beamNumbers.map(String.init).joined(separator: ","),
             "upload_dir": uploadDir,
             "download_dir": downloadDir,
             "case_dir": uploadDir + "/" + caseId,
@@ -240,7 +283,7 @@ public struct Conductor: Sendable {
         let current = state.stepIndex.map { "step \($0) attempt \(state.attempt)" } ?? "no step"
         var described = event.name
         switch event {
-        case .stepSucceeded(let index, let attempt), .stepFailed(let index, let attempt, _):
+        case .stepSucceeded(let index, let attempt), .stepFailed(let index, let attempt, _, _):
             described += " for step \(index) attempt \(attempt)"
         default: break
         }

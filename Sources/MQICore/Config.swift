@@ -115,8 +115,12 @@ public struct ScannerConfig: Sendable, Equatable {
     public var quietPeriodSec: Double
     public var rescanIntervalSec: Double
     public var workflow: String
+    /// How a case must look to be accepted (`moqui`: RT plan, deliveries with PlanInfo.txt and *.ptn).
+    public var caseLayout: CaseLayout
 
-    public init(localLogdata: String, readyMarker: String?, quietPeriodSec: Double, rescanIntervalSec: Double, workflow: String) {
+    public init(localLogdata: String, readyMarker: String?, quietPeriodSec: Double, rescanIntervalSec: Double, workflow: String,
+                caseLayout: CaseLayout = .any) {
+        self.caseLayout = caseLayout
         self.localLogdata = localLogdata
         self.readyMarker = readyMarker
         self.quietPeriodSec = quietPeriodSec
@@ -194,18 +198,80 @@ public struct WorkflowStep: Sendable, Equatable {
     /// The case's progress (0–100) while this step runs.
     public var progress: Int
     public var timeoutSec: Double?
-    /// How many GPUs the step needs (0 = none). Execute steps need one unless `gpu: false`.
+    /// The most GPUs the step takes (0 = none). Execute steps need one unless `gpu: false`.
     public var gpuCount: Int
+    /// The fewest GPUs the step can start with (`gpus: { min, max }`); equal to `gpuCount` for
+    /// all-or-nothing steps.
+    public var gpuMin: Int
     /// The command of an execute step.
     public var command: CommandTemplate?
+    /// What the step's output says: progress, failure, success, retryable failures.
+    public var rules: OutputRules?
+    /// How many more attempts a failure matching `retryable_patterns` gets.
+    public var maxStepRetries: Int
+    /// Files rendered and written just before the command starts, fresh for every attempt.
+    public var inputFiles: [InputFileTemplate]
 
-    public init(name: String, type: StepType, progress: Int, timeoutSec: Double? = nil, gpuCount: Int, command: CommandTemplate? = nil) {
+    public init(name: String, type: StepType, progress: Int, timeoutSec: Double? = nil, gpuCount: Int, gpuMin: Int? = nil,
+                command: CommandTemplate? = nil, rules: OutputRules? = nil, maxStepRetries: Int = 0, inputFiles: [InputFileTemplate] = []) {
         self.name = name
         self.type = type
         self.progress = progress
         self.timeoutSec = timeoutSec
         self.gpuCount = gpuCount
+        self.gpuMin = gpuMin ?? gpuCount
         self.command = command
+        self.rules = rules
+        self.maxStepRetries = maxStepRetries
+        self.inputFiles = inputFiles
+    }
+}
+
+/// How a case directory must look.
+public enum CaseLayout: String, Sendable, Equatable, CaseIterable {
+    /// Any directory with files.
+    case any
+    /// MOQUI: an RT plan `RP*.dcm` and delivery folders with `PlanInfo.txt` and `*.ptn`.
+    case moqui
+}
+
+/// Regular expressions applied to a step's output while it runs.
+public struct OutputRules: Sendable, Equatable, Codable {
+    /// Named groups `done` and `total`: the step's share of the case's progress.
+    public var progressPattern: String?
+    /// A match kills the step's process group and fails it with the matched line.
+    public var failurePatterns: [String]
+    /// When set, exit 0 without a match is a failure.
+    public var successPattern: String?
+    /// A failure whose line or output tail matches one of these is retried as a new attempt.
+    public var retryablePatterns: [String]
+
+    public init(progressPattern: String? = nil, failurePatterns: [String] = [], successPattern: String? = nil, retryablePatterns: [String] = []) {
+        self.progressPattern = progressPattern
+        self.failurePatterns = failurePatterns
+        self.successPattern = successPattern
+        self.retryablePatterns = retryablePatterns
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case progressPattern = "progress_pattern", failurePatterns = "failure_patterns", successPattern = "success_pattern"
+        case retryablePatterns = "retryable_patterns"
+    }
+}
+
+/// An input file an execute step renders (e.g. MOQUI's `moqui_tps.in` with `GPUID {gpu_id}`).
+public struct InputFileTemplate: Sendable, Equatable {
+    /// Where to write it on the compute side (placeholders allowed).
+    public var path: CommandTemplate
+    /// The file's text; values are substituted as they are (no shell quoting).
+    public var content: CommandTemplate
+    /// The template file it was read from.
+    public var source: String
+
+    public init(path: CommandTemplate, content: CommandTemplate, source: String) {
+        self.path = path
+        self.content = content
+        self.source = source
     }
 }
 

@@ -304,7 +304,7 @@ private final class ConfigParser {
             if top["scanner"] == nil { fail(top.node, "scanner", "missing required section (scanner.local_logdata is required)") }
             return nil
         }
-        defer { finish(fields, allowed: ["local_logdata", "ready_marker", "quiet_period_sec", "rescan_interval_sec", "workflow"]) }
+        defer { finish(fields, allowed: ["local_logdata", "ready_marker", "quiet_period_sec", "rescan_interval_sec", "workflow", "case_layout"]) }
         let logdata = path(fields, "local_logdata", required: true)
         let marker = nonEmptyString(fields, "ready_marker")
         if let marker, marker.contains("/") {
@@ -317,7 +317,16 @@ private final class ConfigParser {
             fail(fields["workflow"] ?? fields.node, "scanner.workflow",
                  "no workflow named '\(workflow)'; defined: \(workflows.keys.sorted().joined(separator: ", "))")
         }
-        return ScannerConfig(localLogdata: logdata, readyMarker: marker, quietPeriodSec: quiet, rescanIntervalSec: rescan, workflow: workflow)
+        var layout = CaseLayout.any
+        if let text = string(fields, "case_layout") {
+            if let parsed = CaseLayout(rawValue: text) {
+                layout = parsed
+            } else {
+                fail(fields["case_layout"], "scanner.case_layout", "unknown case layout '\(text)'; expected one of: \(CaseLayout.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+        return ScannerConfig(localLogdata: logdata, readyMarker: marker, quietPeriodSec: quiet, rescanIntervalSec: rescan, workflow: workflow,
+                             caseLayout: layout)
     }
 
     func state(_ top: Fields) -> StateConfig {
@@ -476,7 +485,78 @@ private final class ConfigParser {
         return commands
     }
 
-    static let stepKeys = ["name", "type", "progress", "timeout_sec", "gpu"]
+    static let stepKeys = ["name", "type", "progress", "timeout_sec", "gpu", "gpus", "progress_pattern", "failure_patterns",
+                           "success_pattern", "retryable_patterns", "max_step_retries", "input_files"]
+
+    /// A regular expression from the config; nil (and an error) if it does not compile.
+    func regex(_ node: Node?, _ path: String, requiringGroups groups: [String] = []) -> String? {
+        guard let node, !isNull(node) else { return nil }
+        guard case .scalar(let scalar) = node, !scalar.string.isEmpty else {
+            fail(node, path, "expected a regular expression, got \(describe(node))")
+            return nil
+        }
+        do {
+            _ = try NSRegularExpression(pattern: scalar.string)
+        } catch {
+            fail(node, path, "invalid regular expression: \(scalar.string)")
+            return nil
+        }
+        for group in groups where !scalar.string.contains("(?<\(group)>") {
+            fail(node, path, "needs a named group (?<\(group)>...)")
+            return nil
+        }
+        return scalar.string
+    }
+
+    func regexList(_ fields: Fields, _ key: String, _ path: String) -> [String] {
+        guard let node = fields[key], !isNull(node) else { return [] }
+        guard case .sequence(let sequence) = node else {
+            fail(node, path, "expected a list of regular expressions, got \(describe(node))")
+            return []
+        }
+        return sequence.enumerated().compactMap { regex($1, "\(path)[\($0)]") }
+    }
+
+    /// `gpus: N` or `gpus: { min: A, max: B }`; nil when absent.
+    func gpuRange(_ fields: Fields, _ path: String) -> (min: Int, max: Int)? {
+        guard let node = fields["gpus"], !isNull(node) else { return nil }
+        if case .mapping = node, let range = mapping(node, path) {
+            defer { finish(range, allowed: ["min", "max"]) }
+            let low = integer(range, "min", default: 1, min: 1)
+            let high = integer(range, "max", default: low, min: 1)
+            if high < low { fail(node, path, "max (\(high)) is less than min (\(low))") }
+            return (low, max(low, high))
+        }
+        guard let count = integer(node, path, min: 1) else { return nil }
+        return (count, count)
+    }
+
+    func inputFiles(_ fields: Fields, _ path: String) -> [InputFileTemplate] {
+        guard let node = fields["input_files"], !isNull(node) else { return [] }
+        guard case .sequence(let sequence) = node else {
+            fail(node, path, "expected a list of { path, template }, got \(describe(node))")
+            return []
+        }
+        var files: [InputFileTemplate] = []
+        for (index, item) in sequence.enumerated() {
+            let itemPath = "\(path)[\(index)]"
+            guard let entry = mapping(item, itemPath) else { continue }
+            defer { finish(entry, allowed: ["path", "template"]) }
+            guard let target = nonEmptyString(entry, "path", required: true),
+                  let template = nonEmptyString(entry, "template", required: true) else { continue }
+            let source = PathResolver.absolute(template, relativeTo: base)
+            guard let text = try? String(contentsOfFile: source, encoding: .utf8) else {
+                fail(entry["template"], "\(itemPath).template", "cannot read template file \(source)")
+                continue
+            }
+            do {
+                files.append(InputFileTemplate(path: try CommandTemplate(target), content: try CommandTemplate(text), source: source))
+            } catch {
+                fail(entry["template"], "\(itemPath)", "\(source): \(error.description)")
+            }
+        }
+        return files
+    }
 
     func workflows(_ top: Fields, remoteCommands: [String: (template: CommandTemplate, node: Node, keyNode: Node)]) -> [String: Workflow] {
         guard let node = top["workflows"] else {
@@ -517,12 +597,31 @@ private final class ConfigParser {
                     timeout = number(stepFields, "timeout_sec", default: 0, min: 0, exclusiveMin: true)
                 }
                 let gpu = bool(stepFields, "gpu") ?? (type == .execute)
-                var step = WorkflowStep(name: name, type: type, progress: progress, timeoutSec: timeout, gpuCount: gpu ? 1 : 0)
+                var gpus = gpu ? (min: 1, max: 1) : (min: 0, max: 0)
+                if let range = gpuRange(stepFields, "\(stepPath).gpus") {
+                    if stepFields["gpu"].map({ !isNull($0) }) == true {
+                        fail(stepFields["gpus"], "\(stepPath).gpus", "use either gpu or gpus, not both")
+                    }
+                    gpus = range
+                }
+                let rules = OutputRules(
+                    progressPattern: regex(stepFields["progress_pattern"], "\(stepPath).progress_pattern", requiringGroups: ["done", "total"]),
+                    failurePatterns: regexList(stepFields, "failure_patterns", "\(stepPath).failure_patterns"),
+                    successPattern: regex(stepFields["success_pattern"], "\(stepPath).success_pattern"),
+                    retryablePatterns: regexList(stepFields, "retryable_patterns", "\(stepPath).retryable_patterns"))
+                var step = WorkflowStep(
+                    name: name, type: type, progress: progress, timeoutSec: timeout, gpuCount: gpus.max, gpuMin: gpus.min,
+                    rules: rules == OutputRules() ? nil : rules,
+                    maxStepRetries: integer(stepFields, "max_step_retries", default: 0, min: 0, max: 100),
+                    inputFiles: inputFiles(stepFields, "\(stepPath).input_files"))
+                if type != .execute, step.rules != nil || !step.inputFiles.isEmpty {
+                    fail(item, stepPath, "progress/failure patterns and input_files apply to execute steps only")
+                }
                 if type == .execute {
                     if let command = remoteCommands[name] {
                         usedCommands.insert(name)
                         step.command = command.template
-                        if !gpu, let used = command.template.placeholders.first(where: { $0 == "gpu_id" || $0 == "gpu_ids" }) {
+                        if gpus.max == 0, let used = command.template.placeholders.first(where: { $0 == "gpu_id" || $0 == "gpu_ids" }) {
                             fail(command.node, "remote_commands.\(name)", "uses {\(used)} but step '\(name)' has gpu: false")
                         }
                     } else if !brokenCommands.contains(name) {

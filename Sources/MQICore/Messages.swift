@@ -44,6 +44,16 @@ public struct MessageBody: Sendable, Codable, Equatable {
     public var timeoutSec: Double?
     /// Why a step failed.
     public var reason: String?
+    /// The failure matched a `retryable_patterns` entry.
+    public var retryable: Bool?
+    /// Output rules of an execute step.
+    public var rules: OutputRules?
+    /// The case's progress when this step ends (the next step's `progress`, or 100).
+    public var progressTo: Int?
+    /// The case's progress when this step starts.
+    public var progressFrom: Int?
+    /// Input files to write just before the command starts.
+    public var inputFiles: [RenderedFile]?
 
     public init(caseId: String, stepIndex: Int? = nil, attempt: Int? = nil, step: String? = nil, gpuIds: [Int]? = nil,
                 command: String? = nil, timeoutSec: Double? = nil, reason: String? = nil) {
@@ -59,12 +69,26 @@ public struct MessageBody: Sendable, Codable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", stepIndex = "step_index", attempt, step, gpuIds = "gpu_ids", command
-        case timeoutSec = "timeout_sec", reason
+        case timeoutSec = "timeout_sec", reason, retryable, rules, progressTo = "progress_to", progressFrom = "progress_from"
+        case inputFiles = "input_files"
     }
 
     /// The result event a worker publishes for this command.
-    public func result(_ kind: MessageKind, reason: String? = nil) -> OutgoingMessage {
-        OutgoingMessage(kind: kind, body: MessageBody(caseId: caseId, stepIndex: stepIndex, attempt: attempt, step: step, reason: reason))
+    public func result(_ kind: MessageKind, reason: String? = nil, retryable: Bool? = nil) -> OutgoingMessage {
+        var body = MessageBody(caseId: caseId, stepIndex: stepIndex, attempt: attempt, step: step, reason: reason)
+        body.retryable = retryable
+        return OutgoingMessage(kind: kind, body: body)
+    }
+}
+
+/// A rendered input file: where it goes and what it holds.
+public struct RenderedFile: Sendable, Codable, Equatable {
+    public var path: String
+    public var content: String
+
+    public init(path: String, content: String) {
+        self.path = path
+        self.content = content
     }
 }
 
@@ -72,11 +96,14 @@ public struct MessageBody: Sendable, Codable, Equatable {
 public struct OutgoingMessage: Sendable, Equatable {
     public var kind: MessageKind
     public var body: MessageBody
+    /// Deliver no sooner than this many seconds after publishing (retry backoff).
+    public var delaySec: Double?
     public var queue: QueueName { kind.queue }
 
-    public init(kind: MessageKind, body: MessageBody) {
+    public init(kind: MessageKind, body: MessageBody, delaySec: Double? = nil) {
         self.kind = kind
         self.body = body
+        self.delaySec = delaySec
     }
 }
 

@@ -107,13 +107,22 @@ public final class CaseScanner: Service, Sendable {
             }
             switch readiness(name, path: path, now: now) {
             case .ready:
+                let validated = validation(path)
                 do {
                     if hasVerifiedResults(name) {
                         if try await store.registerCompletedCase(name, workflow: config.workflow,
                                                                  note: "complete, verified results already in the results directory; not run again") {
                             logger.info("case already has complete, verified results; recorded COMPLETED without running it", metadata: ["case_id": "\(name)"])
                         }
-                    } else if try await store.registerCase(name, workflow: config.workflow) {
+                    } else if case .failure(let invalid) = validated {
+                        if try await store.registerRejectedCase(name, workflow: config.workflow, reason: "invalid case: \(invalid.description)") {
+                            registered += 1
+                            metrics.casesReceived.increment()
+                            logger.warning("case refused before upload: \(invalid.description)", metadata: ["case_id": "\(name)"])
+                        }
+                    } else if case .success(let details) = validated,
+                              try await store.registerCase(name, workflow: config.workflow, patientId: details?.patientId,
+                                                           beamNumbers: details?.beamNumbers ?? []) {
                         registered += 1
                         metrics.casesReceived.increment()
                         logger.info("new case found", metadata: ["case_id": "\(name)"])
@@ -135,6 +144,16 @@ public final class CaseScanner: Service, Sendable {
             return state.settling.count
         }
         return ScanResult(registered: registered, settling: settling, nextCheck: nextCheck)
+    }
+
+    /// The case checked against `scanner.case_layout`: its details, nil when not checked.
+    func validation(_ path: String) -> Result<CaseDetails?, CaseValidator.Invalid> {
+        guard config.caseLayout == .moqui else { return .success(nil) }
+        do throws(CaseValidator.Invalid) {
+            return .success(try CaseValidator.validate(path))
+        } catch {
+            return .failure(error)
+        }
     }
 
     enum Readiness: Equatable {

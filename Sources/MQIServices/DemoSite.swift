@@ -19,7 +19,7 @@ public struct DemoSite: Sendable {
     /// The file whose presence makes a directory a demo site that `create` may reset.
     public static let markerName = ".mqi-demo"
     /// What `create` removes and writes anew in a previous demo site; nothing else is touched.
-    public static let generatedEntries = ["var", "hpc", "data", "bin", "config.yaml"]
+    public static let generatedEntries = ["var", "hpc", "data", "bin", "config.yaml", "moqui_tps.in.tmpl"]
 
     init(directory: String) {
         self.directory = directory
@@ -91,6 +91,7 @@ public struct DemoSite: Sendable {
         let simulator = site.path("bin/moquisim.sh")
         try writeScript(DemoScripts.interpreter, to: interpreter)
         try writeScript(DemoScripts.simulator, to: simulator)
+        try Data(moquiTemplate.utf8).write(to: URL(fileURLWithPath: site.path("moqui_tps.in.tmpl")), options: .atomic)
         let nvidiaSMI = site.path("bin/nvidia-smi.sh")
         try writeScript(nvidiaSMIScript(gpus: gpus), to: nvidiaSMI)
         try Data(configText(interpreter: interpreter, simulator: simulator, nvidiaSMI: nvidiaSMI, gpus: gpus).utf8)
@@ -180,6 +181,7 @@ public struct DemoSite: Sendable {
           quiet_period_sec: 2
           rescan_interval_sec: 30
           workflow: default_qa
+          case_layout: moqui          # refuse cases without RP*.dcm, PlanInfo.txt and *.ptn before upload
         state:
           database: ./var/mqi.sqlite
           pid_file: ./var/mqi.pid
@@ -195,7 +197,18 @@ public struct DemoSite: Sendable {
           default_qa:
             - { name: upload_case_files, type: upload,   progress: 10 }
             - { name: run_interpreter,   type: execute,  progress: 30 }
-            - { name: run_moqui_sim,     type: execute,  progress: 70, timeout_sec: 600 }
+            - name: run_moqui_sim
+              type: execute
+              progress: 40
+              timeout_sec: 600
+              # MOQUI profile: live progress, failures recognised from the log, GPU id rendered into the input file.
+              progress_pattern: 'Generating particles for \\((?<done>\\d+) of (?<total>\\d+) batches\\)'
+              failure_patterns: ['FATAL ERROR', '^ERROR:', 'Segmentation fault']
+              success_pattern: 'Total execution time:'
+              retryable_patterns: ['No free GPU remains']
+              max_step_retries: 2
+              input_files:
+                - { path: "{case_dir}/moqui_tps.in", template: moqui_tps.in.tmpl }
             - { name: download_results,  type: download, progress: 90 }
         # Stand-ins for the real log interpreter and MOQUI (see the comments at the top of each script).
         remote_commands:
@@ -212,6 +225,25 @@ public struct DemoSite: Sendable {
 
         """
     }
+
+    /// MOQUI's input file, rendered for each attempt after the GPU is reserved.
+    static let moquiTemplate = """
+        # moqui_tps.in, rendered by the MQI Communicator for each attempt (template: moqui_tps.in.tmpl)
+        GPUID {gpu_id}
+        RandomSeed -1932780356
+        UseAbsolutePath true
+        Verbosity 0
+        ParentDir {case_dir}
+        DicomDir {case_dir}
+        logFilePath {case_dir}/interpreted
+        OutputDir {result_dir}
+        OutputFormat dcm
+        SimulationType perBeam
+        BeamNumbers {beam_numbers}
+        ParticlesPerHistory 1
+        TotalParticles 100000
+
+        """
 
     /// A stand-in for `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`: idle-looking GPUs.
     static func nvidiaSMIScript(gpus: [Int]) -> String {
@@ -520,6 +552,18 @@ enum DemoScripts {
 
         particles=100000
         batches=10
+        # The communicator renders moqui_tps.in into the case dir after reserving the GPU (the
+        # step's input_files). Like MOQUI, refuse to run on a GPU we were not given.
+        if [ -f "$case_dir/moqui_tps.in" ]; then
+            tps_gpu=$(sed -n 's/^GPUID[[:space:]]*//p' "$case_dir/moqui_tps.in" | head -n 1 | tr -d '\r ')
+            case ",${CUDA_VISIBLE_DEVICES:-$gpu}," in
+                *",$tps_gpu,"*) ;;
+                *) say "FATAL ERROR: moqui_tps.in asks for GPUID '$tps_gpu', but this run was given GPU(s) ${CUDA_VISIBLE_DEVICES:-$gpu}" >&2
+                   record_run
+                   exit 4 ;;
+            esac
+            say "Reading input parameters from $case_dir/moqui_tps.in (GPUID $tps_gpu)"
+        fi
         cat > "$out/moqui_tps.in" <<EOF
         GPUID $gpu
         RandomSeed -1932780356
@@ -537,7 +581,6 @@ enum DemoScripts {
         EOF
 
         say "MOQUI Monte Carlo dose engine (demo STAND-IN: no physics is simulated)"
-        say "Reading input parameters from $out/moqui_tps.in"
         say "GPUID $gpu"
         say "ParentDir $case_dir"
         say "OutputDir $out"
@@ -553,6 +596,7 @@ enum DemoScripts {
         pause_ms=$((1500 / (beams * batches)))
         [ "$pause_ms" -ge 1 ] || pause_ms=1
         pause=$(printf '%d.%03d' $((pause_ms / 1000)) $((pause_ms % 1000)))
+        done_batches=0
 
         for beam_dir in "$case_dir"/*/; do
             info="${beam_dir}PlanInfo.txt"
@@ -568,12 +612,15 @@ enum DemoScripts {
                 record_run
                 exit 3
             fi
+            # Batches are numbered across all beams of the case (a simplification of MOQUI,
+            # which counts per beam), so progress_pattern gives the case's progress.
             k=1
             while [ "$k" -le "$batches" ]; do
-                say "Generating particles for ($k of $batches batches)"
+                say "Generating particles for ($((done_batches + k)) of $((batches * beams)) batches)"
                 sleep "$pause"
                 k=$((k + 1))
             done
+            done_batches=$((done_batches + batches))
             dose="$out/RTDOSE_beam$beam.dcm"
             {
                 dd if=/dev/zero bs=128 count=1 2>/dev/null

@@ -47,7 +47,8 @@ public struct RemoteExecutorService: Service {
         }
         let logPath = [logsDir, body.caseId, "\(step).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
         let run = StepRun(caseId: body.caseId, step: step, attempt: attempt, command: command, gpuIds: body.gpuIds ?? [],
-                          timeoutSec: body.timeoutSec, logPath: logPath)
+                          timeoutSec: body.timeoutSec, logPath: logPath, inputFiles: body.inputFiles ?? [])
+        let watcher = OutputWatcher(path: logPath, rules: body.rules, progressFrom: body.progressFrom ?? 0, progressTo: body.progressTo ?? 0)
         let store = store
         let stepIndex = body.stepIndex
         logger.info("running \(step) attempt \(attempt)", metadata: ["gpu_id": "\(run.gpuIds.map(String.init).joined(separator: ","))", "log": "\(logPath)"])
@@ -58,18 +59,39 @@ public struct RemoteExecutorService: Service {
             metrics.taskDuration(type: .execute, step: step).record(Date().timeIntervalSince(started))
         }
         let outcome = try await executor.execute(run) {
+            if let progress = watcher.poll(), let stepIndex {
+                try? await store.updateProgress(run.caseId, stepIndex: stepIndex, attempt: attempt, progress: progress)
+            }
+            // The engine printed a failure line: stop it now instead of holding the GPU until the timeout.
+            if watcher.failureLine != nil { return true }
             // Cancelled (or retried) by an operator while running.
             guard let now = try? await store.caseState(run.caseId) else { return false }
             return now.status != .processing || now.stepIndex != stepIndex || now.attempt != attempt
         }
+        watcher.poll(final: true)
+        let retryable = { (reason: String) in
+            watcher.isRetryable([watcher.failureLine ?? "", reason, LogTail.lastLines(of: logPath, count: 50)])
+        }
         let seconds = String(format: "%.2f", Date().timeIntervalSince(started))
         switch outcome {
+        case .succeeded where watcher.failureLine != nil:
+            let reason = "exited 0 but printed a failure line: \(watcher.failureLine!)"
+            logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
+        case .succeeded where body.rules?.successPattern != nil && !watcher.sawSuccess:
+            let reason = "engine exited 0 but never reported completion (no line matched success_pattern \(body.rules!.successPattern!))"
+            logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
         case .succeeded:
             logger.info("\(step) attempt \(attempt) succeeded in \(seconds) s")
             return body.result(.executionSucceeded)
         case .failed(let reason):
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
-            return body.result(.executionFailed, reason: reason)
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
+        case .cancelled where watcher.failureLine != nil:
+            let reason = "the engine reported a failure: \(watcher.failureLine!); its process group was killed"
+            logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
         case .cancelled:
             logger.info("\(step) attempt \(attempt) was cancelled; its process group was killed")
             return body.result(.executionFailed, reason: "cancelled by an operator")

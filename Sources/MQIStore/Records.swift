@@ -16,10 +16,15 @@ public struct CaseSummary: Sendable, Equatable, Codable {
     public var updatedAt: Date
     public var startedAt: Date?
     public var finishedAt: Date?
+    /// `permanent` or `retryable`, when the case failed.
+    public var failureClass: FailureClass?
+    public var patientId: String?
+    public var beamNumbers: [Int] = []
 
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", status, workflow, workflowStep = "workflow_step", progress, gpuIds = "gpu_ids"
         case attempt, error, createdAt = "created_at", updatedAt = "updated_at", startedAt = "started_at", finishedAt = "finished_at"
+        case failureClass = "failure_class", patientId = "patient_id", beamNumbers = "beam_numbers"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -36,6 +41,9 @@ public struct CaseSummary: Sendable, Equatable, Codable {
         try container.encode(updatedAt, forKey: .updatedAt)
         try container.encode(startedAt, forKey: .startedAt)
         try container.encode(finishedAt, forKey: .finishedAt)
+        try container.encode(failureClass, forKey: .failureClass)
+        try container.encode(patientId, forKey: .patientId)
+        try container.encode(beamNumbers, forKey: .beamNumbers)
     }
 }
 

@@ -12,14 +12,15 @@ public struct AppliedDecision: Sendable, Equatable {
 extension Store {
     /// Registers a case found by the scanner: inserts it as NEW and publishes `new_case_found`,
     /// in one transaction, only if the case id is not in the database yet. Returns whether it was new.
+    /// `patientId` and `beamNumbers` come from the case's files when the layout is validated.
     @discardableResult
-    public func registerCase(_ caseId: String, workflow: String) async throws -> Bool {
+    public func registerCase(_ caseId: String, workflow: String, patientId: String? = nil, beamNumbers: [Int] = []) async throws -> Bool {
         let now = now()
         let inserted = try await pool.write { db -> Bool in
             try db.execute(sql: """
-                INSERT INTO cases (case_id, status, workflow, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+                INSERT INTO cases (case_id, status, workflow, created_at, updated_at, patient_id, beam_numbers) VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(case_id) DO NOTHING
-                """, arguments: [caseId, CaseStatus.new.rawValue, workflow, now, now])
+                """, arguments: [caseId, CaseStatus.new.rawValue, workflow, now, now, patientId, Self.encodeGPUs(beamNumbers)])
             guard db.changesCount == 1 else { return false }
             try Self.insert(OutgoingMessage(kind: .newCaseFound, body: MessageBody(caseId: caseId)), db: db, now: now)
             try Self.history(db, caseId: caseId, at: now, event: "registered", status: .new, step: nil, attempt: nil,
@@ -28,6 +29,34 @@ extension Store {
         }
         if inserted { bell.ring(.conductor) }
         return inserted
+    }
+
+    /// Records a case refused at registration (its files do not have the required layout) as
+    /// FAILED, so nothing is uploaded and the operator sees why. Returns whether it was new.
+    @discardableResult
+    public func registerRejectedCase(_ caseId: String, workflow: String, reason: String) async throws -> Bool {
+        let now = now()
+        return try await pool.write { db -> Bool in
+            try db.execute(sql: """
+                INSERT INTO cases (case_id, status, workflow, error, failure_class, created_at, updated_at, finished_at)
+                VALUES (?, 'FAILED', ?, ?, 'permanent', ?, ?, ?) ON CONFLICT(case_id) DO NOTHING
+                """, arguments: [caseId, workflow, reason, now, now, now])
+            guard db.changesCount == 1 else { return false }
+            try Self.history(db, caseId: caseId, at: now, event: "rejected", status: .failed, step: nil, attempt: nil, message: reason)
+            return true
+        }
+    }
+
+    /// Raises a running step's progress (never lowers it); only while the case is still at that
+    /// step and attempt.
+    public func updateProgress(_ caseId: String, stepIndex: Int, attempt: Int, progress: Int) async throws {
+        let now = now()
+        try await pool.write { db in
+            try db.execute(sql: """
+                UPDATE cases SET progress = ?, updated_at = ?
+                WHERE case_id = ? AND status = 'PROCESSING' AND step_index = ? AND attempt = ? AND progress < ?
+                """, arguments: [progress, now, caseId, stepIndex, attempt, progress])
+        }
     }
 
     /// Runs the Conductor on one event for one case and persists its decision — the case row, the
@@ -109,14 +138,14 @@ extension Store {
         let entersWait = state.status == .pendingResource && previous.status != .pendingResource
         try db.execute(sql: """
             UPDATE cases SET status = ?, workflow_step = ?, step_index = ?, attempt = ?, progress = ?, gpu_ids = ?,
-                error = ?, updated_at = ?,
+                error = ?, failure_class = ?, updated_at = ?,
                 started_at = CASE WHEN started_at IS NULL AND ? = 'PROCESSING' THEN ? ELSE started_at END,
                 finished_at = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN ? ELSE NULL END,
                 pending_since = CASE WHEN ? = 'PENDING_RESOURCE' THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END
             WHERE case_id = ?
             """, arguments: [
                 state.status.rawValue, stepName, state.stepIndex, state.attempt, state.progress, encodeGPUs(state.gpuIds),
-                state.error, now,
+                state.error, state.failureClass?.rawValue, now,
                 state.status.rawValue, now,
                 state.status.rawValue, now,
                 state.status.rawValue, entersWait, now,
@@ -137,7 +166,9 @@ extension Store {
         guard let row = try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]) else { return nil }
         return CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
                          stepIndex: row["step_index"], attempt: row["attempt"], gpuIds: decodeGPUs(row["gpu_ids"]),
-                         progress: row["progress"], error: row["error"])
+                         progress: row["progress"], error: row["error"],
+                         failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init(rawValue:)),
+                         patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""))
     }
 
     static func freeGPUs(_ db: Database) throws -> [Int] {
@@ -293,6 +324,8 @@ extension Store {
         CaseSummary(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
                     workflowStep: row["workflow_step"], progress: row["progress"], gpuIds: decodeGPUs(row["gpu_ids"]),
                     attempt: row["attempt"], error: row["error"], createdAt: row["created_at"], updatedAt: row["updated_at"],
-                    startedAt: row["started_at"], finishedAt: row["finished_at"])
+                    startedAt: row["started_at"], finishedAt: row["finished_at"],
+                    failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init(rawValue:)),
+                    patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""))
     }
 }

@@ -19,7 +19,8 @@ extension Store {
                 INSERT INTO messages (queue, kind, case_id, body, created_at, available_at)
                 VALUES (?, ?, ?, ?, ?, ?)
                 """,
-            arguments: [message.queue.rawValue, message.kind.rawValue, message.body.caseId, try encode(message.body), now, availableAt ?? now])
+            arguments: [message.queue.rawValue, message.kind.rawValue, message.body.caseId, try encode(message.body), now,
+                        availableAt ?? now.addingTimeInterval(message.delaySec ?? 0)])
     }
 
     func ring(_ messages: [OutgoingMessage]) {

@@ -52,6 +52,15 @@ public struct LocalStepExecutor: StepExecutor {
         }
         try files.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         try files.createDirectory(atPath: (run.logPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        for file in run.inputFiles {
+            do {
+                try files.createDirectory(atPath: (file.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try Data(file.content.utf8).write(to: URL(fileURLWithPath: file.path), options: .atomic)
+            } catch {
+                try? files.removeItem(atPath: runDir)
+                throw TransportError("cannot write input file \(file.path): \(error.localizedDescription)")
+            }
+        }
         let exited = try spawn(run, runDir: runDir)
         return try await supervise(run, runDir: runDir, exited: exited, started: Date(), shouldCancel: shouldCancel)
     }

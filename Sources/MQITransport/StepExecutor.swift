@@ -12,8 +12,12 @@ public struct StepRun: Sendable, Equatable {
     public var timeoutSec: Double?
     /// Where the step's output goes: `logs_dir/{case_id}/{step}.{attempt}.log`, fresh per attempt.
     public var logPath: String
+    /// Files to write on the compute side just before the command starts (not when adopting).
+    public var inputFiles: [RenderedFile]
 
-    public init(caseId: String, step: String, attempt: Int, command: String, gpuIds: [Int], timeoutSec: Double?, logPath: String) {
+    public init(caseId: String, step: String, attempt: Int, command: String, gpuIds: [Int], timeoutSec: Double?, logPath: String,
+                inputFiles: [RenderedFile] = []) {
+        self.inputFiles = inputFiles
         self.caseId = caseId
         self.step = step
         self.attempt = attempt

@@ -102,6 +102,16 @@ struct Status: AsyncParsableCommand {
         print("cases:  " + CaseStatus.allCases.map { "\($0.rawValue) \(counts[$0] ?? 0)" }.joined(separator: "  "))
         print("gpus:   " + (gpus.isEmpty ? "none" : gpus.map { "\($0.gpuId): \($0.status.rawValue)\($0.reservedBy.map { " by \($0)" } ?? "")" }.joined(separator: "  ")))
         print("queues: " + QueueName.allCases.map { "\($0.rawValue) \(depths[$0] ?? 0)" }.joined(separator: "  ") + "  dead_letters \(dead.count)")
+        let active = try await store.cases(status: .processing, limit: 50) + (try await store.cases(status: .pendingResource, limit: 50))
+        if !active.isEmpty {
+            print("active:")
+            for summary in active {
+                let filled = summary.progress / 5
+                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: 20 - filled)
+                let gpus = summary.gpuIds.isEmpty ? "" : " GPU \(summary.gpuIds.map(String.init).joined(separator: ","))"
+                print("  [\(bar)] \(String(format: "%3d", summary.progress))%  \(summary.caseId)  \(summary.status.rawValue) \(summary.workflowStep ?? "-")\(gpus)")
+            }
+        }
     }
 }
 
@@ -161,7 +171,10 @@ struct Cases: AsyncParsableCommand {
             print("status:   \(summary.status.rawValue)")
             print("workflow: \(summary.workflow)  step: \(summary.workflowStep ?? "-")  attempt: \(summary.attempt)  progress: \(summary.progress)%")
             print("gpus:     \(summary.gpuIds.isEmpty ? "-" : summary.gpuIds.map(String.init).joined(separator: ","))")
-            if let error = summary.error { print("error:    \(error)") }
+            if summary.patientId != nil || !summary.beamNumbers.isEmpty {
+                print("patient:  \(summary.patientId ?? "-")  beams: \(summary.beamNumbers.map(String.init).joined(separator: ","))")
+            }
+            if let error = summary.error { print("error:    \(summary.failureClass.map { "[\($0.rawValue)] " } ?? "")\(error)") }
             print("history:")
             for entry in history {
                 let step = entry.step.map { " \($0)" + (entry.attempt.map { "#\($0)" } ?? "") } ?? ""

@@ -99,13 +99,16 @@ public final class MQIProcess: @unchecked Sendable {
     public let process = Process()
     public let outputPath: String
 
-    public init(_ arguments: [String], output: String) throws {
+    public init(_ arguments: [String], output: String, environment: [String: String] = [:]) throws {
         outputPath = output
         FileManager.default.createFile(atPath: output, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         try handle.seekToEnd()
         process.executableURL = URL(fileURLWithPath: try mqiExecutable())
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = handle
         process.standardError = handle
         try process.run()

@@ -215,4 +215,45 @@ struct CrashSafetyTests {
         let history = try await store.history("CASE-001")
         #expect(history.contains { $0.event == "recovered" })
     }
+
+    @Test(.timeLimit(.minutes(1)))
+    func systemdHearsReadyWatchdogAndStopping() async throws {
+        let site = try Site(cases: 1, gpus: [0])
+        defer { site.temp.remove() }
+        // A datagram socket standing in for systemd's notify socket.
+        let socketPath = site.temp.file("notify.sock")
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in socketPath.utf8.enumerated() { raw[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let daemon = try MQIProcess(["run", "--config", site.config, "--log-format", "text"], output: site.temp.file("notify.log"),
+                                    environment: ["NOTIFY_SOCKET": socketPath, "WATCHDOG_USEC": "400000"])
+        var messages: [String] = []
+        let deadline = Date().addingTimeInterval(20)
+        var sentTerm = false
+        while Date() < deadline {
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count > 0 { messages.append(String(decoding: buffer[0..<count], as: UTF8.self)) }
+            if !sentTerm, messages.contains(where: { $0.contains("READY=1") }), messages.filter({ $0 == "WATCHDOG=1" }).count >= 2 {
+                daemon.signal(SIGTERM)
+                sentTerm = true
+            }
+            if messages.contains("STOPPING=1") { break }
+        }
+        #expect(await daemon.wait(upTo: 30) == 0, "\(daemon.output.suffix(1500))")
+        #expect(messages.first?.hasPrefix("READY=1") == true, "\(messages)")
+        #expect(messages.filter { $0 == "WATCHDOG=1" }.count >= 2, "\(messages)")
+        #expect(messages.last == "STOPPING=1", "\(messages)")
+    }
 }

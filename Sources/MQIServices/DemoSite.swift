@@ -117,7 +117,8 @@ public struct DemoSite: Sendable {
         let caseDir = (localLogdata as NSString).appendingPathComponent(name)
         try fm.createDirectory(atPath: caseDir, withIntermediateDirectories: true)
         let seed = stableSeed(name)
-        let patientID = name.split(separator: "_").first.map(String.init) ?? name
+        // PlanInfo.txt holds KEY,value lines: keep the patient id to one line without commas.
+        let patientID = String((name.split(separator: "_").first.map(String.init) ?? name).map { $0.isNewline || $0 == "," ? "-" : $0 })
 
         let planUID = "1.2.840.113854.\(seed).1"
         try DICOMStandIn.plan(patientID: patientID, planUID: planUID, beams: beams)
@@ -555,7 +556,7 @@ enum DemoScripts {
         # The communicator renders moqui_tps.in into the case dir after reserving the GPU (the
         # step's input_files). Like MOQUI, refuse to run on a GPU we were not given.
         if [ -f "$case_dir/moqui_tps.in" ]; then
-            tps_gpu=$(sed -n 's/^GPUID[[:space:]]*//p' "$case_dir/moqui_tps.in" | head -n 1 | tr -d '\r ')
+            tps_gpu=$(sed -n 's/^GPUID *//p' "$case_dir/moqui_tps.in" | head -n 1 | tr -d '\r ')
             case ",${CUDA_VISIBLE_DEVICES:-$gpu}," in
                 *",$tps_gpu,"*) ;;
                 *) say "FATAL ERROR: moqui_tps.in asks for GPUID '$tps_gpu', but this run was given GPU(s) ${CUDA_VISIBLE_DEVICES:-$gpu}" >&2

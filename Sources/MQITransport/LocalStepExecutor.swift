@@ -140,7 +140,7 @@ public struct LocalStepExecutor: StepExecutor {
 
     func waitForAdopted(_ runDir: String) async throws {
         while Self.readExitCode(runDir) == nil {
-            guard let pid = Self.readPidNow(runDir), kill(pid, 0) == 0 || errno == EPERM else { return }
+            guard let pid = Self.readPidNow(runDir), Self.groupAlive(pid) else { return }
             try await Task.sleep(for: .seconds(pollInterval))
         }
     }
@@ -181,8 +181,26 @@ public struct LocalStepExecutor: StepExecutor {
         }
     }
 
-    static func groupAlive(_ pgid: pid_t) -> Bool {
-        kill(-pgid, 0) == 0 || errno == EPERM
+    /// Whether any live (non-zombie) process is in the group. `kill(-pgid, 0)` alone is not
+    /// enough: a zombie nobody reaps (PID 1 in some containers) still counts for it.
+    public static func groupAlive(_ pgid: pid_t) -> Bool {
+        guard kill(-pgid, 0) == 0 || errno == EPERM else { return false }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return true }
+        for entry in entries where entry.first?.isNumber == true {
+            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // After "pid (comm) ": state ppid pgrp ...
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, fields[2] == "\(pgid)", fields[0] != "Z" { return true }
+        }
+        return false
+    }
+
+    /// Whether `pid` is a live process (not gone, not a zombie).
+    public static func processAlive(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return true }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
     }
 
     static func format(_ value: Double) -> String {

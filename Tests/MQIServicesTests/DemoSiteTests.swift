@@ -100,7 +100,10 @@ struct DemoSiteTests {
         let steps = try #require(config.workflows["default_qa"]).steps
         #expect(steps.map(\.name) == ["upload_case_files", "run_interpreter", "run_moqui_sim", "download_results"])
         #expect(steps.map(\.type) == [.upload, .execute, .execute, .download])
-        #expect(steps.map(\.progress) == [10, 30, 70, 90])
+        #expect(steps.map(\.progress) == [10, 30, 40, 90])
+        #expect(steps[2].rules?.progressPattern?.contains("(?<done>") == true)
+        #expect(steps[2].inputFiles.count == 1)
+        #expect(config.scanner.caseLayout == .moqui)
         #expect(steps[2].timeoutSec == 600)
         #expect(steps[1].command?.source.contains(temp.file("site/bin/interpreter.sh")) == true)
         #expect(steps[2].command?.source.contains(temp.file("site/bin/moquisim.sh")) == true)
@@ -143,7 +146,8 @@ struct DemoSiteTests {
         #expect(simulated.status == 0, "\(simulated.output)")
         #expect(simulated.output.contains("GPUID 1"))
         #expect(simulated.output.contains("Uploading particles with batch.. : Particle count --> 100000 with 10 batches"))
-        #expect(simulated.output.contains("Generating particles for (10 of 10 batches)"))
+        // Batches are numbered across the case's 3 beams.
+        #expect(simulated.output.contains("Generating particles for (30 of 30 batches)"))
         #expect(simulated.output.contains("Total execution time:"))
         #expect(elapsed >= 1.0 && elapsed < 5, "the stand-in simulation takes 1-3 s, took \(elapsed)")
         let beamFolders = Self.contents((site.directory as NSString).appendingPathComponent("data/local_logdata/\(caseID)"))

@@ -42,6 +42,7 @@ let package = Package(
         .target(name: "MQIHTTP", dependencies: [
             "MQICore", "MQIStore",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Logging", package: "swift-log"),
         ]),

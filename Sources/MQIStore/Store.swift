@@ -114,6 +114,13 @@ public struct Store: Sendable {
                 ALTER TABLE cases ADD COLUMN failure_class TEXT;
                 """)
         }
+        migrator.registerMigration("v4-api-indexes") { db in
+            // The operators' API: changes since the last server-sent event, and the 24 h throughput.
+            try db.execute(sql: """
+                CREATE INDEX cases_updated ON cases(updated_at);
+                CREATE INDEX cases_finished ON cases(finished_at);
+                """)
+        }
         return migrator
     }
 

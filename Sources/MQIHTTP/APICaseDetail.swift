@@ -1,0 +1,181 @@
+import Foundation
+import MQICore
+import MQIStore
+
+/// One attempt of one step (or a wait for a GPU before it), derived from the case's history.
+struct StepAttempt: Sendable, Equatable, Encodable {
+    var step: String
+    var attempt: Int
+    /// `running` or `waiting_for_gpu`.
+    var phase: String
+    var startedAt: Date
+    var endedAt: Date?
+    var durationSec: Double
+    /// `running`, `waiting`, `succeeded`, `failed`, `cancelled`, `retried` or `ended`.
+    var outcome: String
+    var message: String
+
+    enum CodingKeys: String, CodingKey {
+        case step, attempt, phase, startedAt = "started_at", endedAt = "ended_at", durationSec = "duration_sec", outcome, message
+    }
+}
+
+/// The end of a step log, as the case page shows it.
+struct LogExcerpt: Sendable, Encodable {
+    var step: String
+    var attempt: Int
+    var exists: Bool
+    var lines: [String]
+    /// The path of the whole log in the API.
+    var url: String
+}
+
+/// `GET /api/cases/{id}`.
+struct CaseDetail: Sendable, Encodable {
+    var `case`: CaseSummary
+    var steps: [WorkflowStepInfo]
+    var timeline: [StepAttempt]
+    var history: [CaseHistoryEntry]
+    var log: LogExcerpt?
+    var logs: [LogExcerpt]
+}
+
+struct WorkflowStepInfo: Sendable, Encodable {
+    var name: String
+    var type: String
+    var progress: Int
+}
+
+enum CaseTimeline {
+    /// Start, end and duration of each step attempt. A history row holds the state *after* an event,
+    /// so a row that moves the case to another step or attempt (or out of PROCESSING) ends the one
+    /// before it, with the outcome named by its event.
+    static func attempts(_ history: [CaseHistoryEntry], now: Date) -> [StepAttempt] {
+        var result: [StepAttempt] = []
+        var current: StepAttempt?
+
+        func close(at time: Date, event: String, nextStatus: CaseStatus, sameStepNext: Bool) {
+            guard var open = current else { return }
+            open.endedAt = time
+            open.durationSec = max(0, time.timeIntervalSince(open.startedAt))
+            if open.phase == "waiting_for_gpu" {
+                open.outcome = nextStatus == .processing ? "gpu_assigned" : outcomeName(event)
+            } else {
+                open.outcome = outcomeName(event)
+                if open.outcome == "failed", sameStepNext { open.outcome = "retried" }
+            }
+            result.append(open)
+            current = nil
+        }
+
+        for entry in history where entry.event != "ignored" {
+            let phase: String? = switch entry.status {
+            case .processing: "running"
+            case .pendingResource: "waiting_for_gpu"
+            default: nil
+            }
+            if let phase, let step = entry.step {
+                let attempt = entry.attempt ?? 0
+                if let open = current, open.step == step, open.attempt == attempt, open.phase == phase { continue }
+                close(at: entry.at, event: entry.event, nextStatus: entry.status, sameStepNext: current?.step == step)
+                current = StepAttempt(step: step, attempt: attempt, phase: phase, startedAt: entry.at, endedAt: nil, durationSec: 0,
+                                      outcome: phase == "running" ? "running" : "waiting", message: entry.message)
+            } else {
+                close(at: entry.at, event: entry.event, nextStatus: entry.status, sameStepNext: false)
+            }
+        }
+        if var open = current {
+            open.durationSec = max(0, now.timeIntervalSince(open.startedAt))
+            result.append(open)
+        }
+        return result
+    }
+
+    static func outcomeName(_ event: String) -> String {
+        switch event {
+        case "step_succeeded": "succeeded"
+        case "step_failed": "failed"
+        case "cancel": "cancelled"
+        default: "ended"
+        }
+    }
+}
+
+/// Step logs at `state.logs_dir/<case_id>/<step>.<attempt>.log`.
+struct StepLogs: Sendable {
+    var logsDir: String
+
+    /// The log's path, or a 400 for names that could leave the case's directory.
+    func path(caseId: String, step: String, attempt: Int) throws -> String {
+        for (what, name) in [("case id", caseId), ("step", step)] {
+            guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0"), name.utf8.count <= 255 else {
+                throw APIError.badRequest("\(what) \(String(reflecting: name)) cannot name a log file")
+            }
+        }
+        guard attempt >= 0 else { throw APIError.badRequest("attempt must be 0 or more") }
+        return [logsDir, caseId, "\(step).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+    }
+
+    /// The last `count` lines of a log, reading at most `maxBytes` from its end.
+    static func lastLines(of path: String, count: Int, maxBytes: Int = 256 * 1024) -> [String]? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        let start = size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0
+        try? handle.seek(toOffset: start)
+        let data = (try? handle.readToEnd()) ?? Data()
+        var lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        // A partial first line when the read started mid-file.
+        if start > 0, !lines.isEmpty { lines.removeFirst() }
+        return Array(lines.suffix(count))
+    }
+
+    static func url(caseId: String, step: String, attempt: Int) -> String {
+        "/api/cases/\(pathEscaped(caseId))/logs/\(pathEscaped(step))/\(attempt)"
+    }
+
+    static func pathEscaped(_ text: String) -> String {
+        var allowed = CharacterSet.alphanumerics.intersection(CharacterSet(charactersIn: Unicode.Scalar(0)..<Unicode.Scalar(128)))
+        allowed.insert(charactersIn: "-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+    }
+
+    func excerpt(caseId: String, step: String, attempt: Int, lines: Int) -> LogExcerpt {
+        let path = (try? self.path(caseId: caseId, step: step, attempt: attempt))
+        let tail = path.flatMap { Self.lastLines(of: $0, count: lines) }
+        return LogExcerpt(step: step, attempt: attempt, exists: tail != nil, lines: tail ?? [],
+                          url: Self.url(caseId: caseId, step: step, attempt: attempt))
+    }
+}
+
+extension APIContext {
+    func caseDetail(_ caseId: String, logLines: Int = 200) async throws -> CaseDetail? {
+        guard let summary = try await store.caseSummary(caseId) else { return nil }
+        let history = try await store.history(caseId)
+        let timeline = CaseTimeline.attempts(history, now: Date())
+        let logs = StepLogs(logsDir: config.state.logsDir)
+        // Every attempt that ran, newest first, with whether its log exists; the tail of the
+        // current (or last) one that has a log.
+        var seen = Set<String>()
+        var available: [LogExcerpt] = []
+        for attempt in timeline.reversed() where attempt.phase == "running" {
+            let key = "\(attempt.step)#\(attempt.attempt)"
+            guard seen.insert(key).inserted, let path = try? logs.path(caseId: caseId, step: attempt.step, attempt: attempt.attempt),
+                  FileManager.default.fileExists(atPath: path) else { continue }
+            available.append(LogExcerpt(step: attempt.step, attempt: attempt.attempt, exists: true, lines: [],
+                                        url: StepLogs.url(caseId: caseId, step: attempt.step, attempt: attempt.attempt)))
+        }
+        var tail: LogExcerpt?
+        if let current = summary.workflowStep, let path = try? logs.path(caseId: caseId, step: current, attempt: summary.attempt),
+           FileManager.default.fileExists(atPath: path) {
+            tail = logs.excerpt(caseId: caseId, step: current, attempt: summary.attempt, lines: logLines)
+        } else if let last = available.first {
+            tail = logs.excerpt(caseId: caseId, step: last.step, attempt: last.attempt, lines: logLines)
+        }
+        let steps = (config.workflows[summary.workflow]?.steps ?? []).map {
+            WorkflowStepInfo(name: $0.name, type: $0.type.rawValue, progress: $0.progress)
+        }
+        return CaseDetail(case: summary, steps: steps, timeline: timeline, history: history, log: tail, logs: available)
+    }
+}

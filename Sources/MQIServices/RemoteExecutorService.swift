@@ -36,6 +36,12 @@ public struct RemoteExecutorService: Service {
 
     func handle(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
         let body = message.body
+        var logger = self.logger
+        logger[metadataKey: "case_id"] = "\(body.caseId)"
+        logger[metadataKey: "correlation_id"] = "\(message.id)"
+        if let step = body.step { logger[metadataKey: "step"] = "\(step)" }
+        if let attempt = body.attempt { logger[metadataKey: "attempt"] = "\(attempt)" }
+        if let gpus = body.gpuIds, !gpus.isEmpty { logger[metadataKey: "gpu_id"] = "\(gpus.map(String.init).joined(separator: ","))" }
         guard let step = body.step, let attempt = body.attempt, let command = body.command else {
             return body.result(.executionFailed, reason: "malformed execute_command: step, attempt or command missing")
         }

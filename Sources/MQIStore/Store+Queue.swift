@@ -35,10 +35,13 @@ extension Store {
         let maxDeliveries = maxDeliveries
         let (claimed, published) = try await pool.write { db -> (ClaimedMessage?, [OutgoingMessage]) in
             var published: [OutgoingMessage] = []
+            // Results of running steps go before new cases: a burst of new cases must not hold
+            // up the next step of cases already on a GPU. (Each case's own events cannot be
+            // reordered by this: its first command only exists after its new_case_found.)
             while let row = try Row.fetchOne(db, sql: """
                 SELECT * FROM messages
                 WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?)
-                ORDER BY available_at, id LIMIT 1
+                ORDER BY kind = 'new_case_found', available_at, id LIMIT 1
                 """, arguments: [queue.rawValue, now, now]) {
                 let id: Int64 = row["id"]
                 let deliveries: Int = row["deliveries"]

@@ -27,11 +27,14 @@ public struct LocalStepExecutor: StepExecutor {
 
     /// The wrapper that records the process group and the exit code around the command.
     /// `$1` run directory, `$2` log file, `$3` command. `$$` is the session (= process group) leader.
+    /// Each file is written by one `echo` (one write of a few bytes, newline last) with no `mv`
+    /// process: readers take a file only once it ends with its newline, so a file caught empty or
+    /// half-written reads as not there yet, exactly like the missing file before a rename.
     static let wrapper = #"""
-        echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid" || exit 127
+        echo $$ > "$1/pid" || exit 127
         /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
         code=$?
-        echo $code > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"
+        echo $code > "$1/exit_code"
         exit $code
         """#
 
@@ -117,15 +120,30 @@ public struct LocalStepExecutor: StepExecutor {
 
     /// Starts the wrapper in a new session; the returned signal fires when it exits.
     func spawn(_ run: StepRun, runDir: String) throws -> OneShot {
+        let wrapperArguments = ["-c", Self.wrapper, "mqi-step", runDir, run.logPath, run.command]
+        let arguments = ["-w", "/bin/sh"] + wrapperArguments
+        var environment = ProcessInfo.processInfo.environment
+        environment.merge(run.environment) { $1 }
+        let caseDir = ((runDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        // The wrapper shell itself leads a new session (what `setsid -w` did, without its process).
+        let spawned: pid_t?
+        do {
+            spawned = try StepSpawner.spawn("/bin/sh", arguments: wrapperArguments, environment: environment, directory: caseDir)
+        } catch {
+            throw TransportError("cannot start step \(run.step) of case \(run.caseId): \(error)")
+        }
+        if let pid = spawned {
+            let exited = OneShot()
+            StepSpawner.reap(pid) { exited.fire() }
+            return exited
+        }
+        // posix_spawn's chdir/closefrom extensions are missing (glibc < 2.34): Foundation's Process.
         let exited = OneShot()
         let process = Process()
         process.terminationHandler = { _ in exited.fire() }
         process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        process.arguments = ["-w", "/bin/sh", "-c", Self.wrapper, "mqi-step", runDir, run.logPath, run.command]
-        var environment = ProcessInfo.processInfo.environment
-        environment.merge(run.environment) { $1 }
+        process.arguments = arguments
         process.environment = environment
-        let caseDir = ((runDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
         process.currentDirectoryURL = URL(fileURLWithPath: caseDir)
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
@@ -155,12 +173,12 @@ public struct LocalStepExecutor: StepExecutor {
     }
 
     static func readPidNow(_ runDir: String) -> pid_t? {
-        guard let text = try? String(contentsOfFile: runDir + "/pid", encoding: .utf8) else { return nil }
+        guard let text = try? String(contentsOfFile: runDir + "/pid", encoding: .utf8), text.hasSuffix("\n") else { return nil }
         return pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     static func readExitCode(_ runDir: String) -> Int32? {
-        guard let text = try? String(contentsOfFile: runDir + "/exit_code", encoding: .utf8) else { return nil }
+        guard let text = try? String(contentsOfFile: runDir + "/exit_code", encoding: .utf8), text.hasSuffix("\n") else { return nil }
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
@@ -272,4 +290,73 @@ public final class OneShot: Sendable {
 /// Why the executor ended an attempt itself (cancel, timeout), shared between its watchers.
 final class Verdict: Sendable {
     let value = Mutex<StepOutcome?>(nil)
+}
+
+/// Starts step wrappers with `posix_spawn` directly, each in a new session, and reaps each on a
+/// thread of its own.
+///
+/// Every process a step starts costs milliseconds on a busy 2-core host, and they are all on the
+/// path from one step's end to the next one's start. The old path ran six (`setsid`, its fork,
+/// the wrapper, `mv` of the pid file, the command's shell, `mv` of the exit code); this one runs
+/// three (the wrapper in its own session, the command's shell, and the command). mqi-bench
+/// measured on 2 cores: 143–148 → 183–192 steps/s, step overhead p50 41–45 → 30–36 ms.
+///
+/// It also avoids Foundation's `Process` for steps: on Linux it learns of an exit through a
+/// socket the child inherits and closes the parent's other descriptors from a list taken before
+/// the spawn, so a descriptor another thread opens meanwhile can leak into a long-running step.
+/// Here the child gets /dev/null on 0–2 and nothing else (`closefrom(3)`), and its exit is
+/// observed with `waitpid`.
+enum StepSpawner {
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    private typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
+
+    /// glibc's extensions, looked up at run time (Swift's Glibc module does not declare them).
+    private static let extensions: (closeFrom: AddCloseFrom, chdir: AddChdir)? = {
+        guard let handle = dlopen(nil, RTLD_NOW),
+              let closeFrom = dlsym(handle, "posix_spawn_file_actions_addclosefrom_np"),
+              let chdir = dlsym(handle, "posix_spawn_file_actions_addchdir_np") else { return nil }
+        return (unsafeBitCast(closeFrom, to: AddCloseFrom.self), unsafeBitCast(chdir, to: AddChdir.self))
+    }()
+
+    /// The child's pid, or nil when posix_spawn lacks the extensions this needs.
+    static func spawn(_ path: String, arguments: [String], environment: [String: String], directory: String) throws -> pid_t? {
+        guard let extensions else { return nil }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // The child leads a new session, and so its own process group (POSIX_SPAWN_SETSID, glibc 2.26).
+        posix_spawnattr_setflags(&attributes, Int16(0x80))
+        var status: Int32 = 0
+        for fd: Int32 in 0...2 where status == 0 {
+            status = posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+        }
+        if status == 0 { status = extensions.chdir(&actions, directory) }
+        if status == 0 { status = extensions.closeFrom(&actions, 3) }
+        guard status == 0 else { throw TransportError("cannot prepare to start \(path): \(String(cString: strerror(status)))") }
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        status = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
+        guard status == 0 else { throw TransportError("cannot start \(path): \(String(cString: strerror(status)))") }
+        return pid
+    }
+
+    /// Waits for `pid` on a dedicated thread (a blocking `waitpid`, never on the cooperative
+    /// pool) and calls `exited` once it is gone.
+    static func reap(_ pid: pid_t, exited: @escaping @Sendable () -> Void) {
+        let thread = Thread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1, errno == EINTR {}
+            exited()
+        }
+        thread.stackSize = 64 * 1024
+        thread.start()
+    }
 }

@@ -68,7 +68,7 @@ let package = Package(
         ]),
         .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
         .testTarget(name: "MQIServicesTests", dependencies: [
-            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQITestSupport", "mqi",
+            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP", "MQITestSupport", "mqi",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

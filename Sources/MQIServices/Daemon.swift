@@ -41,15 +41,21 @@ public struct Daemon: Sendable {
         if config.metrics.enabled {
             try HTTPServer.checkBindable(host: config.metrics.host, port: config.metrics.port)
         }
-        for (key, directory) in [("state.logs_dir", config.state.logsDir), ("conductor.remote_paths.upload_dir", config.conductor.uploadDir),
-                                 ("conductor.remote_paths.download_dir", config.conductor.downloadDir), ("conductor.results_dir", config.conductor.resultsDir)] {
+        var localDirectories = [("state.logs_dir", config.state.logsDir), ("conductor.results_dir", config.conductor.resultsDir)]
+        if config.hpc.transport == .local {
+            // With ssh these live on the HPC; the transport creates them there.
+            localDirectories += [("conductor.remote_paths.upload_dir", config.conductor.uploadDir),
+                                 ("conductor.remote_paths.download_dir", config.conductor.downloadDir)]
+        }
+        for (key, directory) in localDirectories {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             } catch {
                 throw DaemonError("cannot create \(key) \(directory): \(error.localizedDescription)")
             }
         }
-        let transports = try Transports.make(config, logger: logger)
+        let metrics = self.metrics ?? MQIMetrics()
+        let transports = try Transports.make(config, logger: logger, onSSHConnectionOpened: { metrics.sshConnectionsOpened.increment() })
         var config = config
         if config.hpc.gpusAuto {
             guard let samples = await GPUMonitor.read(config.gpuMonitor.command, runner: transports.runner, logger: logger), !samples.isEmpty else {
@@ -69,7 +75,6 @@ public struct Daemon: Sendable {
         let freed = try await store.reconcileGPUs(configured: config.hpc.gpus)
         if !freed.isEmpty { logger.warning("freed GPU reservation(s) \(freed) held by no running case") }
 
-        let metrics = self.metrics ?? MQIMetrics()
         let conductor = Conductor(config: config)
         let resultsDir = config.conductor.resultsDir
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,

@@ -64,15 +64,22 @@ public struct RemoteExecutorService: Service {
             metrics.activeJobs.decrement()
             metrics.taskDuration(type: .execute, step: step).record(Date().timeIntervalSince(started))
         }
-        let outcome = try await executor.execute(run) {
-            if let progress = watcher.poll(), let stepIndex {
-                try? await store.updateProgress(run.caseId, stepIndex: stepIndex, attempt: attempt, progress: progress)
+        let outcome: StepOutcome
+        do {
+            outcome = try await executor.execute(run) {
+                if let progress = watcher.poll(), let stepIndex {
+                    try? await store.updateProgress(run.caseId, stepIndex: stepIndex, attempt: attempt, progress: progress)
+                }
+                // The engine printed a failure line: stop it now instead of holding the GPU until the timeout.
+                if watcher.failureLine != nil { return true }
+                // Cancelled (or retried) by an operator while running.
+                guard let now = try? await store.caseState(run.caseId) else { return false }
+                return now.status != .processing || now.stepIndex != stepIndex || now.attempt != attempt
             }
-            // The engine printed a failure line: stop it now instead of holding the GPU until the timeout.
-            if watcher.failureLine != nil { return true }
-            // Cancelled (or retried) by an operator while running.
-            guard let now = try? await store.caseState(run.caseId) else { return false }
-            return now.status != .processing || now.stepIndex != stepIndex || now.attempt != attempt
+        } catch let error as TransportError where !error.isTransient {
+            // A failure of the way there that retrying cannot fix (a host key mismatch, say).
+            logger.error("\(step) attempt \(attempt) cannot run: \(error)")
+            return body.result(.executionFailed, reason: error.description)
         }
         watcher.poll(final: true)
         let retryable = { (reason: String) in

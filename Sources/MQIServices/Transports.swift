@@ -15,7 +15,7 @@ public struct Transports: Sendable {
         self.runner = runner
     }
 
-    public static func make(_ config: Config, logger: Logger) throws -> Transports {
+    public static func make(_ config: Config, logger: Logger, onSSHConnectionOpened: @escaping @Sendable () -> Void = {}) throws -> Transports {
         switch config.hpc.transport {
         case .local:
             return Transports(
@@ -23,7 +23,17 @@ public struct Transports: Sendable {
                 executor: LocalStepExecutor(uploadDir: config.conductor.uploadDir),
                 runner: LocalCommandRunner())
         case .ssh:
-            throw TransportError("hpc.transport: ssh is not available in this build")
+            guard let ssh = config.hpc.ssh else {
+                throw TransportError("hpc.transport is ssh but the hpc.ssh section is missing (hpc.ssh.host is required)")
+            }
+            // One connection (ControlMaster) shared by the mover, the executor and the GPU monitor.
+            var sshLogger = logger
+            sshLogger[metadataKey: "ssh.host"] = "\(ssh.host)"
+            let connection = try SSHConnection(config: ssh, retry: config.retry, logger: sshLogger, onConnectionOpened: onSSHConnectionOpened)
+            return Transports(
+                mover: SSHFileMover(connection: connection, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir),
+                executor: SSHStepExecutor(connection: connection, uploadDir: config.conductor.uploadDir, logger: sshLogger),
+                runner: SSHCommandRunner(connection: connection))
         }
     }
 }

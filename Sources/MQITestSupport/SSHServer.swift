@@ -1,0 +1,216 @@
+import Foundation
+import MQICore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A private OpenSSH server on 127.0.0.1 and a free port, for tests: its own host key, a user
+/// key authorized for root, `AuthorizedKeysFile` and `PidFile` in a temp dir, its log (`-e`) in
+/// `logPath`. `stop()`, `killAll()` (the listener and its children: a server crash) and
+/// `restart()` on the same port.
+public final class SSHServer: Sendable {
+    public let temp: TemporaryDirectory
+    public let port: Int
+    public var configPath: String { temp.file("sshd_config") }
+    public var logPath: String { temp.file("sshd.log") }
+    public var knownHostsPath: String { temp.file("known_hosts") }
+    public var userKeyPath: String { temp.file("user_key") }
+    public var hostKeyPath: String { temp.file("host_key") }
+    private let listener = Mutex<pid_t?>(nil)
+
+    /// sshd, ssh, rsync and ssh-keygen are installed (a condition for tests).
+    public static var isAvailable: Bool {
+        ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/rsync", "/usr/bin/ssh-keygen"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    public init() throws {
+        temp = try TemporaryDirectory("mqi-sshd")
+        port = try Self.freePort()
+        try Self.keygen(hostKeyPath)
+        try Self.keygen(userKeyPath)
+        try FileManager.default.copyItem(atPath: userKeyPath + ".pub", toPath: temp.file("authorized_keys"))
+        try """
+            Port \(port)
+            ListenAddress 127.0.0.1
+            HostKey \(hostKeyPath)
+            AuthorizedKeysFile \(temp.file("authorized_keys"))
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            MaxStartups 100:30:200
+            MaxSessions 100
+            UseDNS no
+            PrintMotd no
+            PidFile \(temp.file("sshd.pid"))
+
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let hostKey = try String(contentsOfFile: hostKeyPath + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
+        try "[127.0.0.1]:\(port) \(hostKey)\n".write(toFile: knownHostsPath, atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        let check = try Self.run("/usr/sbin/sshd", ["-t", "-f", configPath])
+        guard check.status == 0 else { throw TestSupportError("sshd -t rejected \(configPath): \(check.output)") }
+    }
+
+    /// The client side: root with the user key, the server's key in `knownHosts`.
+    public func sshConfig(knownHosts: String? = nil, maxNewConnectionsPerMin: Int = 6, connectTimeoutSec: Double = 5) -> SSHConfig {
+        SSHConfig(host: "127.0.0.1", port: port, user: "root", identityFile: userKeyPath, knownHostsFile: knownHosts ?? knownHostsPath,
+                  strictHostKeyChecking: true, connectTimeoutSec: connectTimeoutSec, maxNewConnectionsPerMin: maxNewConnectionsPerMin)
+    }
+
+    /// The `hpc:` section of a config for this server.
+    public func hpcYAML(gpus: [Int], knownHosts: String? = nil) -> String {
+        """
+        hpc:
+          transport: ssh
+          gpus: [\(gpus.map(String.init).joined(separator: ", "))]
+          ssh:
+            host: 127.0.0.1
+            port: \(port)
+            user: root
+            identity_file: \(ShellQuote.quote(userKeyPath))
+            known_hosts_file: \(ShellQuote.quote(knownHosts ?? knownHostsPath))
+            connect_timeout_sec: 5
+            max_new_connections_per_min: 6
+        """
+    }
+
+    /// A known_hosts file that lists another key for this server (a mismatch).
+    public func writeMismatchedKnownHosts() throws -> String {
+        let other = temp.file("other_host_key")
+        if !FileManager.default.fileExists(atPath: other) { try Self.keygen(other) }
+        let key = try String(contentsOfFile: other + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
+        let path = temp.file("known_hosts_wrong")
+        try "[127.0.0.1]:\(port) \(key)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Starts the listener. posix_spawn, not Foundation's Process: sshd closes the descriptor
+    /// Process watches, and Process's monitor thread would then block on it until sshd exits.
+    public func start() async throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        let words: [String] = ["/usr/sbin/sshd", "-D", "-e", "-f", configPath]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, "/usr/sbin/sshd", &actions, nil, argv, environ)
+        guard result == 0 else { throw TestSupportError("cannot start sshd: \(String(cString: strerror(result)))") }
+        listener.withLock { $0 = pid }
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if Self.canConnect(port) { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestSupportError("sshd did not listen on 127.0.0.1:\(port): \((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")")
+    }
+
+    /// SIGTERM to the listener and its children (their sessions end).
+    public func stop() {
+        signalAll(SIGTERM)
+    }
+
+    /// SIGKILL to the listener and every process below it: established connections (and the
+    /// client's ControlMaster with them) drop, as when the server crashes.
+    public func killAll() {
+        signalAll(SIGKILL)
+    }
+
+    public func restart() async throws {
+        try await start()
+    }
+
+    /// "Accepted publickey" lines in the log: one per new connection.
+    public var acceptedConnections: Int {
+        let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        return text.components(separatedBy: "Accepted publickey").count - 1
+    }
+
+    public func remove() {
+        stop()
+        temp.remove()
+    }
+
+    private func signalAll(_ signal: Int32) {
+        guard let root = listener.withLock({ $0 }) else { return }
+        for pid in Self.descendants(of: root).reversed() { kill(pid, signal) }
+        kill(root, signal)
+        var status: Int32 = 0
+        _ = waitpid(root, &status, 0)
+        listener.withLock { $0 = nil }
+    }
+
+    /// Every process below `root`, parents before children.
+    static func descendants(of root: pid_t) -> [pid_t] {
+        var children: [pid_t: [pid_t]] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 1, let parent = pid_t(fields[1]) { children[parent, default: []].append(pid) }
+        }
+        var result: [pid_t] = [], queue = [root]
+        while let next = queue.first {
+            queue.removeFirst()
+            for child in children[next] ?? [] {
+                result.append(child)
+                queue.append(child)
+            }
+        }
+        return result
+    }
+
+    static func canConnect(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestSupportError("socket() failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw TestSupportError("cannot find a free port on 127.0.0.1") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func keygen(_ path: String) throws {
+        let result = try run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "mqi-test", "-f", path])
+        guard result.status == 0 else { throw TestSupportError("ssh-keygen failed: \(result.output)") }
+    }
+
+    static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

@@ -1,0 +1,154 @@
+import Foundation
+import MQICore
+
+/// Moves cases to the HPC and results back with rsync through the shared SSH master.
+///
+/// Upload: rsync (`--partial`, so an interrupted copy resumes) into
+/// `{upload_dir}/.mqi-partial/{case_id}/` (the local mover's staging scheme: the staging name
+/// stays the case id, so a 255-byte id still fits NAME_MAX), then the remote `sha256sum`
+/// checks the manifest computed here, and only then is the directory renamed to
+/// `{upload_dir}/{case_id}/`. Download: the remote computes the manifest, rsync copies into
+/// `{results_dir}/.mqi-partial/{case_id}/`, the manifest is written there as
+/// `.mqi-manifest.sha256` and checked locally, then the directory is renamed into place.
+/// A checksum mismatch names the file, drops the staging copy and is a transient failure
+/// (the retry sends everything again).
+public struct SSHFileMover: FileMover {
+    public let connection: SSHConnection
+    public var uploadDir: String
+    public var downloadDir: String
+    public var rsyncTimeoutSec: Double
+    /// Runs between the copy and the check, with the staging path (remote for uploads, local for
+    /// downloads). For tests that corrupt a byte in flight.
+    public var beforeVerify: (@Sendable (String) async throws -> Void)?
+
+    public init(connection: SSHConnection, uploadDir: String, downloadDir: String, rsyncTimeoutSec: Double = 3600,
+                beforeVerify: (@Sendable (String) async throws -> Void)? = nil) {
+        self.connection = connection
+        self.uploadDir = uploadDir
+        self.downloadDir = downloadDir
+        self.rsyncTimeoutSec = rsyncTimeoutSec
+        self.beforeVerify = beforeVerify
+    }
+
+    static let stagingName = ".mqi-partial"
+
+    /// Lists every regular file below `.` as `sha256sum` lines, sorted, paths relative (`./a/b`).
+    static let manifestScript = #"find . -type f ! -path ./.mqi-manifest.sha256 -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum --"#
+
+    public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
+        try CaseInspection.check(localCase)
+        let report = try LocalFileMover.measure(localCase)
+        let manifest = try await Self.localManifest(of: localCase)
+        let staging = Self.join(uploadDir, Self.stagingName)
+        let partial = Self.join(staging, caseId)
+        let final = Self.join(uploadDir, caseId)
+        let prepare = try await connection.run("mkdir -p -- \(ShellQuote.quote(staging))", timeoutSec: 60)
+        guard prepare.status == 0 else {
+            throw TransportError("cannot create \(staging) on \(connection.destination): \(prepare.stdoutText)\(prepare.stderrText)")
+        }
+        try await rsync(from: Self.slash(localCase), to: connection.rsyncHost + Self.slash(partial), what: "upload of case \(caseId)")
+        try await beforeVerify?(partial)
+        // Check the manifest (stdin) in the staging copy; rename only when every file matches.
+        let script = """
+            cd \(ShellQuote.quote(partial)) || exit 3
+            if out=$(sha256sum --check --quiet --strict - 2>&1); then
+                rm -rf -- \(ShellQuote.quote(final)) && mv -- \(ShellQuote.quote(partial)) \(ShellQuote.quote(final)) || exit 4
+                echo MQI-OK
+            else
+                printf '%s\\n' "$out"
+                cd / && rm -rf -- \(ShellQuote.quote(partial))
+                echo MQI-MISMATCH
+            fi
+            """
+        let checked = try await connection.run("/bin/sh -c \(ShellQuote.quote(script))", stdin: Data(manifest.utf8), timeoutSec: 3600)
+        let text = checked.stdoutText
+        if text.contains("MQI-OK") { return report }
+        if text.contains("MQI-MISMATCH") {
+            throw TransportError("upload of case \(caseId) failed verification on \(connection.destination) (SHA-256 mismatch; the staging copy was removed and the retry sends it again): "
+                                 + Self.failedFiles(text), transient: true)
+        }
+        throw TransportError("upload of case \(caseId): cannot verify or rename \(partial) on \(connection.destination) (exit \(checked.status)): \(text)\(checked.stderrText)",
+                             transient: checked.status == 255)
+    }
+
+    public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
+        let remote = Self.join(downloadDir, caseId)
+        let listed = try await connection.run(
+            "cd \(ShellQuote.quote(remote)) 2>/dev/null || { echo MQI-NODIR; exit 0; }; \(Self.manifestScript) && echo MQI-END", timeoutSec: 3600)
+        let listing = listed.stdoutText
+        if listing.hasPrefix("MQI-NODIR") {
+            throw TransportError("no results directory at \(remote) on \(connection.destination)")
+        }
+        guard listed.status == 0, listing.hasSuffix("MQI-END\n") else {
+            throw TransportError("cannot compute the SHA-256 manifest of \(remote) on \(connection.destination): \(listed.stderrText)", transient: true)
+        }
+        let manifest = String(listing.dropLast("MQI-END\n".count))
+        let files = FileManager.default
+        let staging = Self.join(resultsDir, Self.stagingName)
+        let partial = Self.join(staging, caseId)
+        let final = Self.join(resultsDir, caseId)
+        try files.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        try await rsync(from: connection.rsyncHost + Self.slash(remote), to: Self.slash(partial), what: "download of the results of case \(caseId)",
+                        extra: ["--exclude=/\(ResultManifest.fileName)"])
+        try await beforeVerify?(partial)
+        do {
+            try Data(manifest.utf8).write(to: URL(fileURLWithPath: Self.join(partial, ResultManifest.fileName)), options: .atomic)
+        } catch {
+            throw TransportError("cannot write the manifest into \(partial): \(error.localizedDescription)")
+        }
+        if let problem = ResultManifest.verify(partial) {
+            try? files.removeItem(atPath: partial)
+            throw TransportError("download of the results of case \(caseId) failed verification (the staging copy was removed and the retry fetches it again): \(problem)",
+                                 transient: true)
+        }
+        let report = try LocalFileMover.measure(partial)
+        do {
+            if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
+            try files.moveItem(atPath: partial, toPath: final)
+        } catch {
+            throw TransportError("cannot move the results of case \(caseId) into \(final): \(error.localizedDescription)")
+        }
+        // The manifest itself is not a result file.
+        return TransferReport(files: report.files - 1, bytes: report.bytes - Int64(manifest.utf8.count))
+    }
+
+    /// rsync over the master. Exit 255 or a lost master is a connection failure (transient);
+    /// other rsync failures are transient too (a vanished file, a full pipe) up to the retry limit.
+    func rsync(from source: String, to destination: String, what: String, extra: [String] = []) async throws {
+        var tries = 0
+        while true {
+            tries += 1
+            try await connection.ensureMaster()
+            let arguments = ["-a", "--protect-args", "--partial", "--delete", "-e", connection.rsyncShell] + extra + [source, destination]
+            let output = try await SSHProcess.run("/usr/bin/env", ["rsync"] + arguments, timeoutSec: rsyncTimeoutSec)
+            if output.status == 0, !output.timedOut { return }
+            let reason = output.timedOut ? "timed out after \(Int(rsyncTimeoutSec)) s" : "rsync exit \(output.status): \(output.stderrText.prefix(500))"
+            if await connection.connectionLost(reason), tries < 2 { continue }
+            throw TransportError("\(what) to/from \(connection.destination) was interrupted (\(reason)); it resumes on retry", transient: true)
+        }
+    }
+
+    /// The manifest of a local directory, computed here (the sending side of an upload).
+    static func localManifest(of directory: String) async throws -> String {
+        let output = try await SSHProcess.run("/bin/sh", ["-c", "cd \"$1\" && " + manifestScript, "mqi-manifest", directory], timeoutSec: 3600)
+        guard output.status == 0 else {
+            throw TransportError("cannot compute the SHA-256 manifest of \(directory): \(output.stderrText)")
+        }
+        return output.stdoutText
+    }
+
+    /// The names in `sha256sum --check` output that failed.
+    static func failedFiles(_ output: String) -> String {
+        let failed = output.split(separator: "\n").filter { $0.contains("FAILED") || $0.contains("No such file") }
+        return failed.isEmpty ? output.replacingOccurrences(of: "MQI-MISMATCH", with: "").trimmingCharacters(in: .whitespacesAndNewlines)
+                              : failed.joined(separator: "; ")
+    }
+
+    static func join(_ directory: String, _ name: String) -> String {
+        (directory as NSString).appendingPathComponent(name)
+    }
+
+    static func slash(_ path: String) -> String {
+        path.hasSuffix("/") ? path : path + "/"
+    }
+}

@@ -1,0 +1,285 @@
+import Foundation
+import Logging
+import MQICore
+
+/// Runs execute steps on the HPC under the run directory `{upload_dir}/{case_id}/.mqi/{step}.{attempt}/`
+/// (as `LocalStepExecutor` does locally): `pid` (the process group, the command runs under
+/// `setsid`, detached, so an SSH drop does not kill it), `started` (epoch seconds),
+/// `output.log` and, when it ends, `exit_code`. The run directory is created with `mkdir`, so
+/// an attempt is started at most once: a redelivered or restarted attempt finds the directory
+/// and adopts it (running → wait; finished → read the exit code).
+///
+/// Each poll is one ssh call through the master: it returns the state and the log bytes not
+/// yet fetched, which are appended to `StepRun.logPath`. A lost connection does not abandon the
+/// step: polling continues (the connection backs off) for `unreachableGraceSec`, then the
+/// attempt is given back as a transient error and adopted on the next delivery.
+public struct SSHStepExecutor: StepExecutor {
+    public let connection: SSHConnection
+    public var uploadDir: String
+    public var pollInterval: Double
+    public var killGraceSec: Double
+    public var unreachableGraceSec: Double
+    public var logger: Logger
+
+    public init(connection: SSHConnection, uploadDir: String, pollInterval: Double = 1, killGraceSec: Double = 3,
+                unreachableGraceSec: Double = 300, logger: Logger) {
+        self.connection = connection
+        self.uploadDir = uploadDir
+        self.pollInterval = pollInterval
+        self.killGraceSec = killGraceSec
+        self.unreachableGraceSec = unreachableGraceSec
+        self.logger = logger
+    }
+
+    public func caseDirectory(_ run: StepRun) -> String {
+        (uploadDir as NSString).appendingPathComponent(run.caseId)
+    }
+
+    public func runDirectory(_ run: StepRun) -> String {
+        [caseDirectory(run), ".mqi", "\(run.step).\(run.attempt)"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+    }
+
+    /// Bytes of log fetched per poll at most.
+    static let chunk = 1 << 20
+
+    public func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
+        do {
+            try await startOrAdopt(run)
+            return try await supervise(run, shouldCancel: shouldCancel)
+        } catch let error as TransportError where !error.isTransient {
+            // A host key mismatch, a refused login, a missing case: retrying cannot help.
+            return .failed(reason: error.message)
+        }
+    }
+
+    // MARK: - start
+
+    /// `$1` run dir, `$2` log, `$3` command; `$$` is the session (= process group) leader.
+    static let wrapper = #"""
+        date +%s > "$1/started"
+        echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid" || exit 127
+        /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
+        code=$?
+        echo $code > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"
+        exit $code
+        """#
+
+    func startScript(_ run: StepRun, replaceUnstarted: Bool) -> String {
+        let runDir = ShellQuote.quote(runDirectory(run))
+        let caseDir = ShellQuote.quote(caseDirectory(run))
+        var inputs = ""
+        for file in run.inputFiles {
+            let path = ShellQuote.quote(file.path)
+            let directory = ShellQuote.quote((file.path as NSString).deletingLastPathComponent)
+            inputs += "mkdir -p -- \(directory) && printf '%s' \(ShellQuote.quote(file.content)) > \(path).mqi-tmp && mv -- \(path).mqi-tmp \(path) || { rm -rf -- \(runDir); echo \"MQI-INPUTFAIL \(file.path)\"; exit 0; }\n"
+        }
+        let environment = run.environment.sorted { $0.key < $1.key }.map { ShellQuote.quote("\($0.key)=\($0.value)") }.joined(separator: " ")
+        let replace = replaceUnstarted ? "[ -f \(runDir)/pid ] || [ -f \(runDir)/exit_code ] || rm -rf -- \(runDir)\n" : ""
+        return """
+            [ -d \(caseDir) ] || { echo MQI-NOCASE; exit 0; }
+            mkdir -p -- \(caseDir)/.mqi || exit 5
+            \(replace)if ! mkdir -- \(runDir) 2>/dev/null; then echo MQI-EXISTS; exit 0; fi
+            \(inputs)cd \(caseDir) || exit 5
+            setsid -f env \(environment) /bin/sh -c \(ShellQuote.quote(Self.wrapper)) mqi-step \(runDir) \(runDir)/output.log \(ShellQuote.quote(run.command)) < /dev/null > /dev/null 2>&1 || { rm -rf -- \(runDir); echo MQI-SPAWNFAIL; exit 0; }
+            echo MQI-STARTED
+            """
+    }
+
+    /// Starts the attempt unless its run directory exists. Idempotent: a retry after a lost
+    /// connection finds the directory and adopts.
+    func startOrAdopt(_ run: StepRun) async throws {
+        let files = FileManager.default
+        try files.createDirectory(atPath: (run.logPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        var replace = false
+        for _ in 0..<2 {
+            let output = try await connection.run("/bin/sh -c \(ShellQuote.quote(startScript(run, replaceUnstarted: replace)))", timeoutSec: 60)
+            let text = output.stdoutText
+            if text.contains("MQI-STARTED") {
+                // A fresh attempt: a fresh local log.
+                _ = files.createFile(atPath: run.logPath, contents: nil)
+                logger.debug("started \(run.step) attempt \(run.attempt) on \(connection.destination)", metadata: ["case_id": "\(run.caseId)"])
+                return
+            }
+            if text.contains("MQI-EXISTS") {
+                // Adopt. A directory without pid or exit code after a moment was never started
+                // (the start was cut off): start it after all, once.
+                let state = try await poll(run, offset: Int.max)
+                if state.state != "nopid" || replace {
+                    logger.info("adopting \(run.step) attempt \(run.attempt) on \(connection.destination) (\(state.state)); it is not started again",
+                                metadata: ["case_id": "\(run.caseId)"])
+                    if !files.fileExists(atPath: run.logPath) { _ = files.createFile(atPath: run.logPath, contents: nil) }
+                    return
+                }
+                try await Task.sleep(for: .seconds(2))
+                if try await poll(run, offset: Int.max).state != "nopid" { return }
+                replace = true
+                continue
+            }
+            if text.contains("MQI-NOCASE") {
+                throw TransportError("the case directory \(caseDirectory(run)) does not exist on \(connection.destination) (was the case uploaded?)")
+            }
+            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MQI-INPUTFAIL") }) {
+                throw TransportError("cannot write input file \(line.dropFirst("MQI-INPUTFAIL ".count)) on \(connection.destination)")
+            }
+            throw TransportError("cannot start step \(run.step) of case \(run.caseId) on \(connection.destination) (exit \(output.status)): \(text)\(output.stderrText)",
+                                 transient: output.status == 255)
+        }
+    }
+
+    // MARK: - poll
+
+    struct PollResult {
+        /// running, exited, dead (no exit code, process group gone), nopid, missing
+        var state: String
+        var exitCode: Int32?
+        var elapsed: Double?
+        var logSize: Int
+        var chunk: Data
+    }
+
+    /// `$1` run dir, `$2` bytes of the log already fetched, `$3` most bytes to send.
+    static let pollScript = #"""
+        d=$1
+        alive() { ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'; }
+        if [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+        elif [ ! -d "$d" ]; then st=missing
+        elif [ ! -f "$d/pid" ]; then st=nopid
+        elif alive "$(cat "$d/pid")"; then st=running
+        elif [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+        else st=dead
+        fi
+        now=$(date +%s); started=$(cat "$d/started" 2>/dev/null || echo "$now")
+        size=$(wc -c < "$d/output.log" 2>/dev/null || echo 0)
+        echo "MQI $((now - started)) $size $st"
+        if [ "$2" -lt "$size" ]; then tail -c +"$(($2 + 1))" "$d/output.log" | head -c "$3"; fi
+        """#
+
+    func poll(_ run: StepRun, offset: Int) async throws -> PollResult {
+        let remote = "/bin/sh -c \(ShellQuote.quote(Self.pollScript)) mqi-poll \(ShellQuote.quote(runDirectory(run))) \(min(offset, Int(Int32.max))) \(Self.chunk)"
+        let output = try await connection.run(remote, timeoutSec: 60)
+        guard let newline = output.stdout.firstIndex(of: UInt8(ascii: "\n")) else {
+            throw TransportError("unexpected answer polling \(run.step) attempt \(run.attempt) on \(connection.destination) (exit \(output.status)): \(output.stderrText)",
+                                 transient: true)
+        }
+        let header = String(decoding: output.stdout[..<newline], as: UTF8.self).split(separator: " ")
+        guard header.count >= 4, header[0] == "MQI" else {
+            throw TransportError("unexpected answer polling \(run.step) attempt \(run.attempt): \(String(decoding: output.stdout.prefix(200), as: UTF8.self))",
+                                 transient: true)
+        }
+        return PollResult(state: String(header[3]), exitCode: header.count > 4 ? Int32(header[4]) : nil, elapsed: Double(header[1]),
+                          logSize: Int(header[2]) ?? 0, chunk: Data(output.stdout[output.stdout.index(after: newline)...]))
+    }
+
+    // MARK: - supervise
+
+    func supervise(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
+        var offset = Self.localSize(run.logPath)
+        var unreachableSince: Date?
+        while true {
+            let result: PollResult
+            do {
+                result = try await poll(run, offset: offset)
+                if unreachableSince != nil {
+                    logger.info("reached \(connection.destination) again; still supervising \(run.step) attempt \(run.attempt)", metadata: ["case_id": "\(run.caseId)"])
+                }
+                unreachableSince = nil
+            } catch let error as TransportError where error.isTransient {
+                let since = unreachableSince ?? Date()
+                unreachableSince = since
+                if Date().timeIntervalSince(since) > unreachableGraceSec { throw error }
+                logger.debug("cannot poll \(run.step) attempt \(run.attempt): \(error); the step keeps running remotely", metadata: ["case_id": "\(run.caseId)"])
+                try await Task.sleep(for: .seconds(pollInterval))
+                continue
+            }
+            offset += append(result.chunk, to: run.logPath)
+            switch result.state {
+            case "exited":
+                try await drain(run, offset: &offset, size: result.logSize)
+                return outcome(result.exitCode ?? -1, run)
+            case "dead":
+                try await drain(run, offset: &offset, size: result.logSize)
+                return .failed(reason: "the command's process group on \(connection.destination) ended without recording an exit code (killed by a signal?)")
+            case "missing":
+                return .failed(reason: "the run directory \(runDirectory(run)) disappeared on \(connection.destination)")
+            default:
+                break  // running, or nopid for the moment between start and the wrapper's first line
+            }
+            var decided: StepOutcome?
+            if await shouldCancel() {
+                decided = .cancelled
+            } else if let timeout = run.timeoutSec, let elapsed = result.elapsed, elapsed >= timeout {
+                decided = .failed(reason: "timed out after \(LocalStepExecutor.format(timeout)) s (timeout_sec); the process group was killed")
+            }
+            if let decided {
+                try await killGroup(run)
+                _ = try? await drainAfterKill(run, offset: &offset)
+                return decided
+            }
+            try await Task.sleep(for: .seconds(pollInterval))
+        }
+    }
+
+    /// Fetches the rest of the log of a finished attempt.
+    func drain(_ run: StepRun, offset: inout Int, size: Int) async throws {
+        while offset < size {
+            let more = try await poll(run, offset: offset)
+            let added = append(more.chunk, to: run.logPath)
+            if added == 0 { break }
+            offset += added
+        }
+    }
+
+    func drainAfterKill(_ run: StepRun, offset: inout Int) async throws {
+        let result = try await poll(run, offset: offset)
+        offset += append(result.chunk, to: run.logPath)
+        try await drain(run, offset: &offset, size: result.logSize)
+    }
+
+    /// `$1` run dir, `$2` grace seconds: SIGTERM to the group, SIGKILL after the grace, and
+    /// says whether the group is gone.
+    static let killScript = #"""
+        d=$1
+        alive() { ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'; }
+        pid=$(cat "$d/pid" 2>/dev/null) || { echo MQI-GONE; exit 0; }
+        [ "$pid" -gt 1 ] 2>/dev/null || { echo MQI-GONE; exit 0; }
+        kill -s TERM -- "-$pid" 2>/dev/null
+        i=0; while alive "$pid" && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done
+        i=0; while alive "$pid" && [ $i -lt 100 ]; do kill -s KILL -- "-$pid" 2>/dev/null; sleep 0.1; i=$((i + 1)); done
+        if alive "$pid"; then echo MQI-ALIVE; else echo MQI-GONE; fi
+        """#
+
+    /// Kills the attempt's whole remote process group and confirms it is gone.
+    func killGroup(_ run: StepRun) async throws {
+        let grace = max(0, Int(killGraceSec.rounded(.up)))
+        let remote = "/bin/sh -c \(ShellQuote.quote(Self.killScript)) mqi-kill \(ShellQuote.quote(runDirectory(run))) \(grace)"
+        let output = try await connection.run(remote, timeoutSec: Double(grace) + 30)
+        if !output.stdoutText.contains("MQI-GONE") {
+            logger.error("the process group of \(run.step) attempt \(run.attempt) on \(connection.destination) is still alive after SIGKILL: \(output.stdoutText)\(output.stderrText)",
+                         metadata: ["case_id": "\(run.caseId)"])
+        }
+    }
+
+    func outcome(_ code: Int32, _ run: StepRun) -> StepOutcome {
+        if code == 0 { return .succeeded }
+        let tail = LogTail.lastLines(of: run.logPath, count: 10)
+        return .failed(reason: "exit status \(code)" + (tail.isEmpty ? "" : "; last output:\n\(tail)"))
+    }
+
+    func append(_ data: Data, to path: String) -> Int {
+        guard !data.isEmpty else { return 0 }
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let handle = FileHandle(forWritingAtPath: path) else { return 0 }
+        defer { try? handle.close() }
+        do {
+            try handle.seekToEnd()
+            try handle.write(contentsOf: data)
+            return data.count
+        } catch {
+            return 0
+        }
+    }
+
+    static func localSize(_ path: String) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? 0
+    }
+}

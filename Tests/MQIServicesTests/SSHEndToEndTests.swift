@@ -103,4 +103,23 @@ struct SSHEndToEndTests {
         }
         try await Self.expectAllCompletedOnce(config, ledger: ledger, cases: 10)
     }
+
+    @Test(.timeLimit(.minutes(4)))
+    func killMinusNineDuringARemoteStepThenTheRestartAdoptsIt() async throws {
+        let server = try SSHServer()
+        defer { server.stop(); server.remove() }
+        try await server.start()
+        let (temp, config, ledger) = try Self.site(server, cases: 3)
+        defer { temp.remove() }
+        let firstCase = DemoSite.caseID(1)
+        let runDir = (config.conductor.uploadDir as NSString).appendingPathComponent("\(firstCase)/.mqi/run_moqui_sim.1")
+        let daemon = try MQIProcess(["run", "--config", config.sourcePath, "--log-format", "text"], output: temp.file("first.log"))
+        #expect(await eventually(within: 60) { FileManager.default.fileExists(atPath: runDir + "/pid") }, "\(daemon.output.suffix(2000))")
+        daemon.signal(SIGKILL)
+        _ = await daemon.wait(upTo: 10)
+        #expect(!FileManager.default.fileExists(atPath: runDir + "/exit_code"), "the step was still running when the daemon died")
+        let again = try MQIProcess(["run", "--config", config.sourcePath, "--exit-when-idle", "--log-format", "text"], output: temp.file("second.log"))
+        #expect(await again.wait(upTo: 150) == 0, "\(again.output.suffix(2000))")
+        try await Self.expectAllCompletedOnce(config, ledger: ledger, cases: 3)
+    }
 }

@@ -92,8 +92,12 @@ public struct Daemon: Sendable {
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
         ]
         if config.gpuMonitor.enabled {
-            services.append(.init(service: GPUMonitor(config: config.gpuMonitor, runner: transports.runner, store: store,
-                                                      conductor: conductor, metrics: metrics, logger: logger)))
+            let monitor = GPUMonitor(config: config.gpuMonitor, runner: transports.runner, store: store,
+                                     conductor: conductor, metrics: metrics, logger: logger)
+            // One reading before any case can reserve a GPU: one busy with a foreign process is
+            // held back from the start.
+            await monitor.poll()
+            services.append(.init(service: monitor))
         }
         if config.metrics.enabled {
             let readiness = Readiness(store: store, runner: transports.runner)

@@ -28,9 +28,11 @@ public struct GPUMonitor: Service {
 
     public func run() async throws {
         await cancelWhenGracefulShutdown {
+            // The daemon takes the first reading before it starts; then one every interval.
             while !Task.isCancelled {
-                await poll()
                 try? await Task.sleep(for: .seconds(config.intervalSec))
+                if Task.isCancelled { break }
+                await poll()
             }
         }
     }

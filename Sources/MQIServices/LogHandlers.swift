@@ -52,9 +52,11 @@ public final class RepeatFilter: Sendable {
         case suppress
     }
 
-    public func check(_ level: Logger.Level, _ message: String) -> Verdict {
+    /// `subject`: what the message is about (case, GPU), so one case's failure does not hide
+    /// another's.
+    public func check(_ level: Logger.Level, _ message: String, subject: String = "") -> Verdict {
         guard level >= .warning else { return .write }
-        let key = "\(level.rawValue)|" + Self.shape(message)
+        let key = "\(level.rawValue)|\(subject)|" + Self.shape(message)
         let now = now()
         return entries.withLock { entries in
             guard var entry = entries[key], now.timeIntervalSince(entry.windowStart) < window else {
@@ -115,7 +117,10 @@ public struct MQILogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        switch repeats?.check(event.level, event.message.description) ?? .write {
+        let subject = ["case_id", "gpu_id"].compactMap { key in
+            (event.metadata?[key] ?? metadata[key]).map { "\(key)=\($0)" }
+        }.joined(separator: ",")
+        switch repeats?.check(event.level, event.message.description, subject: subject) ?? .write {
         case .suppress:
             return
         case .writeAfterSummary(let count, let minutes):
@@ -148,9 +153,28 @@ public struct MQILogHandler: LogHandler {
             guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
             sink.write(String(decoding: data, as: UTF8.self))
         case .text:
-            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            sink.write("\(timestamp) \(event.level.rawValue.uppercased()) \(event.message)\(fields.isEmpty ? "" : " [\(fields)]")")
+            let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\(Self.oneLine("\($0.value)"))" }.joined(separator: " ")
+            sink.write("\(timestamp) \(event.level.rawValue.uppercased()) \(Self.oneLine(event.message.description))\(fields.isEmpty ? "" : " [\(fields)]")")
         }
+    }
+
+    /// Control characters escaped, so a text record stays on one line.
+    static func oneLine(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F {
+                    out += "\\u{\(String(scalar.value, radix: 16))}"
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
     }
 
     static func json(_ value: Logger.MetadataValue) -> Any {

@@ -121,13 +121,18 @@ public struct Store: Sendable {
                 CREATE INDEX cases_finished ON cases(finished_at);
                 """)
         }
+        migrator.registerMigration("v5-readiness-probe") { db in
+            try db.execute(sql: "CREATE TABLE readiness_probe (id INTEGER PRIMARY KEY, at DATETIME NOT NULL)")
+        }
         return migrator
     }
 
-    /// Checks that the database can be written (for readiness probes).
+    /// Checks that the database file can be written (for readiness probes): writes a row of
+    /// the main database, so a full disk or a damaged file shows.
     public func checkWritable() async throws {
+        let now = now()
         try await pool.write { db in
-            try db.execute(sql: "CREATE TEMP TABLE IF NOT EXISTS _probe(x); DROP TABLE _probe")
+            try db.execute(sql: "INSERT OR REPLACE INTO readiness_probe (id, at) VALUES (1, ?)", arguments: [now])
         }
     }
 

@@ -48,7 +48,7 @@ let package = Package(
         ]),
         // `swift run -c release mqi-bench [--quick] [--json FILE]`: the performance figures.
         .executableTarget(name: "mqi-bench", dependencies: [
-            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP",
+            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP", "MQITestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

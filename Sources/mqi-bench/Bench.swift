@@ -38,7 +38,7 @@ struct MQIBench: AsyncParsableCommand {
             figures += try await ScaleBenchmark.run(cases: 100_000, mqi: binary, keep: keep)
         }
         if sections.contains("ssh") {
-            figures += SSHFigures.run()
+            figures += await SSHFigures.run(quick: quick)
         }
         let total = nowEpoch() - started
         print(Table.render(figures, title: "mqi-bench\(quick ? " --quick" : "") on \(ProcessInfo.processInfo.activeProcessorCount) cores, \(fmt(total)) s"))

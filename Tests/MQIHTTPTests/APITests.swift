@@ -307,10 +307,8 @@ import Testing
         let timings = try await APIBenchmark.time(fixture.context, requests: 200)
         print("API benchmark: \(timings)")
         #expect(timings.casesInDatabase == 10_000)
-        // Loose bounds: this runs beside other tests on shared CI machines. Measured alone (debug
-        // build, 2 cores): p50 ≈ 4 ms, p99 ≈ 6–9 ms; the goal is p99 < 50 ms.
-        #expect(timings.p50Ms < 50, "p50 \(timings.p50Ms) ms")
-        #expect(timings.p99Ms < 500, "p99 \(timings.p99Ms) ms")
+        // Figures only: speed is judged by `mqi-bench`, not by a timed test on a shared machine
+        // (measured alone, debug build, 2 cores: p50 ≈ 4 ms, p99 ≈ 6–9 ms; goal p99 < 50 ms).
         let filtered = try await APIBenchmark.time(fixture.context, path: "/api/cases?status=FAILED&limit=50", requests: 100)
         print("API benchmark: \(filtered)")
         let searched = try await APIBenchmark.time(fixture.context, path: "/api/cases?q=SYN-0099&limit=50", requests: 100)

@@ -156,12 +156,20 @@ struct DashboardBrowserTests {
 
         func start(_ config: Config) async throws -> (Task<Void, any Error>, Int) {
             let port = Mutex<Int?>(nil)
+            let failure = Mutex<String?>(nil)
             let task = Task {
-                try await Daemon(config: config, logger: CapturedLogs().logger(level: .info), onListening: { bound in port.withLock { $0 = bound } }).run()
+                do {
+                    try await Daemon(config: config, logger: CapturedLogs().logger(level: .info), onListening: { bound in port.withLock { $0 = bound } }).run()
+                } catch {
+                    failure.withLock { $0 = "\(error)" }
+                    throw error
+                }
             }
-            guard await eventually(within: 30, { port.withLock { $0 } != nil }) else {
+            // Generous: this test shares 2 cores with the rest of the suite.
+            guard await eventually(within: 90, { port.withLock { $0 } != nil || failure.withLock { $0 } != nil }),
+                  port.withLock({ $0 }) != nil else {
                 task.cancel()
-                throw TestSupportError("the daemon did not start listening")
+                throw TestSupportError("the daemon did not start listening: \(failure.withLock { $0 } ?? "no error, still starting")")
             }
             return (task, port.withLock { $0 }!)
         }

@@ -327,8 +327,17 @@ enum StepSpawner {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        // The child leads a new session, and so its own process group (POSIX_SPAWN_SETSID, glibc 2.26).
-        posix_spawnattr_setflags(&attributes, Int16(0x80))
+        // The child leads a new session, and so its own process group (POSIX_SPAWN_SETSID, glibc 2.26),
+        // with default signal handling and nothing blocked: the daemon ignores SIGTERM/SIGINT (the
+        // service lifecycle handles them) and SIGPIPE, and an ignored signal would be inherited,
+        // so the step would shrug off the SIGTERM of a cancel or timeout.
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        posix_spawnattr_setsigmask(&attributes, &unblocked)
+        posix_spawnattr_setflags(&attributes, Int16(0x80 | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
         var status: Int32 = 0
         for fd: Int32 in 0...2 where status == 0 {
             status = posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)

@@ -40,7 +40,7 @@ let package = Package(
         ]),
         // The HTTP endpoint: /metrics, health probes (and later the API and dashboard).
         .target(name: "MQIHTTP", dependencies: [
-            "MQICore", "MQIStore",
+            "MQICore", "MQIStore", "MQITransport",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Prometheus", package: "swift-prometheus"),

@@ -1,4 +1,5 @@
 import Foundation
+import MQITransport
 import MQICore
 import MQIStore
 
@@ -116,21 +117,6 @@ struct StepLogs: Sendable {
         return [logsDir, caseId, "\(step).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
     }
 
-    /// The last `count` lines of a log, reading at most `maxBytes` from its end.
-    static func lastLines(of path: String, count: Int, maxBytes: Int = 256 * 1024) -> [String]? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        let size = (try? handle.seekToEnd()) ?? 0
-        let start = size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0
-        try? handle.seek(toOffset: start)
-        let data = (try? handle.readToEnd()) ?? Data()
-        var lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        if lines.last == "" { lines.removeLast() }
-        // A partial first line when the read started mid-file.
-        if start > 0, !lines.isEmpty { lines.removeFirst() }
-        return Array(lines.suffix(count))
-    }
-
     static func url(caseId: String, step: String, attempt: Int) -> String {
         "/api/cases/\(pathEscaped(caseId))/logs/\(pathEscaped(step))/\(attempt)"
     }
@@ -143,7 +129,7 @@ struct StepLogs: Sendable {
 
     func excerpt(caseId: String, step: String, attempt: Int, lines: Int) -> LogExcerpt {
         let path = (try? self.path(caseId: caseId, step: step, attempt: attempt))
-        let tail = path.flatMap { Self.lastLines(of: $0, count: lines) }
+        let tail = path.flatMap { LogTail.lines(of: $0, count: lines) }
         return LogExcerpt(step: step, attempt: attempt, exists: tail != nil, lines: tail ?? [],
                           url: Self.url(caseId: caseId, step: step, attempt: attempt))
     }

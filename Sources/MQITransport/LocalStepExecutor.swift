@@ -226,21 +226,6 @@ public struct LocalStepExecutor: StepExecutor {
     }
 }
 
-/// Reads the end of a log file without loading all of it.
-public enum LogTail {
-    public static func lastLines(of path: String, count: Int, maxBytes: Int = 8192) -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return "" }
-        defer { try? handle.close() }
-        let size = (try? handle.seekToEnd()) ?? 0
-        let start = size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0
-        try? handle.seek(toOffset: start)
-        let data = (try? handle.readToEnd()) ?? Data()
-        let text = String(decoding: data, as: UTF8.self)
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        let trimmed = lines.last == "" ? lines.dropLast() : lines[...]
-        return trimmed.suffix(count).joined(separator: "\n")
-    }
-}
 
 /// An event that happens once; waiters before and after it are all released. A waiting task
 /// that is cancelled stops waiting.

@@ -139,11 +139,18 @@ public final class SSHServer: Sendable {
 
     private func signalAll(_ signal: Int32) {
         guard let root = listener.withLock({ $0 }) else { return }
-        for pid in Self.descendants(of: root).reversed() { kill(pid, signal) }
+        // Only the server's own processes: killing the user's shells too could leave their
+        // start-up files half done (pyenv's rehash lock in root's .bashrc here), and every later
+        // ssh session would wait on it.
+        for pid in Self.descendants(of: root).reversed() where Self.command(of: pid) == "sshd" { kill(pid, signal) }
         kill(root, signal)
         var status: Int32 = 0
         _ = waitpid(root, &status, 0)
         listener.withLock { $0 = nil }
+    }
+
+    static func command(of pid: pid_t) -> String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Every process below `root`, parents before children.

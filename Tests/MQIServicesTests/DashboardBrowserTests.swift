@@ -174,6 +174,9 @@ struct DashboardBrowserTests {
             return (task, port.withLock { $0 }!)
         }
 
+        // A port below the ephemeral range (32768+), so no test that binds port 0 (sshd harness,
+        // other daemons) can take it while this daemon is down.
+        config.metrics.port = 20_000 + Int(getpid() % 9_000)
         let (first, port) = try await start(config)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try #require(Self.chromium))

@@ -17,6 +17,10 @@ public struct Daemon: Sendable {
     public var metrics: MQIMetrics?
     /// Called with the HTTP port once the server listens (useful with `metrics.port: 0`).
     public var onListening: (@Sendable (Int) async -> Void)?
+    /// Fired, it shuts the daemon down gracefully, as SIGTERM does. (Cancelling the task that
+    /// runs the daemon instead can trap in NIO when a connection arrives meanwhile:
+    /// swift-nio#2637.)
+    public var shutdown: OneShot?
 
     public init(config: Config, logger: Logger, exitWhenIdle: Bool = false, metrics: MQIMetrics? = nil,
                 onListening: (@Sendable (Int) async -> Void)? = nil) {
@@ -111,6 +115,9 @@ public struct Daemon: Sendable {
                                              })
             services.append(.init(service: app))
         }
+        if let shutdown {
+            services.append(.init(service: ShutdownTrigger(fired: shutdown), successTerminationBehavior: .gracefullyShutdownGroup))
+        }
         if exitWhenIdle {
             services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger),
                                   successTerminationBehavior: .gracefullyShutdownGroup))
@@ -151,6 +158,15 @@ struct Readiness: Sendable {
             problems["transport"] = "unreachable: \(error)"
         }
         return problems
+    }
+}
+
+/// Returns (ending the group gracefully) when `fired` fires.
+struct ShutdownTrigger: Service {
+    let fired: OneShot
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await fired.wait() }
     }
 }
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MQICore
 import MQIStore
+import MQITransport
 import MQITestSupport
 import Synchronization
 import Testing
@@ -76,11 +77,13 @@ struct DashboardBrowserTests {
 
         let port = Mutex<Int?>(nil)
         let logs = CapturedLogs()
-        let daemon = Task {
-            try await Daemon(config: config, logger: logs.logger(level: .info), onListening: { bound in port.withLock { $0 = bound } }).run()
-        }
+        // Stopped gracefully (as SIGTERM does), never by cancelling the task: see Daemon.shutdown.
+        let stop = OneShot()
+        var server = Daemon(config: config, logger: logs.logger(level: .info), onListening: { bound in port.withLock { $0 = bound } })
+        server.shutdown = stop
+        let daemon = Task { [server] in try await server.run() }
         var stopped = false
-        defer { if !stopped { daemon.cancel() } }
+        defer { if !stopped { stop.fire() } }
         #expect(await eventually(within: 30) { port.withLock { $0 } != nil }, "the daemon did not start listening")
         let base = "http://127.0.0.1:\(try #require(port.withLock { $0 }))"
         let store = try Daemon.openStore(config)
@@ -112,7 +115,7 @@ struct DashboardBrowserTests {
         print("cases completed \(String(format: "%.1f", Date().timeIntervalSince(started))) s after the live page was opened")
         let detailDOM = try await Self.browser(detailURL, ["--dump-dom"], userDataDir: temp.file("chrome-detail"))
         try await Task.sleep(for: .milliseconds(1500))
-        daemon.cancel()
+        stop.fire()
         _ = try? await daemon.value
         stopped = true
 
@@ -154,12 +157,15 @@ struct DashboardBrowserTests {
         let site = try DemoSite.create(at: temp.file("site"), cases: 1)
         var config = try ConfigLoader.load(path: site.configPath)
 
-        func start(_ config: Config) async throws -> (Task<Void, any Error>, Int) {
+        func start(_ config: Config) async throws -> (Task<Void, any Error>, Int, OneShot) {
             let port = Mutex<Int?>(nil)
             let failure = Mutex<String?>(nil)
-            let task = Task {
+            let stop = OneShot()
+            var server = Daemon(config: config, logger: CapturedLogs().logger(level: .info), onListening: { bound in port.withLock { $0 = bound } })
+            server.shutdown = stop
+            let task = Task { [server] in
                 do {
-                    try await Daemon(config: config, logger: CapturedLogs().logger(level: .info), onListening: { bound in port.withLock { $0 = bound } }).run()
+                    try await server.run()
                 } catch {
                     failure.withLock { $0 = "\(error)" }
                     throw error
@@ -168,16 +174,16 @@ struct DashboardBrowserTests {
             // Generous: this test shares 2 cores with the rest of the suite.
             guard await eventually(within: 90, { port.withLock { $0 } != nil || failure.withLock { $0 } != nil }),
                   port.withLock({ $0 }) != nil else {
-                task.cancel()
+                stop.fire()
                 throw TestSupportError("the daemon did not start listening: \(failure.withLock { $0 } ?? "no error, still starting")")
             }
-            return (task, port.withLock { $0 }!)
+            return (task, port.withLock { $0 }!, stop)
         }
 
         // A port below the ephemeral range (32768+), so no test that binds port 0 (sshd harness,
         // other daemons) can take it while this daemon is down.
         config.metrics.port = 20_000 + Int(getpid() % 9_000)
-        let (first, port) = try await start(config)
+        let (first, port, firstStop) = try await start(config)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try #require(Self.chromium))
         process.arguments = ["--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(temp.file("chrome"))", "--window-size=1280,800",
@@ -197,16 +203,16 @@ struct DashboardBrowserTests {
         }
         #expect(await eventually(within: 30) { lines().contains { $0.hasPrefix("mqi-dashboard: live") } }, "the page never connected: \(lines())")
 
-        first.cancel()
+        firstStop.fire()
         _ = try? await first.value
         #expect(await eventually(within: 20) { lines().contains { $0.contains("disconnected") } }, "the page did not notice: \(lines())")
 
         config.metrics.port = port
-        let (second, _) = try await start(config)
-        defer { second.cancel() }
+        let (second, _, secondStop) = try await start(config)
+        defer { secondStop.fire() }
         #expect(await eventually(within: 30) { lines().contains { $0.contains("recovered") } }, "the page did not reconnect: \(lines())")
         print("browser console: \(lines())")
-        second.cancel()
+        secondStop.fire()
         _ = try? await second.value
     }
 }

@@ -2,6 +2,10 @@ import Foundation
 
 /// Moves files when the "HPC" is a directory tree on this machine. Each copy goes into a
 /// staging directory first and is renamed into place, so a reader never sees half a case.
+///
+/// Copies take content, permission bits and modification times, never ownership (`TreeCopy`):
+/// the daemon runs as its own account and the case files belong to whoever wrote them. The
+/// copying and hashing run on a thread of their own, never on the cooperative pool.
 public struct LocalFileMover: FileMover {
     public var uploadDir: String
     public var downloadDir: String
@@ -12,22 +16,35 @@ public struct LocalFileMover: FileMover {
     }
 
     public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
-        return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case")
+        let uploadDir = self.uploadDir
+        return try await BlockingWork.run("mqi-upload") { cancellation in
+            return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case", cancellation: cancellation)
+        }
     }
 
-    /// The results carry a SHA-256 manifest (`.mqi-manifest.sha256`), written and checked in the
-    /// staging directory before it is renamed into place.
+    /// The results carry a SHA-256 manifest (`.mqi-manifest.sha256`): computed from the source,
+    /// written into the staging copy and checked there before it is renamed into place.
     public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
-        try Self.copyAtomically(from: (downloadDir as NSString).appendingPathComponent(caseId), toDirectory: resultsDir, name: caseId,
-                                what: "results") { staging in
-            try ResultManifest.write(in: staging)
-            if let problem = ResultManifest.verify(staging) { throw TransportError(problem) }
+        let source = (downloadDir as NSString).appendingPathComponent(caseId)
+        return try await BlockingWork.run("mqi-download") { cancellation in
+            var manifest = ""
+            return try Self.copyAtomically(from: source, toDirectory: resultsDir, name: caseId, what: "results", cancellation: cancellation,
+                                           beforeCopy: { manifest = try ResultManifest.listing(of: source) },
+                                           beforeRename: { staging in
+                try ResultManifest.write(manifest, in: staging)
+                if let problem = ResultManifest.verify(staging) {
+                    throw TransportError("the results of case \(caseId) changed or were damaged while they were copied (the retry copies them again): \(problem)",
+                                         transient: true)
+                }
+            })
         }
     }
 
     /// Copies `source` to `directory/name` through `directory/.mqi-partial/name`. The staging
-    /// directory keeps the final name, so a 255-byte case id still fits.
+    /// directory keeps the final name, so a 255-byte case id still fits. Blocking.
     static func copyAtomically(from source: String, toDirectory directory: String, name: String, what: String,
+                               cancellation: BlockingWork.Cancellation? = nil,
+                               beforeCopy: () throws -> Void = {},
                                beforeRename: (String) throws -> Void = { _ in }) throws -> TransferReport {
         let files = FileManager.default
         var isDirectory: ObjCBool = false
@@ -40,18 +57,22 @@ public struct LocalFileMover: FileMover {
         do {
             try files.createDirectory(atPath: staging, withIntermediateDirectories: true)
             if files.fileExists(atPath: partial) { try files.removeItem(atPath: partial) }
-            try files.copyItem(atPath: source, toPath: partial)
+            try beforeCopy()
+            try TreeCopy.copy(source, to: partial, cancellation: cancellation)
             let report = try measure(partial)
             try beforeRename(partial)
             if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
             try files.moveItem(atPath: partial, toPath: final)
             return report
-        } catch let error as TransportError {
-            throw error
         } catch {
             try? files.removeItem(atPath: partial)
-            throw TransportError("copying \(what) \(source) to \(final) failed: \(error.localizedDescription)")
+            if error is TransportError || error is CancellationError { throw error }
+            throw TransportError("copying \(what) \(source) to \(final) failed: \(Self.describe(error))")
         }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        (error as? TreeCopy.Failure)?.description ?? error.localizedDescription
     }
 
     static func measure(_ directory: String) throws -> TransferReport {

@@ -119,7 +119,9 @@ public struct SSHFileMover: FileMover {
         while true {
             tries += 1
             try await connection.ensureMaster()
-            let arguments = ["-a", "--protect-args", "--partial", "--delete", "-e", connection.rsyncShell] + extra + [source, destination]
+            // Content, modes and times; never owner or group (`-a` would make a root receiver chown
+            // to the sender's uid, and a non-root one cannot).
+            let arguments = ["-rlpt", "--protect-args", "--partial", "--delete", "-e", connection.rsyncShell] + extra + [source, destination]
             let output = try await SSHProcess.run("/usr/bin/env", ["rsync"] + arguments, timeoutSec: rsyncTimeoutSec)
             if output.status == 0, !output.timedOut { return }
             let reason = output.timedOut ? "timed out after \(Int(rsyncTimeoutSec)) s" : "rsync exit \(output.status): \(output.stderrText.prefix(500))"

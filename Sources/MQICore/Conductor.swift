@@ -5,8 +5,9 @@ public enum ConductorEvent: Sendable, Equatable {
     /// A worker finished step `stepIndex`, attempt `attempt`.
     case stepSucceeded(stepIndex: Int, attempt: Int)
     /// A worker failed step `stepIndex`, attempt `attempt`; `retryable` when the failure matched
-    /// the step's `retryable_patterns`.
-    case stepFailed(stepIndex: Int, attempt: Int, reason: String, retryable: Bool = false)
+    /// the step's `retryable_patterns`. `ended`: the executor saw the attempt's processes end; when
+    /// false (a dead-lettered command, a transport that gave up) the attempt may still run.
+    case stepFailed(stepIndex: Int, attempt: Int, reason: String, retryable: Bool = false, ended: Bool = true)
     /// GPUs were released: a case waiting for them may start.
     case gpusFreed
     /// An operator cancelled the case.
@@ -23,8 +24,8 @@ public enum ConductorEvent: Sendable, Equatable {
             self = .stepSucceeded(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1)
         case .executionFailed, .fileTransferFailed:
             self = .stepFailed(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1, reason: body.reason ?? "no reason given",
-                               retryable: body.retryable ?? false)
-        case .executeCommand, .uploadCase, .downloadResults:
+                               retryable: body.retryable ?? false, ended: kind == .fileTransferFailed || body.ended == true)
+        case .executeCommand, .uploadCase, .downloadResults, .stopAttempt, .attemptStopped:
             return nil
         }
     }
@@ -69,17 +70,37 @@ public struct Decision: Sendable, Equatable {
     public var commands: [OutgoingMessage]
     public var reserve: [Int]
     public var release: [Int]
+    /// GPUs whose holder may still run: they are not handed out until the `stop_attempt` among
+    /// `commands` confirms that the attempt's processes are gone.
+    public var drain: [Int]
     /// One line for the case's history and the log.
     public var note: String
 
-    public init(outcome: Outcome, state: CaseState, commands: [OutgoingMessage] = [], reserve: [Int] = [], release: [Int] = [], note: String) {
+    public init(outcome: Outcome, state: CaseState, commands: [OutgoingMessage] = [], reserve: [Int] = [], release: [Int] = [],
+                drain: [Int] = [], note: String) {
         self.outcome = outcome
         self.state = state
         self.commands = commands
         self.reserve = reserve
         self.release = release
+        self.drain = drain
         self.note = note
     }
+
+    /// Turns the release of the GPUs a stopped attempt held into draining, and publishes its stop.
+    mutating func stopping(_ stop: AttemptStop?) {
+        guard let stop else { return }
+        commands.insert(stop.command, at: 0)
+        drain += stop.gpuIds
+        release.removeAll { stop.gpuIds.contains($0) }
+    }
+}
+
+/// An attempt the Conductor leaves while its processes may still run: a `stop_attempt` for it,
+/// and the GPUs it held, which drain until the stop is confirmed.
+struct AttemptStop: Sendable, Equatable {
+    var command: OutgoingMessage
+    var gpuIds: [Int]
 }
 
 /// The workflow state machine: pure, with no I/O. `decide` maps (case, event, GPUs) to a Decision.
@@ -122,15 +143,20 @@ public struct Conductor: Sendable {
             }
             return start(state, stepIndex: next, attempt: 1, gpus: gpus, note: "step \(stepName(state, index)) succeeded")
 
-        case (.processing, .stepFailed(let index, let attempt, let reason, let retryable)):
+        case (.processing, .stepFailed(let index, let attempt, let reason, let retryable, let ended)):
             guard isCurrent(state, index, attempt) else { return stale(state, event) }
             let step = workflows[state.workflow].flatMap { $0.steps.indices.contains(index) ? $0.steps[index] : nil }
             let retriesLeft = (step?.maxStepRetries ?? 0) - (attempt - 1)
+            let stop = ended ? nil : attemptStop(state)
             if retryable, retriesLeft > 0 {
                 let delay = retry.ceiling(attempt: attempt)
-                var decision = start(state, stepIndex: index, attempt: attempt + 1, gpus: gpus,
+                // GPUs of an attempt that may still run drain; the next attempt takes other ones (or waits).
+                var from = state
+                if let stop { from.gpuIds.removeAll { stop.gpuIds.contains($0) } }
+                var decision = start(from, stepIndex: index, attempt: attempt + 1, gpus: gpus,
                                      note: "step \(stepName(state, index)) (attempt \(attempt)) failed with a retryable error: \(reason); retrying in \(Int(delay.rounded())) s")
                 decision.commands = decision.commands.map { var command = $0; command.delaySec = delay; return command }
+                decision.stopping(stop)
                 return decision
             }
             var failed = state
@@ -139,7 +165,9 @@ public struct Conductor: Sendable {
             failed.failureClass = retryable ? .retryable : .permanent
             let exhausted = retryable ? "retryable, gave up after \(attempt) attempt(s)" : "permanent"
             failed.error = "step \(stepName(state, index)) (attempt \(attempt)) failed (\(exhausted)): \(reason)"
-            return Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
+            var decision = Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
+            decision.stopping(stop)
+            return decision
 
         case (.pendingResource, .gpusFreed):
             guard let index = state.stepIndex else { return ignored(state, event, "no step is waiting") }
@@ -152,7 +180,10 @@ public struct Conductor: Sendable {
             cancelled.status = .cancelled
             cancelled.gpuIds = []
             cancelled.error = "cancelled: \(reason)"
-            return Decision(outcome: .applied, state: cancelled, release: state.gpuIds, note: cancelled.error!)
+            var decision = Decision(outcome: .applied, state: cancelled, release: state.gpuIds, note: cancelled.error!)
+            // An execute attempt may be running (or about to start): stop it, durably.
+            if state.status == .processing { decision.stopping(attemptStop(state)) }
+            return decision
 
         case (.failed, .retry), (.cancelled, .retry):
             var retried = state
@@ -270,6 +301,15 @@ public struct Conductor: Sendable {
         ]
     }
 
+    /// The stop of the case's current attempt, if it is an execute step (whose processes run
+    /// detached and may outlive the daemon's interest in them).
+    func attemptStop(_ state: CaseState) -> AttemptStop? {
+        guard let index = state.stepIndex, let steps = workflows[state.workflow]?.steps, steps.indices.contains(index),
+              steps[index].type == .execute else { return nil }
+        let body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: state.attempt, step: steps[index].name, gpuIds: state.gpuIds)
+        return AttemptStop(command: OutgoingMessage(kind: .stopAttempt, body: body), gpuIds: state.gpuIds)
+    }
+
     func isCurrent(_ state: CaseState, _ index: Int, _ attempt: Int) -> Bool {
         state.stepIndex == index && state.attempt == attempt
     }
@@ -283,7 +323,7 @@ public struct Conductor: Sendable {
         let current = state.stepIndex.map { "step \($0) attempt \(state.attempt)" } ?? "no step"
         var described = event.name
         switch event {
-        case .stepSucceeded(let index, let attempt), .stepFailed(let index, let attempt, _, _):
+        case .stepSucceeded(let index, let attempt), .stepFailed(let index, let attempt, _, _, _):
             described += " for step \(index) attempt \(attempt)"
         default: break
         }

@@ -18,14 +18,18 @@ public enum MessageKind: String, Sendable, Codable, CaseIterable {
     case executeCommand = "execute_command"
     case uploadCase = "upload_case"
     case downloadResults = "download_results"
+    /// Stop an attempt that may still run (cancel, failure, dead letter) and confirm it is gone.
+    case stopAttempt = "stop_attempt"
+    /// The executor confirmed that no process of an attempt is left: its draining GPUs are free.
+    case attemptStopped = "attempt_stopped"
 
     /// The queue this kind of message travels on.
     public var queue: QueueName {
         switch self {
         case .newCaseFound, .executionSucceeded, .executionFailed, .caseUploadCompleted,
-             .resultsDownloadCompleted, .fileTransferFailed:
+             .resultsDownloadCompleted, .fileTransferFailed, .attemptStopped:
             .conductor
-        case .executeCommand: .remoteExecutor
+        case .executeCommand, .stopAttempt: .remoteExecutor
         case .uploadCase, .downloadResults: .fileTransfer
         }
     }
@@ -54,6 +58,9 @@ public struct MessageBody: Sendable, Codable, Equatable {
     public var progressFrom: Int?
     /// Input files to write just before the command starts.
     public var inputFiles: [RenderedFile]?
+    /// On a step result: the executor saw the attempt's process group end (its exit code, or a
+    /// confirmed kill). Absent on failures that say nothing about the process (a dead letter).
+    public var ended: Bool?
 
     public init(caseId: String, stepIndex: Int? = nil, attempt: Int? = nil, step: String? = nil, gpuIds: [Int]? = nil,
                 command: String? = nil, timeoutSec: Double? = nil, reason: String? = nil) {
@@ -70,13 +77,15 @@ public struct MessageBody: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", stepIndex = "step_index", attempt, step, gpuIds = "gpu_ids", command
         case timeoutSec = "timeout_sec", reason, retryable, rules, progressTo = "progress_to", progressFrom = "progress_from"
-        case inputFiles = "input_files"
+        case inputFiles = "input_files", ended
     }
 
     /// The result event a worker publishes for this command.
-    public func result(_ kind: MessageKind, reason: String? = nil, retryable: Bool? = nil) -> OutgoingMessage {
+    public func result(_ kind: MessageKind, reason: String? = nil, retryable: Bool? = nil, ended: Bool? = nil) -> OutgoingMessage {
         var body = MessageBody(caseId: caseId, stepIndex: stepIndex, attempt: attempt, step: step, reason: reason)
         body.retryable = retryable
+        body.ended = ended
+        if kind == .stopAttempt || kind == .attemptStopped { body.gpuIds = gpuIds }
         return OutgoingMessage(kind: kind, body: body)
     }
 }

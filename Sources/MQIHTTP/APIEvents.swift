@@ -12,9 +12,11 @@ struct OverviewSummary: Sendable, Equatable, Encodable {
     var throughput: [ThroughputBucket]
     var queues: [String: Int]
     var deadLetters: Int
+    /// The HPC host(s) and whether they answer (ssh transport only).
+    var hosts: [HostState] = []
 
     enum CodingKeys: String, CodingKey {
-        case counts, total, throughput, queues, deadLetters = "dead_letters"
+        case counts, total, throughput, queues, deadLetters = "dead_letters", hosts
     }
 }
 
@@ -27,7 +29,8 @@ extension APIContext {
             total: counts.values.reduce(0, +),
             throughput: try await store.throughput(since: now.addingTimeInterval(-23 * 3600), until: now),
             queues: Dictionary(uniqueKeysWithValues: depths.map { ($0.key.rawValue, $0.value) }),
-            deadLetters: try await store.deadLetterCount())
+            deadLetters: try await store.deadLetterCount(),
+            hosts: try await store.hosts())
     }
 }
 

@@ -66,6 +66,7 @@ enum Dashboard {
             """
         }.joined(separator: "\n")
         let body = """
+            <div id="hpc-banner">\(hostBanner(summary.hosts, now: renderedAt))</div>
             <section class="tiles" aria-label="Cases per status">
             \(tiles)
             </section>
@@ -248,6 +249,7 @@ enum Dashboard {
 
     static func gpuCard(_ gpu: GPUResource) -> String {
         let state: (String, String) = switch (gpu.status, gpu.health) {
+        case (.draining, _): ("draining", "Draining")
         case (_, .missing): ("missing", "Not detected")
         case (.free, .busy): ("busy", "Busy (other process)")
         case (.reserved, _): ("reserved", "In use")
@@ -265,9 +267,30 @@ enum Dashboard {
               <div class="meter-row"><span>Utilization</span><progress max="100" value="\(utilization ?? 0)" data-field="util-bar"></progress><span data-field="util">\(utilization.map { "\($0)%" } ?? "–")</span></div>
               <div class="meter-row"><span>Memory</span><progress max="100" value="\(memoryPercent ?? 0)" data-field="mem-bar"></progress><span data-field="mem">\(memory)</span></div>
               <div class="gpu-foot small"><span data-field="temp">\(gpu.temperatureC.map { "\(Int($0)) °C" } ?? "")</span>
-                <span data-field="holder">\(gpu.reservedBy.map { "Case <a href=\"/cases/\(StepLogs.pathEscaped($0))\">\(escape($0))</a>" } ?? "<span class=\"muted\">no case</span>")</span></div>
+                <span data-field="holder">\(holderHTML(gpu))</span></div>
             </article>
             """
+    }
+
+    /// A warning for each HPC host that does not answer, saying since when.
+    static func hostBanner(_ hosts: [HostState], now: Date) -> String {
+        hosts.filter { !$0.reachable }.map { host in
+            """
+            <p class="banner banner-error" data-host="\(escape(host.host))">HPC host <b>\(escape(host.host))</b> unreachable since \
+            <time datetime="\(host.since.formatted(.iso8601))">\(host.since.formatted(.iso8601))</time> \
+            (\(Int(now.timeIntervalSince(host.since))) s): \(escape(host.reason ?? "no answer")). Work that needs it is paused; running steps keep running there.</p>
+            """
+        }.joined(separator: "\n")
+    }
+
+    /// The case holding the GPU, or the attempt a draining GPU waits for (and why, if stuck).
+    static func holderHTML(_ gpu: GPUResource) -> String {
+        func link(_ caseId: String) -> String { "<a href=\"/cases/\(StepLogs.pathEscaped(caseId))\">\(escape(caseId))</a>" }
+        if let drain = gpu.drain {
+            return "Waits for \(link(drain.caseId))\(drain.attempt.map { " attempt \($0)" } ?? "") to stop"
+                + (drain.reason.map { " <span class=\"drain-reason\" data-field=\"drain-reason\">\(escape($0))</span>" } ?? "")
+        }
+        return gpu.reservedBy.map { "Case \(link($0))" } ?? "<span class=\"muted\">no case</span>"
     }
 
     static func queuesTable(_ summary: OverviewSummary) -> String {

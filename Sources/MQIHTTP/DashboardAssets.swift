@@ -59,7 +59,8 @@ enum DashboardAssets {
     .gpu-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 12px; }
     .gpu-card { border: 1px solid var(--line); border-radius: 10px; padding: 10px 12px; border-top: 4px solid #98a2b3; }
     .gpu-card.gpu-reserved { border-top-color: var(--run); } .gpu-card.gpu-free { border-top-color: var(--ok); }
-    .gpu-card.gpu-busy { border-top-color: #d69a00; } .gpu-card.gpu-missing { border-top-color: var(--err); }
+    .gpu-card.gpu-busy, .gpu-card.gpu-draining { border-top-color: #d69a00; } .drain-reason { color: var(--err); }
+    .banner { padding: 8px 12px; border-radius: 8px; margin: 0 0 12px; } .banner-error { background: #fdecea; border: 1px solid var(--err); } .gpu-card.gpu-missing { border-top-color: var(--err); }
     .gpu-card header { display: flex; justify-content: space-between; align-items: center; } .gpu-id { font-weight: 650; font-size: 15px; }
     .pill { font-size: 11.5px; padding: 1px 8px; border-radius: 999px; background: var(--idlebg); color: var(--idle); font-weight: 600; }
     .pill-reserved { background: var(--runbg); color: var(--run); } .pill-free { background: var(--okbg); color: var(--ok); }
@@ -298,7 +299,17 @@ enum DashboardAssets {
       }
 
       // ---- overview: counts, throughput, queues, GPUs ----
+      function applyHosts(hosts) {
+        var box = document.getElementById("hpc-banner");
+        if (!box || !hosts) return;
+        box.textContent = "";
+        hosts.filter(function (h) { return !h.reachable; }).forEach(function (h) {
+          box.appendChild(el("p", { "class": "banner banner-error", "data-host": h.host },
+            "HPC host " + h.host + " unreachable since " + h.since + ": " + (h.reason || "no answer") + ". Work that needs it is paused; running steps keep running there."));
+        });
+      }
       function applySummary(s) {
+        applyHosts(s.hosts);
         Object.keys(s.counts).forEach(function (status) {
           var tile = document.querySelector('[data-count-status="' + status + '"] .tile-count');
           if (tile) tile.textContent = s.counts[status];
@@ -374,7 +385,7 @@ enum DashboardAssets {
       function applyGPU(g) {
         var card = document.querySelector('.gpu-card[data-gpu-id="' + g.gpu_id + '"]');
         if (!card) return false;
-        var state = g.health === "missing" ? ["missing", "Not detected"] : g.status === "reserved" ? ["reserved", "In use"]
+        var state = g.status === "draining" ? ["draining", "Draining"] : g.health === "missing" ? ["missing", "Not detected"] : g.status === "reserved" ? ["reserved", "In use"]
           : g.health === "busy" ? ["busy", "Busy (other process)"] : ["free", "Free"];
         card.className = "gpu-card gpu-" + state[0]; card.dataset.gpuState = state[0];
         var pill = field(card, "state"); pill.className = "pill pill-" + state[0]; pill.textContent = state[1];
@@ -386,7 +397,13 @@ enum DashboardAssets {
         field(card, "mem").textContent = g.memory_used_mb == null ? "–" : Math.floor(g.memory_used_mb) + " / " + (g.memory_total_mb == null ? "?" : Math.floor(g.memory_total_mb)) + " MiB";
         field(card, "temp").textContent = g.temperature_c == null ? "" : Math.floor(g.temperature_c) + " °C";
         var holder = field(card, "holder"); holder.textContent = "";
-        if (g.reserved_by) { holder.appendChild(document.createTextNode("Case ")); holder.appendChild(el("a", { href: caseURL(g.reserved_by) }, g.reserved_by)); }
+        if (g.drain) {
+          holder.appendChild(document.createTextNode("Waits for "));
+          holder.appendChild(el("a", { href: caseURL(g.drain.case_id) }, g.drain.case_id));
+          holder.appendChild(document.createTextNode((g.drain.attempt ? " attempt " + g.drain.attempt : "") + " to stop"));
+          if (g.drain.reason) holder.appendChild(el("span", { "class": "drain-reason", "data-field": "drain-reason" }, " " + g.drain.reason));
+        }
+        else if (g.reserved_by) { holder.appendChild(document.createTextNode("Case ")); holder.appendChild(el("a", { href: caseURL(g.reserved_by) }, g.reserved_by)); }
         else holder.appendChild(el("span", { "class": "muted" }, "no case"));
         return true;
       }

@@ -63,6 +63,15 @@ public final class MQIMetrics: Sendable {
         registry.makeGauge(name: "mqi_gpu_reserved", labels: [("gpu_id", String(id))], help: "1 if the GPU is reserved by a case, else 0.")
     }
 
+    public func gpuDraining(_ id: Int) -> Gauge {
+        registry.makeGauge(name: "mqi_gpu_draining", labels: [("gpu_id", String(id))],
+                           help: "1 while the GPU waits for its previous holder's attempt to be confirmed stopped, else 0.")
+    }
+
+    public func hpcReachable(_ host: String) -> Gauge {
+        registry.makeGauge(name: "mqi_hpc_reachable", labels: [("host", host)], help: "1 if the HPC host answers over SSH, 0 while it is unreachable.")
+    }
+
     /// Reads the state gauges from the database.
     public func refresh(from store: Store) async throws {
         let counts = try await store.statusCounts()
@@ -72,6 +81,10 @@ public final class MQIMetrics: Sendable {
         deadLetters.set(to: Double(try await store.deadLetterCount()))
         for gpu in try await store.gpus() where gpu.status != .retired {
             gpuReserved(gpu.gpuId).set(to: gpu.status == .reserved ? 1.0 : 0.0)
+            gpuDraining(gpu.gpuId).set(to: gpu.status == .draining ? 1.0 : 0.0)
+        }
+        for host in try await store.hosts() {
+            hpcReachable(host.host).set(to: host.reachable ? 1.0 : 0.0)
         }
     }
 

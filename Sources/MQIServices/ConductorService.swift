@@ -28,6 +28,17 @@ public struct ConductorService: Service {
         let worker = QueueWorker(store: store, queue: .conductor, name: "conductor", concurrency: 1, retry: retry, logger: logger, metrics: metrics)
         await cancelWhenGracefulShutdown {
             await worker.run { message in
+                if message.kind == .attemptStopped {
+                    let body = message.body
+                    let (freed, applied) = try await store.finishDrain(caseId: body.caseId, stepIndex: body.stepIndex, attempt: body.attempt,
+                                                                       conductor: conductor, acknowledging: message)
+                    if !freed.isEmpty {
+                        logger.info("GPU \(freed.map(String.init).joined(separator: ",")) drained: the previous holder's attempt is confirmed stopped",
+                                    metadata: ["case_id": "\(body.caseId)"])
+                    }
+                    log(applied)
+                    return nil
+                }
                 guard let event = ConductorEvent(message.kind, message.body) else {
                     logger.error("dropping \(message.kind.rawValue): not an event for the conductor")
                     return nil

@@ -33,12 +33,17 @@ public struct Daemon: Sendable {
 
     /// Opens the state database the way every command does.
     public static func openStore(_ config: Config) throws -> Store {
-        try Store(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
+        try Store.open(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
     }
 
     public func run() async throws {
         let lock = try PIDLock(path: config.state.pidFile)
         defer { lock.release() }
+        // One daemon per database, whatever its PID file: a lock beside the database. The
+        // database's files are checked first, so a permission problem is named as such.
+        try Store.checkAccess(path: config.state.database)
+        let databaseLock = try PIDLock(path: config.state.database + ".lock", database: config.state.database)
+        defer { databaseLock.release() }
         if let stale = lock.stalePID {
             logger.info("replaced a stale PID file left by PID \(stale), which is no longer running", metadata: ["pid_file": "\(config.state.pidFile)"])
         }
@@ -88,13 +93,18 @@ public struct Daemon: Sendable {
             .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics)),
             .init(service: RemoteExecutorService(
                 store: store, executor: transports.executor, logsDir: config.state.logsDir,
-                concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics)),
+                concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics,
+                reachability: transports.reachability)),
             .init(service: FileTransferService(
                 store: store, mover: transports.mover,
                 localLogdata: config.scanner.localLogdata, readyMarker: config.scanner.readyMarker, resultsDir: config.conductor.resultsDir, concurrency: 2,
-                retry: config.retry, logger: logger, metrics: metrics)),
+                retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability)),
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
         ]
+        if let reachability = transports.reachability {
+            services.append(.init(service: HostWatch(reachability: reachability, runner: transports.runner, store: store, logger: logger),
+                                  serviceName: "HostWatch"))
+        }
         if config.gpuMonitor.enabled {
             let monitor = GPUMonitor(config: config.gpuMonitor, runner: transports.runner, store: store,
                                      conductor: conductor, metrics: metrics, logger: logger)
@@ -104,7 +114,7 @@ public struct Daemon: Sendable {
             services.append(.init(service: monitor))
         }
         if config.metrics.enabled {
-            let readiness = Readiness(store: store, runner: transports.runner)
+            let readiness = Readiness(store: store, runner: transports.runner, reachability: transports.reachability)
             let onListening = self.onListening
             let host = config.metrics.host
             let api = APIContext(store: store, conductor: conductor, config: config, logger: logger)
@@ -143,9 +153,17 @@ public struct DaemonError: Error, CustomStringConvertible {
 struct Readiness: Sendable {
     let store: Store
     let runner: any CommandRunner
+    var reachability: HostReachability? = nil
 
     func problems() async -> [String: String] {
         var problems: [String: String] = [:]
+        if let reachability, case let state = reachability.current, !state.reachable {
+            // Says since when, without waiting for a connection attempt that cannot succeed now.
+            problems["hpc"] = "\(reachability.host) unreachable since \(state.since.formatted(.iso8601)): \(state.reason ?? "no answer"); work that needs it is paused"
+            problems["transport"] = "unreachable"
+            do { try await store.checkWritable() } catch { problems["database"] = "not writable: \(error)" }
+            return problems
+        }
         do {
             try await store.checkWritable()
         } catch {

@@ -18,9 +18,13 @@ public struct FileTransferService: Service {
     let retry: RetryPolicy
     let logger: Logger
     let metrics: MQIMetrics
+    /// The HPC host's reachability: no transfer is claimed while it is away.
+    let reachability: HostReachability?
 
-    public init(store: Store, mover: any FileMover, localLogdata: String, readyMarker: String? = nil, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
+    public init(store: Store, mover: any FileMover, localLogdata: String, readyMarker: String? = nil, resultsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics,
+                reachability: HostReachability? = nil) {
         self.metrics = metrics
+        self.reachability = reachability
         self.store = store
         self.mover = mover
         self.localLogdata = localLogdata
@@ -32,9 +36,11 @@ public struct FileTransferService: Service {
     }
 
     public func run() async throws {
-        let worker = QueueWorker(store: store, queue: .fileTransfer, name: "transfer", concurrency: concurrency, retry: retry, logger: logger, metrics: metrics)
+        var worker = QueueWorker(store: store, queue: .fileTransfer, name: "transfer", concurrency: concurrency, retry: retry, logger: logger, metrics: metrics)
+        worker.gate = reachability
+        let transfers = worker
         await cancelWhenGracefulShutdown {
-            await worker.run { message in try await handle(message) }
+            await transfers.run { message in try await handle(message) }
         }
     }
 

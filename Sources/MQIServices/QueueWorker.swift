@@ -3,6 +3,7 @@ import Logging
 import MQICore
 import MQIHTTP
 import MQIStore
+import MQITransport
 
 /// Claims messages from one queue under a lease, renews the lease while the handler works, and
 /// acknowledges (with the handler's result event) or gives the message back with backoff.
@@ -18,6 +19,10 @@ struct QueueWorker: Sendable {
     var retry: RetryPolicy
     var logger: Logger
     var metrics: MQIMetrics
+    /// Which of the queue's messages this worker takes.
+    var kinds: KindFilter = .all
+    /// The host the work needs: while it is unreachable nothing is claimed.
+    var gate: HostReachability?
 
     /// The handler returns the event to publish with the acknowledgement, or nil for none.
     /// It throws to give the message back for redelivery.
@@ -35,9 +40,14 @@ struct QueueWorker: Sendable {
     func loop(owner: String, _ handle: @escaping Handler) async {
         let doorbell = store.bell.doorbell(for: queue)
         while !Task.isCancelled {
+            // An outage pauses the work that needs the host instead of cycling through deliveries.
+            if let gate, !gate.current.reachable {
+                await gate.waitUntilReachable()
+                continue
+            }
             let message: ClaimedMessage?
             do {
-                message = try await store.claim(queue, owner: owner, leaseSec: leaseSec)
+                message = try await store.claim(queue, kinds: kinds, owner: owner, leaseSec: leaseSec)
             } catch {
                 logger.error("cannot claim from \(queue.rawValue): \(error)", metadata: ["queue": "\(queue.rawValue)"])
                 await doorbell.wait(upTo: idlePollSec)
@@ -68,7 +78,8 @@ struct QueueWorker: Sendable {
                     try? await Task.sleep(for: .seconds(leaseSec / 3))
                     if Task.isCancelled { break }
                     if (try? await store.renew(message, leaseSec: leaseSec)) == false {
-                        logger.warning("lost the lease on message \(message.id) (\(message.kind.rawValue))")
+                        // Someone else owns the message now: stop working on it (one supervisor per attempt).
+                        return .failure(LeaseLost())
                     }
                 }
                 return nil
@@ -84,6 +95,13 @@ struct QueueWorker: Sendable {
             case .failure(let error) where error is CancellationError:
                 // Shutdown: keep the lease; the next daemon reclaims and adopts the work.
                 logger.info("stopped working on \(message.kind.rawValue) for shutdown; it resumes after restart")
+            case .failure(let error) where error is LeaseLost:
+                logger.warning("lost the lease on message \(message.id) (\(message.kind.rawValue)) to another worker; stopped working on it, the new holder carries on")
+            case .failure(let error as TransportError) where error.isTransient:
+                // The host is away: an outage delays work, it never uses up a delivery.
+                let delay = retry.delay(attempt: 1)
+                try await store.postpone(message, error: "\(error)", retryAfter: delay)
+                logger.warning("\(message.kind.rawValue) postponed, the HPC host is unreachable (not counted as a failed delivery): \(error)")
             case .failure(let error):
                 let delay = retry.delay(attempt: message.deliveries)
                 let dead = try await store.fail(message, error: "\(error)", retryAfter: delay)
@@ -99,3 +117,6 @@ struct QueueWorker: Sendable {
         }
     }
 }
+
+/// The worker's lease on a message was taken over by another worker.
+struct LeaseLost: Error {}

@@ -16,9 +16,13 @@ public struct RemoteExecutorService: Service {
     let retry: RetryPolicy
     let logger: Logger
     let metrics: MQIMetrics
+    /// The HPC host's reachability: workers do not claim work while it is away.
+    let reachability: HostReachability?
 
-    public init(store: Store, executor: any StepExecutor, logsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics) {
+    public init(store: Store, executor: any StepExecutor, logsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics,
+                reachability: HostReachability? = nil) {
         self.metrics = metrics
+        self.reachability = reachability
         self.store = store
         self.executor = executor
         self.logsDir = logsDir
@@ -28,10 +32,47 @@ public struct RemoteExecutorService: Service {
     }
 
     public func run() async throws {
-        let worker = QueueWorker(store: store, queue: .remoteExecutor, name: "executor", concurrency: concurrency, retry: retry, logger: logger, metrics: metrics)
+        var worker = QueueWorker(store: store, queue: .remoteExecutor, name: "executor", concurrency: concurrency, retry: retry, logger: logger, metrics: metrics)
+        worker.kinds = .except(.stopAttempt)
+        worker.gate = reachability
+        // Stops have loops of their own: they must not wait behind hours-long simulations.
+        var stopper = QueueWorker(store: store, queue: .remoteExecutor, name: "stopper", concurrency: 2, retry: retry, logger: logger, metrics: metrics)
+        stopper.kinds = .only(.stopAttempt)
+        stopper.gate = reachability
+        let (executions, stops) = (worker, stopper)
         await cancelWhenGracefulShutdown {
-            await worker.run { message in try await handle(message) }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await executions.run { message in try await handle(message) } }
+                group.addTask { await stops.run { message in try await stop(message) } }
+            }
         }
+    }
+
+    /// Stops an attempt the case has left (cancel, failure, dead letter) and reports it
+    /// stopped, which frees the GPUs draining for it. Until then they stay draining: a host that
+    /// cannot be reached postpones the stop (the reason is shown on the GPU) without using up
+    /// its deliveries.
+    func stop(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
+        let body = message.body
+        guard let step = body.step, let attempt = body.attempt else {
+            throw StoreError("malformed stop_attempt: step or attempt missing")
+        }
+        var logger = self.logger
+        logger[metadataKey: "case_id"] = "\(body.caseId)"
+        logger[metadataKey: "step"] = "\(step)"
+        logger[metadataKey: "attempt"] = "\(attempt)"
+        let started = Date()
+        do {
+            try await executor.stop(.stopping(caseId: body.caseId, step: step, attempt: attempt, gpuIds: body.gpuIds ?? []))
+        } catch {
+            let reason = "stop not confirmed yet: \(error)"
+            try? await store.noteDrainProblem(caseId: body.caseId, stepIndex: body.stepIndex, attempt: attempt, reason: reason)
+            logger.warning("cannot confirm that \(step) attempt \(attempt) is stopped; its GPU(s) stay draining and the stop is retried: \(error)")
+            throw error
+        }
+        let gpus = (body.gpuIds ?? []).map(String.init).joined(separator: ",")
+        logger.info("\(step) attempt \(attempt) is stopped: no process of it is left\(gpus.isEmpty ? "" : "; GPU \(gpus) can be handed out") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s)")
+        return body.result(.attemptStopped)
     }
 
     func handle(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
@@ -77,9 +118,10 @@ public struct RemoteExecutorService: Service {
                 return now.status != .processing || now.stepIndex != stepIndex || now.attempt != attempt
             }
         } catch let error as TransportError where !error.isTransient {
-            // A failure of the way there that retrying cannot fix (a host key mismatch, say).
+            // A failure of the way there that retrying cannot fix (a host key mismatch, say). The
+            // attempt may have started before it: not `ended`, so the Conductor stops it.
             logger.error("\(step) attempt \(attempt) cannot run: \(error)")
-            return body.result(.executionFailed, reason: error.description)
+            return body.result(.executionFailed, reason: error.description, ended: false)
         }
         watcher.poll(final: true)
         let retryable = { (reason: String) in
@@ -90,24 +132,24 @@ public struct RemoteExecutorService: Service {
         case .succeeded where watcher.failureLine != nil:
             let reason = "exited 0 but printed a failure line: \(watcher.failureLine!)"
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
-            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason), ended: true)
         case .succeeded where body.rules?.successPattern != nil && !watcher.sawSuccess:
             let reason = "engine exited 0 but never reported completion (no line matched success_pattern \(body.rules!.successPattern!))"
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
-            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason), ended: true)
         case .succeeded:
             logger.info("\(step) attempt \(attempt) succeeded in \(seconds) s")
-            return body.result(.executionSucceeded)
+            return body.result(.executionSucceeded, ended: true)
         case .failed(let reason):
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
-            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason), ended: true)
         case .cancelled where watcher.failureLine != nil:
             let reason = "the engine reported a failure: \(watcher.failureLine!); its process group was killed"
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
-            return body.result(.executionFailed, reason: reason, retryable: retryable(reason))
+            return body.result(.executionFailed, reason: reason, retryable: retryable(reason), ended: true)
         case .cancelled:
             logger.info("\(step) attempt \(attempt) was cancelled; its process group was killed")
-            return body.result(.executionFailed, reason: "cancelled by an operator")
+            return body.result(.executionFailed, reason: "cancelled by an operator", ended: true)
         }
     }
 }

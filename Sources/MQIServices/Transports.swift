@@ -8,11 +8,14 @@ public struct Transports: Sendable {
     public var mover: any FileMover
     public var executor: any StepExecutor
     public var runner: any CommandRunner
+    /// Whether the HPC host answers (nil for the local transport, which is always there).
+    public var reachability: HostReachability?
 
-    public init(mover: any FileMover, executor: any StepExecutor, runner: any CommandRunner) {
+    public init(mover: any FileMover, executor: any StepExecutor, runner: any CommandRunner, reachability: HostReachability? = nil) {
         self.mover = mover
         self.executor = executor
         self.runner = runner
+        self.reachability = reachability
     }
 
     public static func make(_ config: Config, logger: Logger, onSSHConnectionOpened: @escaping @Sendable () -> Void = {}) throws -> Transports {
@@ -33,7 +36,7 @@ public struct Transports: Sendable {
             return Transports(
                 mover: SSHFileMover(connection: connection, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir),
                 executor: SSHStepExecutor(connection: connection, uploadDir: config.conductor.uploadDir, logger: sshLogger),
-                runner: SSHCommandRunner(connection: connection))
+                runner: SSHCommandRunner(connection: connection), reachability: connection.reachability)
         }
     }
 }

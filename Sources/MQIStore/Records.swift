@@ -63,6 +63,22 @@ public struct GPUResource: Sendable, Equatable, Codable {
         case free, reserved
         /// No longer in `hpc.gpus`; never handed out again.
         case retired
+        /// Its previous holder's attempt may still run: not handed out until the stop is confirmed.
+        case draining
+    }
+
+    /// The attempt a draining GPU waits for.
+    public struct Drain: Sendable, Equatable, Codable {
+        public var caseId: String
+        public var stepIndex: Int?
+        public var attempt: Int?
+        public var since: Date?
+        /// Why the stop is not confirmed yet (the host is unreachable, say); nil while it is in progress.
+        public var reason: String?
+
+        enum CodingKeys: String, CodingKey {
+            case caseId = "case_id", stepIndex = "step_index", attempt, since, reason
+        }
     }
 
     /// What the hardware says (from nvidia-smi).
@@ -86,11 +102,21 @@ public struct GPUResource: Sendable, Equatable, Codable {
     public var memoryTotalMB: Double?
     public var temperatureC: Double?
     public var lastSeen: Date?
+    /// Set while the GPU is draining.
+    public var drain: Drain?
+
+    /// Who holds the GPU, in words: the case that reserved it, or the attempt a draining GPU
+    /// waits for (with why the stop is not confirmed yet).
+    public var holder: String? {
+        guard let drain else { return reservedBy }
+        let attempt = drain.attempt.map { " attempt \($0)" } ?? ""
+        return "draining: waits for \(drain.caseId)\(attempt) to stop" + (drain.reason.map { " (\($0))" } ?? "")
+    }
 
     enum CodingKeys: String, CodingKey {
         case gpuId = "gpu_id", status, reservedBy = "reserved_by", reservedAt = "reserved_at", health, name, uuid
         case utilizationPercent = "utilization_percent", memoryUsedMB = "memory_used_mb", memoryTotalMB = "memory_total_mb"
-        case temperatureC = "temperature_c", lastSeen = "last_seen"
+        case temperatureC = "temperature_c", lastSeen = "last_seen", drain
     }
 }
 
@@ -126,4 +152,20 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { message }
+}
+
+/// Whether the HPC host answers, as the daemon last saw it (for `mqi status` and the dashboard).
+public struct HostState: Sendable, Equatable, Codable {
+    public var host: String
+    public var reachable: Bool
+    /// Since when it is (un)reachable.
+    public var since: Date
+    public var reason: String?
+
+    public init(host: String, reachable: Bool, since: Date, reason: String? = nil) {
+        self.host = host
+        self.reachable = reachable
+        self.since = since
+        self.reason = reason
+    }
 }

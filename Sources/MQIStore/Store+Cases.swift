@@ -128,6 +128,14 @@ extension Store {
                 WHERE gpu_id = ? AND reserved_by = ?
                 """, arguments: [gpu, state.caseId])
         }
+        for gpu in decision.drain {
+            try db.execute(sql: """
+                UPDATE gpu_resources SET status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'draining' END,
+                    reserved_by = NULL, reserved_at = NULL, drain_case = ?, drain_step_index = ?, drain_attempt = ?,
+                    drain_since = ?, drain_reason = NULL
+                WHERE gpu_id = ? AND reserved_by = ?
+                """, arguments: [previous.caseId, previous.stepIndex, previous.attempt, now, gpu, previous.caseId])
+        }
         for gpu in decision.reserve {
             try db.execute(sql: """
                 UPDATE gpu_resources SET status = 'reserved', reserved_by = ?, reserved_at = ? WHERE gpu_id = ? AND status = 'free'
@@ -224,7 +232,10 @@ extension Store {
                             reservedBy: row["reserved_by"], reservedAt: row["reserved_at"],
                             health: GPUResource.Health(rawValue: row["health"]) ?? .ok, name: row["name"], uuid: row["uuid"],
                             utilizationPercent: row["utilization"], memoryUsedMB: row["memory_used_mb"],
-                            memoryTotalMB: row["memory_total_mb"], temperatureC: row["temperature"], lastSeen: row["last_seen"])
+                            memoryTotalMB: row["memory_total_mb"], temperatureC: row["temperature"], lastSeen: row["last_seen"],
+                            drain: (row["status"] as String) == "draining" ? GPUResource.Drain(
+                                caseId: row["drain_case"] ?? "", stepIndex: row["drain_step_index"], attempt: row["drain_attempt"],
+                                since: row["drain_since"], reason: row["drain_reason"]) : nil)
             }
         }
     }

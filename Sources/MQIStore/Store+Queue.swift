@@ -30,8 +30,14 @@ extension Store {
     /// Claims the oldest available message of `queue` for `owner` for `leaseSec` seconds.
     /// A message whose lease expired is available again; one that was delivered
     /// `maxDeliveries` times already goes to the dead letters instead.
-    public func claim(_ queue: QueueName, owner: String, leaseSec: Double) async throws -> ClaimedMessage? {
+    public func claim(_ queue: QueueName, kinds: KindFilter = .all, owner: String, leaseSec: Double) async throws -> ClaimedMessage? {
         let now = now()
+        let (kindClause, kindArgument): (String, String?) = switch kinds {
+        case .all: ("", nil)
+        case .only(let kind): ("AND kind = ?", kind.rawValue)
+        case .except(let kind): ("AND kind != ?", kind.rawValue)
+        }
+        let arguments: StatementArguments = kindArgument.map { [queue.rawValue, now, now, $0] } ?? [queue.rawValue, now, now]
         let maxDeliveries = maxDeliveries
         let (claimed, published) = try await pool.write { db -> (ClaimedMessage?, [OutgoingMessage]) in
             var published: [OutgoingMessage] = []
@@ -40,9 +46,9 @@ extension Store {
             // reordered by this: its first command only exists after its new_case_found.)
             while let row = try Row.fetchOne(db, sql: """
                 SELECT * FROM messages
-                WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?)
+                WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?) \(kindClause)
                 ORDER BY kind = 'new_case_found', available_at, id LIMIT 1
-                """, arguments: [queue.rawValue, now, now]) {
+                """, arguments: arguments) {
                 let id: Int64 = row["id"]
                 let deliveries: Int = row["deliveries"]
                 if deliveries >= maxDeliveries {
@@ -51,11 +57,24 @@ extension Store {
                     if let failure = try Self.deadLetter(row, error: reason, db: db, now: now) { published.append(failure) }
                     continue
                 }
+                // A row this daemon cannot read (written by hand, by a newer version, or damaged)
+                // goes to the dead letters instead of stopping the queue or being misread.
+                let kindName: String = row["kind"]
+                guard let kind = MessageKind(rawValue: kindName) else {
+                    _ = try Self.deadLetter(row, error: "unknown message kind '\(kindName)'", db: db, now: now)
+                    continue
+                }
+                let body: MessageBody
+                do {
+                    body = try Self.decode(row["body"])
+                } catch {
+                    _ = try Self.deadLetter(row, error: "undecodable body: \(String(describing: error).prefix(300))", db: db, now: now)
+                    continue
+                }
                 try db.execute(sql: """
                     UPDATE messages SET lease_owner = ?, lease_expires_at = ?, deliveries = deliveries + 1 WHERE id = ?
                     """, arguments: [owner, now.addingTimeInterval(leaseSec), id])
-                let kind = MessageKind(rawValue: row["kind"]) ?? .newCaseFound
-                let message = ClaimedMessage(id: id, queue: queue, kind: kind, body: try Self.decode(row["body"]),
+                let message = ClaimedMessage(id: id, queue: queue, kind: kind, body: body,
                                              deliveries: deliveries + 1, leaseOwner: owner)
                 return (message, published)
             }

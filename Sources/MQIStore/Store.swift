@@ -25,6 +25,7 @@ public struct Store: Sendable {
         self.now = now
         self.maxDeliveries = max(1, maxDeliveries)
         self.bell = bell
+        try Self.refuseNewerSchema(pool, path: path)
         try Self.migrator.migrate(pool)
     }
 
@@ -123,6 +124,23 @@ public struct Store: Sendable {
         }
         migrator.registerMigration("v5-readiness-probe") { db in
             try db.execute(sql: "CREATE TABLE readiness_probe (id INTEGER PRIMARY KEY, at DATETIME NOT NULL)")
+        }
+        migrator.registerMigration("v6-draining-gpus-and-hosts") { db in
+            // A GPU whose previous holder may still run is 'draining' until its stop is confirmed.
+            try db.execute(sql: """
+                ALTER TABLE gpu_resources ADD COLUMN drain_case TEXT;
+                ALTER TABLE gpu_resources ADD COLUMN drain_step_index INTEGER;
+                ALTER TABLE gpu_resources ADD COLUMN drain_attempt INTEGER;
+                ALTER TABLE gpu_resources ADD COLUMN drain_since DATETIME;
+                ALTER TABLE gpu_resources ADD COLUMN drain_reason TEXT;
+                CREATE TABLE hosts (
+                    host TEXT PRIMARY KEY NOT NULL,
+                    reachable BOOLEAN NOT NULL,
+                    since DATETIME NOT NULL,
+                    reason TEXT,
+                    updated_at DATETIME NOT NULL
+                );
+                """)
         }
         return migrator
     }

@@ -30,8 +30,20 @@ public struct LocalStepExecutor: StepExecutor {
     /// Each file is written by one `echo` (one write of a few bytes, newline last) with no `mv`
     /// process: readers take a file only once it ends with its newline, so a file caught empty or
     /// half-written reads as not there yet, exactly like the missing file before a rename.
+    ///
+    /// `identity` (boot id, the leader's start time in clock ticks) is written before `pid`, so a
+    /// pid is never taken for this attempt's after a reboot or once the pid is reused. The
+    /// `stopped` check comes after `pid`: a stop writes `stopped` first and reads `pid` second,
+    /// so either the stop sees the pid and kills the group, or the wrapper sees `stopped` and
+    /// does not run the command. Only shell built-ins: no extra process per step.
     static let wrapper = #"""
+        d=$1 b= s=
+        read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
+        read -r s 2>/dev/null < /proc/$$/stat
+        mqi_identity() { shift 19; echo "$b $1" > "$d/identity"; }
+        [ -n "$s" ] && mqi_identity ${s##*) }
         echo $$ > "$1/pid" || exit 127
+        if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code"; exit 143; fi
         /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
         code=$?
         echo $code > "$1/exit_code"
@@ -44,6 +56,8 @@ public struct LocalStepExecutor: StepExecutor {
         if files.fileExists(atPath: runDir) {
             // Adopt: this attempt was started before (by this daemon before a restart).
             if let code = Self.readExitCode(runDir) { return outcome(code, run) }
+            // Stopped (cancelled, failed, retried) before or while it ran: the stop kills what is left.
+            if files.fileExists(atPath: runDir + "/stopped") { return .cancelled }
             if try await readPid(runDir, waitUpTo: 2) == nil {
                 // The daemon died between creating the directory and starting the command.
                 try files.removeItem(atPath: runDir)
@@ -99,7 +113,10 @@ public struct LocalStepExecutor: StepExecutor {
                     }
                     if let decided {
                         verdict.value.withLock { $0 = decided }
-                        await self.killGroup(runDir)
+                        guard await self.killGroup(runDir) else {
+                            throw TransportError("the process group of \(run.step) attempt \(run.attempt) of case \(run.caseId) is still alive after SIGKILL",
+                                                 transient: true)
+                        }
                         return decided
                     }
                 }
@@ -158,7 +175,7 @@ public struct LocalStepExecutor: StepExecutor {
 
     func waitForAdopted(_ runDir: String) async throws {
         while Self.readExitCode(runDir) == nil {
-            guard let pid = Self.readPidNow(runDir), Self.groupAlive(pid) else { return }
+            guard let pid = Self.readPidNow(runDir), Self.isOurs(runDir, pid), Self.groupAlive(pid) else { return }
             try await Task.sleep(for: .seconds(pollInterval))
         }
     }
@@ -182,10 +199,31 @@ public struct LocalStepExecutor: StepExecutor {
         return Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
+    public func stop(_ run: StepRun) async throws {
+        let runDir = runDirectory(run)
+        let caseDir = ((runDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        // Never uploaded (or removed): nothing of this case can run.
+        guard FileManager.default.fileExists(atPath: caseDir) else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+            try Data("\n".utf8).write(to: URL(fileURLWithPath: runDir + "/stopped"))
+        } catch {
+            throw TransportError("cannot mark \(runDir) stopped: \(error.localizedDescription)")
+        }
+        guard Self.readExitCode(runDir) == nil, let pgid = Self.readPidNow(runDir), Self.isOurs(runDir, pgid) else { return }
+        guard await killGroup(runDir) else {
+            throw TransportError("the process group \(pgid) of \(run.step) attempt \(run.attempt) of case \(run.caseId) is still alive after SIGKILL",
+                                 transient: true)
+        }
+    }
+
     /// SIGTERM to the whole process group, SIGKILL after the grace period, and waits until no
-    /// process of the group is left.
-    func killGroup(_ runDir: String) async {
-        guard let pgid = Self.readPidNow(runDir), pgid > 1 else { return }
+    /// process of the group is left. False if one is still alive after all.
+    @discardableResult
+    func killGroup(_ runDir: String) async -> Bool {
+        guard let pgid = Self.readPidNow(runDir), pgid > 1 else { return true }
+        // A pid from before a reboot, or reused since: not ours to signal.
+        guard Self.isOurs(runDir, pgid) else { return true }
         _ = kill(-pgid, SIGTERM)
         let deadline = Date().addingTimeInterval(killGraceSec)
         while Date() < deadline, Self.groupAlive(pgid) {
@@ -197,6 +235,30 @@ public struct LocalStepExecutor: StepExecutor {
             _ = kill(-pgid, SIGKILL)
             try? await Task.sleep(for: .milliseconds(20))
         }
+        return !Self.groupAlive(pgid)
+    }
+
+    /// This boot's id.
+    static let bootID: String? = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+
+    /// The start time (clock ticks since boot) of `pid`, if it exists.
+    static func startTime(_ pid: pid_t) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 19 ? String(fields[19]) : nil
+    }
+
+    /// Whether `pgid` recorded in `runDir` still names the attempt's process group: recorded in
+    /// this boot, and its leader (if it still exists) is the process that was started then.
+    /// A run directory without `identity` (written by an older version) is trusted.
+    static func isOurs(_ runDir: String, _ pgid: pid_t) -> Bool {
+        guard let text = try? String(contentsOfFile: runDir + "/identity", encoding: .utf8), text.hasSuffix("\n") else { return true }
+        let recorded = text.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        guard recorded.count == 2 else { return true }
+        if let boot = bootID, !recorded[0].isEmpty, boot != recorded[0] { return false }
+        if let start = startTime(pgid), start != recorded[1] { return false }
+        return true
     }
 
     /// Whether any live (non-zombie) process is in the group. `kill(-pgid, 0)` alone is not

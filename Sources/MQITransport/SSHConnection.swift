@@ -53,6 +53,9 @@ public actor SSHConnection {
         }()
     }
 
+    /// Whether the host answers: up when the master is, down when it cannot be established.
+    public nonisolated let reachability: HostReachability
+
     /// Called for every new TCP connection (master) opened: the `mqi_ssh_connections_opened_total` metric.
     let onConnectionOpened: @Sendable () -> Void
 
@@ -66,6 +69,7 @@ public actor SSHConnection {
         self.controlPersistSec = controlPersistSec
         self.timing = timing
         self.budget = SSHConnectionBudget(limit: config.maxNewConnectionsPerMin)
+        self.reachability = HostReachability(host: config.host)
         signal(SIGPIPE, SIG_IGN)
         let directory = "/tmp/mqi-cm-" + Self.identity(config)
         try Self.makePrivateDirectory(directory)
@@ -192,6 +196,7 @@ public actor SSHConnection {
         let delay = timing.jitter(0...retry.ceiling(attempt: failures))
         nextAttemptAt = timing.now() + delay
         lastFailure = failure
+        if failure.isTransient { reachability.markUnreachable(reason: failure.message) }
         logger.warning("cannot connect to \(destination) (\(failures) failed attempt(s)); next attempt not before \(String(format: "%.1f", delay)) s: \(failure)",
                        metadata: ["ssh.host": "\(config.host)"])
         throw failure
@@ -199,6 +204,7 @@ public actor SSHConnection {
 
     private func markUp(reused: Bool) {
         masterUp = true
+        reachability.markReachable()
         if !reused { onConnectionOpened() }
         if failures > 0 || !reused {
             logger.info(reused ? "reusing the SSH master connection to \(destination)"
@@ -272,11 +278,55 @@ public actor SSHConnection {
 
     // MARK: - commands
 
-    /// Runs `remoteCommand` (one string, parsed by the remote login shell) through the master.
+    /// Runs `script` with `/bin/sh` on the HPC, with `arguments` as `$1`, `$2`, ... and `stdin`
+    /// on its standard input, through the master: the only way anything runs there.
+    ///
+    /// The account's login shell (bash, dash, zsh, tcsh, csh, ...) parses whatever ssh sends,
+    /// so what is sent is one line that every such shell passes on unchanged: `/bin/sh -c` with
+    /// a fixed single-quoted one-line program, and the script (prefixed by `set -- ARGUMENTS`,
+    /// quoted for /bin/sh) as base64 words. No newline, no `!`, no quote of the script ever
+    /// meets the login shell.
+    ///
     /// A failure of the connection (the master is gone) throws a transient `TransportError`
-    /// after marking the master down; when `idempotent`, the command is tried once more on a
-    /// re-established master first. A non-zero exit of the command itself is returned.
-    nonisolated func run(_ remoteCommand: String, stdin: Data? = nil, timeoutSec: Double, idempotent: Bool = true) async throws -> SSHProcessOutput {
+    /// after marking the master down; when `idempotent`, the script is run once more on a
+    /// re-established master first. A non-zero exit of the script itself is returned.
+    nonisolated func runScript(_ script: String, arguments: [String] = [], stdin: Data? = nil, timeoutSec: Double,
+                               idempotent: Bool = true) async throws -> SSHProcessOutput {
+        try await run(try Self.scriptCommand(script, arguments: arguments), stdin: stdin, timeoutSec: timeoutSec, idempotent: idempotent)
+    }
+
+    /// The program /bin/sh runs: decode the base64 words (its `$@`) and run the result. A host
+    /// without `base64` fails (status 127) instead of silently running nothing.
+    static let scriptLoader = #"s=$(printf %s "$@" | base64 -d) && eval "$s""#
+
+    /// Linux refuses a single argument over 128 KiB (`MAX_ARG_STRLEN`), and sshd hands the whole
+    /// command line to the login shell as one argument.
+    static let maxCommandLength = 120_000
+
+    /// The remote command line of `runScript`: `/bin/sh -c '<loader>' mqi-script <base64 words>`.
+    static func scriptCommand(_ script: String, arguments: [String]) throws -> String {
+        // `set --` even without arguments: the script must not see the base64 words as `$@`.
+        let program = (["set --"] + arguments.map(ShellQuote.quote)).joined(separator: " ") + "\n" + script
+        let encoded = Data(program.utf8).base64EncodedString()
+        // Words of at most 1000 characters: old csh-family shells limit the length of one word.
+        var words: [Substring] = []
+        var start = encoded.startIndex
+        while start < encoded.endIndex {
+            let end = encoded.index(start, offsetBy: 1000, limitedBy: encoded.endIndex) ?? encoded.endIndex
+            words.append(encoded[start..<end])
+            start = end
+        }
+        let command = "/bin/sh -c \(ShellQuote.quote(scriptLoader)) mqi-script " + words.joined(separator: " ")
+        guard command.utf8.count <= maxCommandLength else {
+            throw TransportError("a remote script of \(program.utf8.count) bytes is too long for one ssh command line (at most about \(maxCommandLength * 3 / 4) bytes)")
+        }
+        return command
+    }
+
+    /// Runs `remoteCommand` (one string, parsed by the remote login shell) through the master.
+    /// Private: every caller goes through `runScript`, whose command line does not depend on
+    /// the login shell; a command line built by hand breaks on tcsh accounts.
+    private nonisolated func run(_ remoteCommand: String, stdin: Data? = nil, timeoutSec: Double, idempotent: Bool = true) async throws -> SSHProcessOutput {
         var tries = 0
         while true {
             tries += 1

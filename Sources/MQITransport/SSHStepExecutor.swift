@@ -42,22 +42,27 @@ public struct SSHStepExecutor: StepExecutor {
     /// Bytes of log fetched per poll at most.
     static let chunk = 1 << 20
 
+    /// A permanent `TransportError` (a host key mismatch, a refused login, a missing case) is
+    /// thrown: retrying cannot help, and the attempt's processes were not seen to end.
     public func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
-        do {
-            try await startOrAdopt(run)
-            return try await supervise(run, shouldCancel: shouldCancel)
-        } catch let error as TransportError where !error.isTransient {
-            // A host key mismatch, a refused login, a missing case: retrying cannot help.
-            return .failed(reason: error.message)
-        }
+        try await startOrAdopt(run)
+        return try await supervise(run, shouldCancel: shouldCancel)
     }
 
     // MARK: - start
 
     /// `$1` run dir, `$2` log, `$3` command; `$$` is the session (= process group) leader.
+    /// `identity` (boot id and the leader's start time) is written before `pid`; `stopped` is
+    /// checked after it (see `LocalStepExecutor.wrapper`, the same protocol).
     static let wrapper = #"""
+        d=$1 b= s=
+        read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
+        read -r s 2>/dev/null < /proc/$$/stat
+        mqi_identity() { shift 19; echo "$b $1" > "$d/identity"; }
+        [ -n "$s" ] && mqi_identity ${s##*) }
         date +%s > "$1/started"
         echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid" || exit 127
+        if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"; exit 143; fi
         /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
         code=$?
         echo $code > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"
@@ -74,7 +79,7 @@ public struct SSHStepExecutor: StepExecutor {
             inputs += "mkdir -p -- \(directory) && printf '%s' \(ShellQuote.quote(file.content)) > \(path).mqi-tmp && mv -- \(path).mqi-tmp \(path) || { rm -rf -- \(runDir); echo \"MQI-INPUTFAIL \(file.path)\"; exit 0; }\n"
         }
         let environment = run.environment.sorted { $0.key < $1.key }.map { ShellQuote.quote("\($0.key)=\($0.value)") }.joined(separator: " ")
-        let replace = replaceUnstarted ? "[ -f \(runDir)/pid ] || [ -f \(runDir)/exit_code ] || rm -rf -- \(runDir)\n" : ""
+        let replace = replaceUnstarted ? "[ -f \(runDir)/pid ] || [ -f \(runDir)/exit_code ] || [ -f \(runDir)/stopped ] || rm -rf -- \(runDir)\n" : ""
         return """
             [ -d \(caseDir) ] || { echo MQI-NOCASE; exit 0; }
             mkdir -p -- \(caseDir)/.mqi || exit 5
@@ -92,7 +97,7 @@ public struct SSHStepExecutor: StepExecutor {
         try files.createDirectory(atPath: (run.logPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         var replace = false
         for _ in 0..<2 {
-            let output = try await connection.run("/bin/sh -c \(ShellQuote.quote(startScript(run, replaceUnstarted: replace)))", timeoutSec: 60)
+            let output = try await connection.runScript(startScript(run, replaceUnstarted: replace), timeoutSec: 60)
             let text = output.stdoutText
             if text.contains("MQI-STARTED") {
                 // A fresh attempt: a fresh local log.
@@ -129,7 +134,8 @@ public struct SSHStepExecutor: StepExecutor {
     // MARK: - poll
 
     struct PollResult {
-        /// running, exited, dead (no exit code, process group gone), nopid, missing
+        /// running, exited, dead (no exit code, process group gone), stopped (by a stop, nothing
+        /// left running), nopid, missing
         var state: String
         var exitCode: Int32?
         var elapsed: Double?
@@ -138,14 +144,13 @@ public struct SSHStepExecutor: StepExecutor {
     }
 
     /// `$1` run dir, `$2` bytes of the log already fetched, `$3` most bytes to send.
-    static let pollScript = #"""
-        d=$1
-        alive() { ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'; }
+    static let pollScript = Self.liveness + #"""
         if [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
         elif [ ! -d "$d" ]; then st=missing
-        elif [ ! -f "$d/pid" ]; then st=nopid
+        elif [ ! -f "$d/pid" ]; then if [ -f "$d/stopped" ]; then st=stopped; else st=nopid; fi
         elif alive "$(cat "$d/pid")"; then st=running
         elif [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+        elif [ -f "$d/stopped" ]; then st=stopped
         else st=dead
         fi
         now=$(date +%s); started=$(cat "$d/started" 2>/dev/null || echo "$now")
@@ -155,8 +160,8 @@ public struct SSHStepExecutor: StepExecutor {
         """#
 
     func poll(_ run: StepRun, offset: Int) async throws -> PollResult {
-        let remote = "/bin/sh -c \(ShellQuote.quote(Self.pollScript)) mqi-poll \(ShellQuote.quote(runDirectory(run))) \(min(offset, Int(Int32.max))) \(Self.chunk)"
-        let output = try await connection.run(remote, timeoutSec: 60)
+        let output = try await connection.runScript(Self.pollScript, arguments: [runDirectory(run), String(min(offset, Int(Int32.max))), String(Self.chunk)],
+                                                    timeoutSec: 60)
         guard let newline = output.stdout.firstIndex(of: UInt8(ascii: "\n")) else {
             throw TransportError("unexpected answer polling \(run.step) attempt \(run.attempt) on \(connection.destination) (exit \(output.status)): \(output.stderrText)",
                                  transient: true)
@@ -201,6 +206,9 @@ public struct SSHStepExecutor: StepExecutor {
                 return .failed(reason: "the command's process group on \(connection.destination) ended without recording an exit code (killed by a signal?)")
             case "missing":
                 return .failed(reason: "the run directory \(runDirectory(run)) disappeared on \(connection.destination)")
+            case "stopped":
+                try await drain(run, offset: &offset, size: result.logSize)
+                return .cancelled
             default:
                 break  // running, or nopid for the moment between start and the wrapper's first line
             }
@@ -211,7 +219,7 @@ public struct SSHStepExecutor: StepExecutor {
                 decided = .failed(reason: "timed out after \(LocalStepExecutor.format(timeout)) s (timeout_sec); the process group was killed")
             }
             if let decided {
-                try await killGroup(run)
+                try await stop(run)
                 _ = try? await drainAfterKill(run, offset: &offset)
                 return decided
             }
@@ -235,28 +243,55 @@ public struct SSHStepExecutor: StepExecutor {
         try await drain(run, offset: &offset, size: result.logSize)
     }
 
-    /// `$1` run dir, `$2` grace seconds: SIGTERM to the group, SIGKILL after the grace, and
-    /// says whether the group is gone.
-    static let killScript = #"""
+    /// Shell functions shared by the remote scripts, with `d` = the run directory (`$1`):
+    /// `ours PGID` is false when the recorded boot id or leader start time says the pid now
+    /// belongs to another process (after a reboot, or reused); `alive PGID` is true while a
+    /// non-zombie process of the group runs and the group is ours.
+    static let liveness = #"""
         d=$1
-        alive() { ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'; }
+        ours() {
+          [ -f "$d/identity" ] || return 0
+          read -r rb rs < "$d/identity"
+          cb=; read -r cb 2>/dev/null < /proc/sys/kernel/random/boot_id
+          [ -z "$cb" ] || [ -z "$rb" ] || [ "$cb" = "$rb" ] || return 1
+          cs=; read -r cs 2>/dev/null < "/proc/$1/stat" || return 0
+          mqi_start() { shift 19; [ "$1" = "$rs" ]; }
+          mqi_start ${cs##*) }
+        }
+        alive() { ours "$1" && ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { f = 1 } END { exit !f }'; }
+
+        """#
+
+    /// `$1` run dir, `$2` grace seconds, `$3` case dir: marks the attempt stopped (so that a
+    /// later start does not run it), SIGTERM to its group, SIGKILL after the grace, and says
+    /// whether the group is gone.
+    static let stopScript = Self.liveness + #"""
+        [ -d "$3" ] || { echo MQI-GONE; exit 0; }
+        mkdir -p "$d" && : > "$d/stopped" || { echo MQI-CANNOT; exit 0; }
+        [ -f "$d/exit_code" ] && { echo MQI-GONE; exit 0; }
         pid=$(cat "$d/pid" 2>/dev/null) || { echo MQI-GONE; exit 0; }
         [ "$pid" -gt 1 ] 2>/dev/null || { echo MQI-GONE; exit 0; }
+        ours "$pid" || { echo MQI-GONE; exit 0; }
         kill -s TERM -- "-$pid" 2>/dev/null
         i=0; while alive "$pid" && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done
         i=0; while alive "$pid" && [ $i -lt 100 ]; do kill -s KILL -- "-$pid" 2>/dev/null; sleep 0.1; i=$((i + 1)); done
         if alive "$pid"; then echo MQI-ALIVE; else echo MQI-GONE; fi
         """#
 
-    /// Kills the attempt's whole remote process group and confirms it is gone.
-    func killGroup(_ run: StepRun) async throws {
+    public func stop(_ run: StepRun) async throws {
         let grace = max(0, Int(killGraceSec.rounded(.up)))
-        let remote = "/bin/sh -c \(ShellQuote.quote(Self.killScript)) mqi-kill \(ShellQuote.quote(runDirectory(run))) \(grace)"
-        let output = try await connection.run(remote, timeoutSec: Double(grace) + 30)
-        if !output.stdoutText.contains("MQI-GONE") {
-            logger.error("the process group of \(run.step) attempt \(run.attempt) on \(connection.destination) is still alive after SIGKILL: \(output.stdoutText)\(output.stderrText)",
-                         metadata: ["case_id": "\(run.caseId)"])
+        let output = try await connection.runScript(Self.stopScript, arguments: [runDirectory(run), String(grace), caseDirectory(run)],
+                                                    timeoutSec: Double(grace) + 30)
+        let text = output.stdoutText
+        if text.contains("MQI-GONE") { return }
+        let what = "\(run.step) attempt \(run.attempt) of case \(run.caseId) on \(connection.destination)"
+        if text.contains("MQI-ALIVE") {
+            throw TransportError("the process group of \(what) is still alive after SIGKILL", transient: true)
         }
+        if text.contains("MQI-CANNOT") {
+            throw TransportError("cannot mark \(what) stopped (\(runDirectory(run)) not writable): \(output.stderrText)")
+        }
+        throw TransportError("cannot stop \(what) (exit \(output.status)): \(text)\(output.stderrText)", transient: output.status == 255)
     }
 
     func outcome(_ code: Int32, _ run: StepRun) -> StepOutcome {

@@ -15,6 +15,11 @@ public struct StepRun: Sendable, Equatable {
     /// Files to write on the compute side just before the command starts (not when adopting).
     public var inputFiles: [RenderedFile]
 
+    /// The attempt to stop (`StepExecutor.stop`), without what only a start needs.
+    public static func stopping(caseId: String, step: String, attempt: Int, gpuIds: [Int] = []) -> StepRun {
+        StepRun(caseId: caseId, step: step, attempt: attempt, command: "", gpuIds: gpuIds, timeoutSec: nil, logPath: "/dev/null")
+    }
+
     public init(caseId: String, step: String, attempt: Int, command: String, gpuIds: [Int], timeoutSec: Double?, logPath: String,
                 inputFiles: [RenderedFile] = []) {
         self.inputFiles = inputFiles
@@ -55,6 +60,13 @@ public protocol StepExecutor: Sendable {
     /// (checked about every `cancelCheckInterval`). Task cancellation (daemon shutdown) stops
     /// waiting but leaves the command running, to be adopted after the restart.
     func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome
+
+    /// Stops attempt `run` (only `caseId`, `step` and `attempt` are used) whether or not anything
+    /// watches it: marks its run directory stopped, so that a start that comes later does not run
+    /// the command, kills its process group, and returns once no process of it is left. A process
+    /// id recorded before a reboot, or reused by another process since, is never signalled.
+    /// Throws a transient `TransportError` while that cannot be confirmed (the host is away).
+    func stop(_ run: StepRun) async throws
 }
 
 /// Moves case files to the compute side and results back.

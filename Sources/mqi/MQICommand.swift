@@ -86,12 +86,15 @@ struct Status: AsyncParsableCommand {
         let depths = try await store.queueDepths()
         let dead = try await store.deadLetters()
         let daemon = PIDLock.holder(of: config.state.pidFile)
+        let hosts = try await store.hosts()
         if json {
             let object: [String: Any] = [
                 "daemon_running": daemon.running,
                 "daemon_pid": daemon.running ? daemon.pid.map { Int($0) } as Any : NSNull(),
                 "cases": Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, $0.value) }),
-                "gpus": gpus.map { ["gpu_id": $0.gpuId, "status": $0.status.rawValue, "reserved_by": $0.reservedBy as Any] },
+                "gpus": gpus.map { ["gpu_id": $0.gpuId, "status": $0.status.rawValue, "reserved_by": $0.reservedBy as Any,
+                                    "draining_for": $0.drain?.caseId as Any, "drain_reason": $0.drain?.reason as Any] },
+                "hosts": hosts.map { ["host": $0.host, "reachable": $0.reachable, "since": isoDate($0.since), "reason": $0.reason as Any] },
                 "queues": Dictionary(uniqueKeysWithValues: depths.map { ($0.key.rawValue, $0.value) }),
                 "dead_letters": dead.count,
             ]
@@ -100,7 +103,15 @@ struct Status: AsyncParsableCommand {
         }
         print("daemon: " + (daemon.running ? "running (PID \(daemon.pid.map(String.init) ?? "?"))" : "not running"))
         print("cases:  " + CaseStatus.allCases.map { "\($0.rawValue) \(counts[$0] ?? 0)" }.joined(separator: "  "))
-        print("gpus:   " + (gpus.isEmpty ? "none" : gpus.map { "\($0.gpuId): \($0.status.rawValue)\($0.reservedBy.map { " by \($0)" } ?? "")" }.joined(separator: "  ")))
+        for host in hosts {
+            let seconds = Int(Date().timeIntervalSince(host.since))
+            print("hpc:    " + (host.reachable ? "\(host.host) reachable"
+                                              : "\(host.host) UNREACHABLE since \(isoDate(host.since)) (\(seconds) s): \(host.reason ?? "no answer"); work that needs it is paused"))
+        }
+        print("gpus:   " + (gpus.isEmpty ? "none" : gpus.map { gpu in
+            let holder = gpu.status == .draining ? " (\(gpu.holder ?? ""))" : gpu.reservedBy.map { " by \($0)" } ?? ""
+            return "\(gpu.gpuId): \(gpu.status.rawValue)\(holder)"
+        }.joined(separator: "  ")))
         print("queues: " + QueueName.allCases.map { "\($0.rawValue) \(depths[$0] ?? 0)" }.joined(separator: "  ") + "  dead_letters \(dead.count)")
         let active = try await store.cases(status: .processing, limit: 50) + (try await store.cases(status: .pendingResource, limit: 50))
         if !active.isEmpty {
@@ -194,7 +205,7 @@ struct Cases: AsyncParsableCommand {
     }
 
     struct Cancel: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Cancel a case; a running step's process group is killed and its GPU freed.")
+        static let configuration = CommandConfiguration(abstract: "Cancel a case; its running step is stopped (also if the daemon is down now: on its next start), and its GPU drains until the stop is confirmed.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The case id.") var caseId: String
 
@@ -236,7 +247,7 @@ struct GPUs: AsyncParsableCommand {
         let header = ["GPU", "NAME", "STATUS", "RESERVED BY", "HEALTH", "UTIL", "MEMORY", "TEMP", "LAST SEEN"]
         let rows = gpus.map { gpu -> [String] in
             let memory = gpu.memoryUsedMB.map { used in "\(Int(used))/\(gpu.memoryTotalMB.map { String(Int($0)) } ?? "?") MiB" } ?? "-"
-            return [String(gpu.gpuId), gpu.name ?? "-", gpu.status.rawValue, gpu.reservedBy ?? "-", gpu.health.rawValue,
+            return [String(gpu.gpuId), gpu.name ?? "-", gpu.status.rawValue, gpu.holder ?? "-", gpu.health.rawValue,
                     gpu.utilizationPercent.map { "\(Int($0))%" } ?? "-", memory,
                     gpu.temperatureC.map { "\(Int($0)) C" } ?? "-", gpu.lastSeen.map(isoDate) ?? "never"]
         }

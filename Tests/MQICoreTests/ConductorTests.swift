@@ -123,7 +123,7 @@ let transitionTable: [TransitionRow] = [
     applied(.processing, .failedCurrent, .failed, [], at: (1, 2)),
     ignored(.processing, .failedStale),
     ignored(.processing, .gpusFreed),
-    applied(.processing, .cancel, .cancelled, [], at: (1, 2)),
+    applied(.processing, .cancel, .cancelled, [.stopAttempt], at: (1, 2)),
     ignored(.processing, .retry),
 
     // PENDING_RESOURCE waiting to start step 1 attempt 2
@@ -208,7 +208,8 @@ struct ConductorTransitionTableTests {
             // GPU bookkeeping is consistent: final states hold nothing and return what was held.
             if decision.state.status.isFinal {
                 #expect(decision.state.gpuIds.isEmpty)
-                #expect(decision.release == before.gpuIds)
+                // ... or drain it, when the attempt that held it may still run.
+                #expect((decision.release + decision.drain).sorted() == before.gpuIds)
                 #expect(decision.reserve.isEmpty)
             }
         }
@@ -351,7 +352,9 @@ struct ConductorTests {
         let cancelled = conductor.decide(running, .cancel(reason: "operator request"), gpus: .init(free: []))
         #expect(cancelled.state.status == .cancelled)
         #expect(cancelled.state.gpuIds.isEmpty)
-        #expect(cancelled.release == [3])
+        // The simulation may still run: its GPU drains until the stop is confirmed.
+        #expect(cancelled.release.isEmpty && cancelled.drain == [3])
+        #expect(cancelled.commands.map(\.kind) == [.stopAttempt])
         #expect(cancelled.state.error?.contains("operator request") == true)
     }
 
@@ -499,10 +502,14 @@ struct ConductorTests {
         for kind in [MessageKind.executionSucceeded, .caseUploadCompleted, .resultsDownloadCompleted] {
             #expect(ConductorEvent(kind, body) == .stepSucceeded(stepIndex: 2, attempt: 3))
         }
-        for kind in [MessageKind.executionFailed, .fileTransferFailed] {
-            #expect(ConductorEvent(kind, body) == .stepFailed(stepIndex: 2, attempt: 3, reason: "disk full"))
-        }
-        for kind in [MessageKind.executeCommand, .uploadCase, .downloadResults] {
+        // A transfer failure says its work ended; an execution failure only when the executor saw
+        // the processes end (a dead letter says nothing about them).
+        #expect(ConductorEvent(.fileTransferFailed, body) == .stepFailed(stepIndex: 2, attempt: 3, reason: "disk full"))
+        #expect(ConductorEvent(.executionFailed, body) == .stepFailed(stepIndex: 2, attempt: 3, reason: "disk full", ended: false))
+        var ended = body
+        ended.ended = true
+        #expect(ConductorEvent(.executionFailed, ended) == .stepFailed(stepIndex: 2, attempt: 3, reason: "disk full"))
+        for kind in [MessageKind.executeCommand, .uploadCase, .downloadResults, .stopAttempt, .attemptStopped] {
             #expect(ConductorEvent(kind, body) == nil)
         }
         // A worker's result echoes the command's step and attempt.

@@ -195,7 +195,8 @@ struct ConductStoreTests {
         try await driver.work(.fileTransfer, expecting: "case-1")
         try await driver.conductNext() // simulate, attempt 1, GPU 0
         let firstAttempt = try #require(try await store.claim(.remoteExecutor, owner: "executor", leaseSec: 30))
-        try await store.complete(firstAttempt, publishing: firstAttempt.body.result(.executionFailed, reason: "Segmentation fault"))
+        // The executor saw the attempt's processes end: the GPU is free at once.
+        try await store.complete(firstAttempt, publishing: firstAttempt.body.result(.executionFailed, reason: "Segmentation fault", ended: true))
         try await driver.conductNext()
         var summary = try #require(try await store.caseSummary("case-1"))
         #expect(summary.status == .failed)
@@ -281,6 +282,18 @@ struct ConductStoreTests {
         #expect(summary.workflowStep == "simulate")
         #expect(summary.error?.contains("Could not resolve hostname") == true)
         #expect(summary.gpuIds.isEmpty)
+        // The dead letter says nothing about the attempt's processes: the GPU drains until a stop confirms them gone.
+        let draining = try #require(try await store.gpus().first)
+        #expect(draining.status == .draining && draining.drain?.caseId == "case-1" && draining.drain?.attempt == 1)
+        #expect(try await store.dispatchPending(conductor: conductor).isEmpty)
+        let stop = try #require(try await store.claim(.remoteExecutor, owner: "stopper", leaseSec: 30))
+        #expect(stop.kind == .stopAttempt && stop.body.step == "simulate" && stop.body.gpuIds == [0])
+        try await store.complete(stop, publishing: stop.body.result(.attemptStopped))
+        let stopped = try #require(try await store.claim(.conductor, owner: "conductor", leaseSec: 30))
+        #expect(stopped.kind == .attemptStopped)
+        let (freed, _) = try await store.finishDrain(caseId: "case-1", stepIndex: stopped.body.stepIndex, attempt: stopped.body.attempt,
+                                                     conductor: conductor, acknowledging: stopped)
+        #expect(freed == [0])
         #expect(try await store.gpus() == [GPUResource(gpuId: 0, status: .free, reservedBy: nil, reservedAt: nil)])
         #expect(try await store.activity().isIdle)
     }

@@ -198,7 +198,7 @@ struct GPUReservationTests {
         #expect(try await store.gpus().allSatisfy { $0.status == .free })
     }
 
-    @Test("cancelling a running case frees its GPU for the next waiting case")
+    @Test("cancelling a running case frees its GPU for the next waiting case once its attempt is confirmed stopped")
     func cancelFreesTheGPU() async throws {
         let fixture = try StoreFixture()
         defer { fixture.remove() }
@@ -215,9 +215,17 @@ struct GPUReservationTests {
         }
         #expect(try await store.caseSummary("b")?.status == .pendingResource)
         let applied = try await store.conduct(.cancel(reason: "operator"), caseId: "a", conductor: conductor)
-        #expect(applied.map(\.decision.state.caseId) == ["a", "b"])
+        #expect(applied.map(\.decision.state.caseId) == ["a"])
         #expect(try await store.caseSummary("a")?.status == .cancelled)
         #expect(try await store.caseSummary("a")?.finishedAt == fixture.clock.now)
+        // a's simulation may still run: GPU 0 drains, b keeps waiting.
+        #expect(try await store.gpus().first?.status == .draining)
+        #expect(try await store.caseSummary("b")?.status == .pendingResource)
+        let stop = try #require(try await store.claim(.remoteExecutor, kinds: .only(.stopAttempt), owner: "stopper", leaseSec: 30))
+        #expect(stop.body.caseId == "a")
+        let (freed, started) = try await store.finishDrain(caseId: "a", stepIndex: stop.body.stepIndex, attempt: stop.body.attempt, conductor: conductor)
+        #expect(freed == [0])
+        #expect(started.map(\.decision.state.caseId) == ["b"])
         #expect(try await store.caseSummary("b")?.gpuIds == [0])
         try await expectGPUInvariants(store)
     }
@@ -370,7 +378,7 @@ struct GPUReservationTests {
         try await driver.conductNext()
         #expect(try await store.gpus().first?.reservedBy == "a")
         let command = try #require(try await store.claim(.remoteExecutor, owner: "x", leaseSec: 60))
-        try await store.complete(command, publishing: command.body.result(.executionFailed, reason: "ERROR: no beams"))
+        try await store.complete(command, publishing: command.body.result(.executionFailed, reason: "ERROR: no beams", ended: true))
         try await driver.conductNext()
         #expect(try await store.caseSummary("a")?.status == .failed)
         #expect(try await store.gpus().first?.status == .free)

@@ -196,10 +196,11 @@ struct SSHTransportTests {
         #expect(again?.isTransient == false)
         #expect(Date().timeIntervalSince(started) < 5)
         #expect(setup.server.acceptedConnections == 0)
-        // The executor fails the step (no retry can help) instead of throwing.
-        let outcome = try await setup.executor.execute(try setup.run("true")) { false }
-        guard case .failed(let reason) = outcome else { Issue.record("expected failure, got \(outcome)"); return }
-        #expect(reason.contains("host key verification failed"))
+        // The executor throws the permanent error (the service fails the step with it, and stops
+        // the attempt, whose processes it did not see end) instead of retrying.
+        let failure = await #expect(throws: TransportError.self) { _ = try await setup.executor.execute(try setup.run("true")) { false } }
+        #expect(failure?.isTransient == false)
+        #expect(failure?.message.contains("host key verification failed") == true)
         await setup.finish()
     }
 }

@@ -6,12 +6,14 @@ import Glibc
 #endif
 
 /// A private OpenSSH server on 127.0.0.1 and a free port, for tests: its own host key, a user
-/// key authorized for root, `AuthorizedKeysFile` and `PidFile` in a temp dir, its log (`-e`) in
-/// `logPath`. `stop()`, `killAll()` (the listener and its children: a server crash) and
-/// `restart()` on the same port.
+/// key authorized for root (or for a plain account with a chosen login shell),
+/// `AuthorizedKeysFile` and `PidFile` in a temp dir, its log (`-e`) in `logPath`. `stop()`,
+/// `killAll()` (the listener and its children: a server crash) and `restart()` on the same port.
 public final class SSHServer: Sendable {
     public let temp: TemporaryDirectory
     public let port: Int
+    /// The account the client logs in as: `root`, or `mqihpc-<shell>` (see `init(loginShell:)`).
+    public let user: String
     public var configPath: String { temp.file("sshd_config") }
     public var logPath: String { temp.file("sshd.log") }
     public var knownHostsPath: String { temp.file("known_hosts") }
@@ -24,12 +26,23 @@ public final class SSHServer: Sendable {
         ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/rsync", "/usr/bin/ssh-keygen"].allSatisfy { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    public init() throws {
+    /// `loginShell` nil: log in as root. Otherwise as the plain account `mqihpc-<shell name>`
+    /// (`mqihpc-tcsh` for `/usr/bin/tcsh`) whose login shell is `loginShell`, created if missing
+    /// (`useradd -m`, unlocked for key login). The key file is readable by that account (sshd
+    /// reads it as the user); what the account must write to, give it with `giveToUser(_:)`.
+    public init(loginShell: String? = nil) throws {
         temp = try TemporaryDirectory("mqi-sshd")
         port = try Self.freePort()
+        if let loginShell {
+            user = try Self.ensureAccount(loginShell: loginShell)
+        } else {
+            user = "root"
+        }
         try Self.keygen(hostKeyPath)
         try Self.keygen(userKeyPath)
         try FileManager.default.copyItem(atPath: userKeyPath + ".pub", toPath: temp.file("authorized_keys"))
+        chmod(temp.path, 0o755)
+        chmod(temp.file("authorized_keys"), 0o644)
         try """
             Port \(port)
             ListenAddress 127.0.0.1
@@ -54,9 +67,9 @@ public final class SSHServer: Sendable {
         guard check.status == 0 else { throw TestSupportError("sshd -t rejected \(configPath): \(check.output)") }
     }
 
-    /// The client side: root with the user key, the server's key in `knownHosts`.
+    /// The client side: `user` with the user key, the server's key in `knownHosts`.
     public func sshConfig(knownHosts: String? = nil, maxNewConnectionsPerMin: Int = 6, connectTimeoutSec: Double = 5) -> SSHConfig {
-        SSHConfig(host: "127.0.0.1", port: port, user: "root", identityFile: userKeyPath, knownHostsFile: knownHosts ?? knownHostsPath,
+        SSHConfig(host: "127.0.0.1", port: port, user: user, identityFile: userKeyPath, knownHostsFile: knownHosts ?? knownHostsPath,
                   strictHostKeyChecking: true, connectTimeoutSec: connectTimeoutSec, maxNewConnectionsPerMin: maxNewConnectionsPerMin)
     }
 
@@ -69,12 +82,52 @@ public final class SSHServer: Sendable {
           ssh:
             host: 127.0.0.1
             port: \(port)
-            user: root
+            user: \(user)
             identity_file: \(ShellQuote.quote(userKeyPath))
             known_hosts_file: \(ShellQuote.quote(knownHosts ?? knownHostsPath))
             connect_timeout_sec: 5
             max_new_connections_per_min: 6
         """
+    }
+
+    /// The login shells of the installed shells among `candidates` (for tests over several shells).
+    public static func installedShells(_ candidates: [String] = ["/bin/bash", "/usr/bin/tcsh", "/usr/bin/zsh", "/bin/dash"]) -> [String] {
+        candidates.filter { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Creates (once) the account `mqihpc-<shell name>` with `loginShell`, unlocked for key login.
+    static func ensureAccount(loginShell: String) throws -> String {
+        guard FileManager.default.isExecutableFile(atPath: loginShell) else {
+            throw TestSupportError("the login shell \(loginShell) is not installed (scripts/test installs tcsh)")
+        }
+        let name = "mqihpc-" + (loginShell as NSString).lastPathComponent
+        try accountLock.withLock { _ in
+            if let entry = getpwnam(name) {
+                if String(cString: entry.pointee.pw_shell) != loginShell {
+                    let changed = try run("/usr/sbin/usermod", ["-s", loginShell, name])
+                    guard changed.status == 0 else { throw TestSupportError("usermod -s \(loginShell) \(name) failed: \(changed.output)") }
+                }
+            } else {
+                let added = try run("/usr/sbin/useradd", ["-m", "-s", loginShell, name])
+                // Another test process may have made it at the same moment.
+                guard added.status == 0 || getpwnam(name) != nil else { throw TestSupportError("useradd \(name) failed: \(added.output)") }
+            }
+            // A new account is locked (`!`): sshd refuses it even with a key.
+            let unlocked = try run("/usr/sbin/usermod", ["-p", "*", name])
+            guard unlocked.status == 0 else { throw TestSupportError("usermod -p '*' \(name) failed: \(unlocked.output)") }
+        }
+        return name
+    }
+
+    private static let accountLock = Mutex<Void>(())
+
+    /// Gives `paths` (recursively) to the login account, so remote commands can write there.
+    public func giveToUser(_ paths: String...) throws {
+        guard user != "root" else { return }
+        for path in paths {
+            let result = try Self.run("/bin/chown", ["-R", "\(user):", path])
+            guard result.status == 0 else { throw TestSupportError("chown -R \(user): \(path) failed: \(result.output)") }
+        }
     }
 
     /// A known_hosts file that lists another key for this server (a mismatch).

@@ -15,9 +15,12 @@ public struct LocalFileMover: FileMover {
         self.downloadDir = downloadDir
     }
 
+    /// Idempotent: when the final copy already holds every file of the case with its content (a
+    /// redelivered upload, a retry after the rename), nothing is copied and that copy stays.
     public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
         let uploadDir = self.uploadDir
         return try await BlockingWork.run("mqi-upload") { cancellation in
+            if Self.holdsCopy(of: localCase, at: (uploadDir as NSString).appendingPathComponent(caseId)) { return try Self.measure(localCase) }
             return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case", cancellation: cancellation)
         }
     }
@@ -27,6 +30,7 @@ public struct LocalFileMover: FileMover {
     public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
         let source = (downloadDir as NSString).appendingPathComponent(caseId)
         return try await BlockingWork.run("mqi-download") { cancellation in
+            try Self.requireResultFiles(in: source)
             var manifest = ""
             return try Self.copyAtomically(from: source, toDirectory: resultsDir, name: caseId, what: "results", cancellation: cancellation,
                                            beforeCopy: { manifest = try ResultManifest.listing(of: source) },
@@ -69,6 +73,24 @@ public struct LocalFileMover: FileMover {
             if error is TransportError || error is CancellationError { throw error }
             throw TransportError("copying \(what) \(source) to \(final) failed: \(Self.describe(error))")
         }
+    }
+
+    /// True when `final` holds every file of `source` with the same SHA-256 (more files are fine:
+    /// steps write into the uploaded case). Blocking.
+    static func holdsCopy(of source: String, at final: String) -> Bool {
+        guard FileManager.default.fileExists(atPath: final), let wanted = try? ResultManifest.listing(of: source), !wanted.isEmpty,
+              let present = try? ResultManifest.listing(of: final) else { return false }
+        let have = Set(present.split(separator: "\n"))
+        return wanted.split(separator: "\n").allSatisfy(have.contains)
+    }
+
+    /// Throws "no result files in <dir>" when `directory` is missing or holds no regular file.
+    static func requireResultFiles(in directory: String) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw TransportError("no result files in \(directory) (the directory does not exist)")
+        }
+        if try measure(directory).files == 0 { throw TransportError("no result files in \(directory)") }
     }
 
     static func describe(_ error: any Error) -> String {

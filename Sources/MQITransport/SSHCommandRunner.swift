@@ -10,8 +10,8 @@ public struct SSHCommandRunner: CommandRunner {
     }
 
     public func capture(_ command: String, timeoutSec: Double) async throws -> CommandResult {
-        // The remote login shell runs `/bin/sh -c COMMAND 2>&1`: stdout and stderr together.
-        let output = try await connection.run("/bin/sh -c \(ShellQuote.quote(command)) 2>&1", timeoutSec: timeoutSec)
+        // `/bin/sh -c COMMAND 2>&1`, whatever the login shell: stdout and stderr together.
+        let output = try await connection.runScript(#"exec /bin/sh -c "$1" mqi-command 2>&1"#, arguments: [command], timeoutSec: timeoutSec)
         return CommandResult(status: output.status, output: output.stdoutText)
     }
 }

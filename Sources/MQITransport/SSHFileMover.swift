@@ -11,7 +11,10 @@ import MQICore
 /// `{results_dir}/.mqi-partial/{case_id}/`, the manifest is written there as
 /// `.mqi-manifest.sha256` and checked locally, then the directory is renamed into place.
 /// A checksum mismatch names the file, drops the staging copy and is a transient failure
-/// (the retry sends everything again).
+/// (the retry sends everything again). Uploads are idempotent: an upload (a redelivery, or a
+/// retry after the rename whose answer was lost) that finds the final copy holding every file
+/// of its manifest succeeds without sending anything. A download of an empty or missing
+/// results directory fails with "no result files in <dir> on <host>".
 public struct SSHFileMover: FileMover {
     public let connection: SSHConnection
     public var uploadDir: String
@@ -42,45 +45,71 @@ public struct SSHFileMover: FileMover {
         let staging = Self.join(uploadDir, Self.stagingName)
         let partial = Self.join(staging, caseId)
         let final = Self.join(uploadDir, caseId)
-        let prepare = try await connection.run("mkdir -p -- \(ShellQuote.quote(staging))", timeoutSec: 60)
-        guard prepare.status == 0 else {
-            throw TransportError("cannot create \(staging) on \(connection.destination): \(prepare.stdoutText)\(prepare.stderrText)")
+        // A redelivered upload whose final copy already holds every file of the case with its
+        // checksum is done: nothing is sent, and the copy (and what steps wrote there) stays.
+        let prepare = try await connection.runScript(Self.prepareScript, arguments: [staging, final], stdin: Data(manifest.utf8), timeoutSec: 3600)
+        if prepare.stdoutText.contains("MQI-DONE") { return report }
+        guard prepare.status == 0, prepare.stdoutText.contains("MQI-READY") else {
+            throw TransportError("cannot create \(staging) on \(connection.destination) (exit \(prepare.status)): \(prepare.stdoutText)\(prepare.stderrText)",
+                                 transient: prepare.status == 255)
         }
         try await rsync(from: Self.slash(localCase), to: connection.rsyncHost + Self.slash(partial), what: "upload of case \(caseId)")
         try await beforeVerify?(partial)
-        // Check the manifest (stdin) in the staging copy; rename only when every file matches.
-        let script = """
-            cd \(ShellQuote.quote(partial)) || exit 3
-            if out=$(sha256sum --check --quiet --strict - 2>&1); then
-                rm -rf -- \(ShellQuote.quote(final)) && mv -- \(ShellQuote.quote(partial)) \(ShellQuote.quote(final)) || exit 4
-                echo MQI-OK
-            else
-                printf '%s\\n' "$out"
-                cd / && rm -rf -- \(ShellQuote.quote(partial))
-                echo MQI-MISMATCH
-            fi
-            """
-        let checked = try await connection.run("/bin/sh -c \(ShellQuote.quote(script))", stdin: Data(manifest.utf8), timeoutSec: 3600)
+        let checked = try await connection.runScript(Self.verifyAndRenameScript, arguments: [partial, final], stdin: Data(manifest.utf8), timeoutSec: 3600)
         let text = checked.stdoutText
         if text.contains("MQI-OK") { return report }
         if text.contains("MQI-MISMATCH") {
             throw TransportError("upload of case \(caseId) failed verification on \(connection.destination) (SHA-256 mismatch; the staging copy was removed and the retry sends it again): "
                                  + Self.failedFiles(text), transient: true)
         }
+        if text.contains("MQI-NOPARTIAL") {
+            throw TransportError("upload of case \(caseId): the staging copy \(partial) on \(connection.destination) vanished before it was checked; the retry sends it again",
+                                 transient: true)
+        }
         throw TransportError("upload of case \(caseId): cannot verify or rename \(partial) on \(connection.destination) (exit \(checked.status)): \(text)\(checked.stderrText)",
                              transient: checked.status == 255)
     }
 
+    /// `$1` staging dir, `$2` final dir, the manifest on stdin: MQI-DONE when the final copy
+    /// already matches the manifest, else MQI-READY once the staging dir exists.
+    static let prepareScript = #"""
+        if [ -d "$2" ] && (cd "$2" && sha256sum --check --quiet --strict - >/dev/null 2>&1); then echo MQI-DONE; exit 0; fi
+        mkdir -p -- "$1" && echo MQI-READY
+        """#
+
+    /// `$1` staging copy, `$2` final dir, the manifest on stdin. Checks the staging copy and
+    /// renames it into place only when every file matches. Idempotent: run again after the
+    /// rename (the answer was lost with the connection), it finds no staging copy and a final
+    /// copy that matches, and answers MQI-OK again.
+    static let verifyAndRenameScript = #"""
+        if [ ! -d "$1" ]; then
+            if [ -d "$2" ] && (cd "$2" && sha256sum --check --quiet --strict - >/dev/null 2>&1); then echo MQI-OK; else echo MQI-NOPARTIAL; fi
+            exit 0
+        fi
+        cd "$1" || exit 3
+        if out=$(sha256sum --check --quiet --strict - 2>&1); then
+            rm -rf -- "$2" && mv -- "$1" "$2" || exit 4
+            echo MQI-OK
+        else
+            printf '%s\n' "$out"
+            cd / && rm -rf -- "$1"
+            echo MQI-MISMATCH
+        fi
+        """#
+
     public func download(caseId: String, into resultsDir: String) async throws -> TransferReport {
         let remote = Self.join(downloadDir, caseId)
-        let listed = try await connection.run(
-            "cd \(ShellQuote.quote(remote)) 2>/dev/null || { echo MQI-NODIR; exit 0; }; \(Self.manifestScript) && echo MQI-END", timeoutSec: 3600)
+        let listed = try await connection.runScript(#"cd "$1" 2>/dev/null || { echo MQI-NODIR; exit 0; }; "# + Self.manifestScript + " && echo MQI-END",
+                                                    arguments: [remote], timeoutSec: 3600)
         let listing = listed.stdoutText
         if listing.hasPrefix("MQI-NODIR") {
-            throw TransportError("no results directory at \(remote) on \(connection.destination)")
+            throw TransportError("no result files in \(remote) on \(connection.destination) (the directory does not exist)")
         }
         guard listed.status == 0, listing.hasSuffix("MQI-END\n") else {
             throw TransportError("cannot compute the SHA-256 manifest of \(remote) on \(connection.destination): \(listed.stderrText)", transient: true)
+        }
+        if listing == "MQI-END\n" {
+            throw TransportError("no result files in \(remote) on \(connection.destination)")
         }
         let manifest = String(listing.dropLast("MQI-END\n".count))
         let files = FileManager.default

@@ -285,6 +285,7 @@ private final class ConfigParser {
         let logging = self.logging(top)
         let metrics = self.metrics(top)
         let gpuMonitor = self.gpuMonitor(top)
+        checkGPUDemands(hpc)
         let shutdown = number(top, "shutdown_timeout_sec", default: 30, min: 0, exclusiveMin: true)
         var http = HTTPConfig()
         if let fields = mapping(top["http"], "http") {
@@ -336,6 +337,16 @@ private final class ConfigParser {
             fields.map { path($0, key, default: fallback) } ?? PathResolver.absolute(fallback, relativeTo: base)
         }
         return StateConfig(database: value("database", "./var/mqi.sqlite"), pidFile: value("pid_file", "./var/mqi.pid"), logsDir: value("logs_dir", "./var/logs"))
+    }
+
+    /// A step that can never start: it needs more GPUs than `hpc.gpus` lists (a list, not
+    /// `auto`: discovered GPUs are checked at start). Under `{ min, max }` only `min` counts.
+    func checkGPUDemands(_ hpc: HPCConfig) {
+        guard !hpc.gpusAuto, !hpc.gpus.isEmpty else { return }
+        for demand in gpuDemands where demand.min > hpc.gpus.count {
+            let asks = demand.isRange ? "needs at least \(demand.min) GPUs (min)" : "asks for \(demand.min) GPUs"
+            fail(demand.node, demand.path, "\(asks) but hpc.gpus lists only \(hpc.gpus.count) (\(hpc.gpus.map(String.init).joined(separator: ", "))), so it could never start; list more GPUs in hpc.gpus or lower this step's gpus")
+        }
     }
 
     func hpc(_ top: Fields) -> HPCConfig {
@@ -469,6 +480,8 @@ private final class ConfigParser {
 
     /// Commands that were present but invalid (already reported).
     var brokenCommands: Set<String> = []
+    /// Steps' explicit `gpus` demands, checked against `hpc.gpus` once that is read.
+    var gpuDemands: [(node: Node?, path: String, min: Int, isRange: Bool)] = []
 
     func remoteCommands(_ top: Fields) -> [String: (template: CommandTemplate, node: Node, keyNode: Node)] {
         guard let fields = mapping(top["remote_commands"], "remote_commands") else { return [:] }
@@ -603,6 +616,9 @@ private final class ConfigParser {
                         fail(stepFields["gpus"], "\(stepPath).gpus", "use either gpu or gpus, not both")
                     }
                     gpus = range
+                    var isRange = false
+                    if case .mapping = stepFields["gpus"] { isRange = true }
+                    gpuDemands.append((stepFields["gpus"], "\(stepPath).gpus", range.min, isRange))
                 }
                 let rules = OutputRules(
                     progressPattern: regex(stepFields["progress_pattern"], "\(stepPath).progress_pattern", requiringGroups: ["done", "total"]),

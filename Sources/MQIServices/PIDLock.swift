@@ -5,7 +5,8 @@ import Glibc
 
 /// The daemon's PID file, held with an advisory lock (`flock`) for the daemon's life, so a
 /// second instance on the same config refuses to start. A file left by a dead process is not
-/// locked, so it is simply taken over.
+/// locked, so it is simply taken over. The same lock on `<database>.lock` keeps a second daemon
+/// off the same database even when its config names another PID file.
 public final class PIDLock: Sendable {
     public let path: String
     private let fd: Int32
@@ -15,20 +16,29 @@ public final class PIDLock: Sendable {
     public struct AlreadyRunning: Error, CustomStringConvertible {
         public var pid: Int32?
         public var path: String
+        /// The database the lock guards, for the lock beside the database.
+        public var database: String?
         public var description: String {
-            "another mqi daemon is already running\(pid.map { " (PID \($0))" } ?? "") with PID file \(path)"
+            if let database {
+                return "another mqi daemon\(pid.map { " (PID \($0))" } ?? "") is already using the database \(database) (lock file \(path)); stop it, or give this config its own state.database"
+            }
+            return "another mqi daemon is already running\(pid.map { " (PID \($0))" } ?? "") with PID file \(path)"
         }
     }
 
-    public init(path: String) throws {
+    /// Locks `path`; `database` names the database this lock guards (in messages).
+    public init(path: String, database: String? = nil) throws {
         self.path = path
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw PIDLockError("cannot open PID file \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            let what = database.map { "the lock file of the database \($0)" } ?? "PID file"
+            throw PIDLockError("cannot open \(what) \(path) as uid \(getuid()): \(String(cString: strerror(errno))); fix its ownership (chown) or permissions, or those of its directory")
+        }
         let previous = Self.readPID(fd)
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             close(fd)
-            throw AlreadyRunning(pid: previous, path: path)
+            throw AlreadyRunning(pid: previous, path: path, database: database)
         }
         self.fd = fd
         self.stalePID = previous.flatMap { $0 != getpid() ? $0 : nil }

@@ -109,8 +109,15 @@ public struct Daemon: Sendable {
             let monitor = GPUMonitor(config: config.gpuMonitor, runner: transports.runner, store: store,
                                      conductor: conductor, metrics: metrics, logger: logger)
             // One reading before any case can reserve a GPU: one busy with a foreign process is
-            // held back from the start.
-            await monitor.poll()
+            // held back from the start. Bounded: a daemon started during an HPC outage serves
+            // /readyz and the API (saying so) instead of waiting for the host.
+            let firstReading = await withTaskGroup(of: Bool.self) { group in
+                group.addTask { await monitor.poll() != nil }
+                group.addTask { try? await Task.sleep(for: .seconds(10)); return false }
+                defer { group.cancelAll() }
+                return await group.next() ?? false
+            }
+            if !firstReading { logger.warning("no GPU reading at start (the HPC host does not answer yet); the GPU monitor keeps trying") }
             services.append(.init(service: monitor))
         }
         if config.metrics.enabled {

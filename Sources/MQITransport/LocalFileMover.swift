@@ -76,9 +76,11 @@ public struct LocalFileMover: FileMover {
     }
 
     /// True when `final` holds every file of `source` with the same SHA-256 (more files are fine:
-    /// steps write into the uploaded case). Blocking.
+    /// steps write into the uploaded case) and no step ran in it yet: a copy with run directories
+    /// is from a previous life of the case (before its database was rebuilt, say) and is replaced,
+    /// so that its attempts are not adopted as this one's. Blocking.
     static func holdsCopy(of source: String, at final: String) -> Bool {
-        guard FileManager.default.fileExists(atPath: final), let wanted = try? ResultManifest.listing(of: source), !wanted.isEmpty,
+        guard FileManager.default.fileExists(atPath: final), !FileManager.default.fileExists(atPath: final + "/.mqi"), let wanted = try? ResultManifest.listing(of: source), !wanted.isEmpty,
               let present = try? ResultManifest.listing(of: final) else { return false }
         let have = Set(present.split(separator: "\n"))
         return wanted.split(separator: "\n").allSatisfy(have.contains)

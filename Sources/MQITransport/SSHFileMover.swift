@@ -71,9 +71,11 @@ public struct SSHFileMover: FileMover {
     }
 
     /// `$1` staging dir, `$2` final dir, the manifest on stdin: MQI-DONE when the final copy
-    /// already matches the manifest, else MQI-READY once the staging dir exists.
+    /// already matches the manifest and no step ran in it yet (a copy with run directories is
+    /// from a previous life of the case, e.g. before its database was rebuilt: replaced, so its
+    /// attempts are not adopted as this one's), else MQI-READY once the staging dir exists.
     static let prepareScript = #"""
-        if [ -d "$2" ] && (cd "$2" && sha256sum --check --quiet --strict - >/dev/null 2>&1); then echo MQI-DONE; exit 0; fi
+        if [ -d "$2" ] && [ ! -e "$2/.mqi" ] && (cd "$2" && sha256sum --check --quiet --strict - >/dev/null 2>&1); then echo MQI-DONE; exit 0; fi
         mkdir -p -- "$1" && echo MQI-READY
         """#
 

@@ -171,12 +171,14 @@ struct CrashSafetyTests {
         #expect(await cancel.wait(upTo: 20) == 0, "\(cancel.output)")
         let cancelledAt = Date()
         #expect(try await store.caseSummary("CASE-001")?.status == .cancelled)
-        #expect(try await store.gpus().allSatisfy { $0.status == .free })
+        // The GPU drains until the stop is confirmed, then is free.
+        #expect(try await store.gpus().allSatisfy { $0.status == .draining || $0.status == .free })
         // The step's process group is killed within a second or two.
         let runDir = site.temp.file("hpc/upload/CASE-001/.mqi/run_moqui_sim.1")
         let pgid = try #require(Int32(try String(contentsOfFile: runDir + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(await eventually(within: 10) { !LocalStepExecutor.groupAlive(pgid) })
         #expect(Date().timeIntervalSince(cancelledAt) < 5)
+        #expect(await eventually(within: 10) { (try? await store.gpus().allSatisfy { $0.status == .free }) == true })
     }
 
     @Test(.timeLimit(.minutes(3)))

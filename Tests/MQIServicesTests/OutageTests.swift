@@ -33,19 +33,23 @@ struct OutageTests {
         // Every retry together lasts about 2 s; each outage lasts 8 s.
         config.retry = RetryPolicy(maxAttempts: 2, initialDelaySec: 0.2, maxDelaySec: 1, multiplier: 2)
         config.metrics.port = 0
+        // Failed connection attempts count against the budget too; the default (6 a minute)
+        // would make the reconnection after each 8 s outage wait up to a minute.
+        config.hpc.ssh?.maxNewConnectionsPerMin = 30
         let outage = 8.0
         let port = Mutex<Int?>(nil)
         let store = try Daemon.openStore(config)
 
         // Outage 1: the host is away from the start, while the cases are found and uploaded.
         server.killAll()
-        var daemon = Daemon(config: config, logger: CapturedLogs().logger(level: .info), exitWhenIdle: true,
+        let logs = CapturedLogs()
+        var daemon = Daemon(config: config, logger: logs.logger(level: .info), exitWhenIdle: true,
                             onListening: { listening in port.withLock { $0 = listening } })
         let shutdown = OneShot()
         daemon.shutdown = shutdown
         let running = Task { [daemon] in try await daemon.run() }
         let down = Date()
-        #expect(await eventually(within: 20) { (try? await store.hosts().first?.reachable) == false }, "the outage is not recorded")
+        #expect(await eventually(within: 20) { (try? await store.hosts().first?.reachable) == false }, "the outage is not recorded: \(logs.all.suffix(20).map(\.message))")
         let http = try #require(await eventually(within: 10) { port.withLock { $0 } != nil } ? port.withLock { $0 } : nil)
         let ready = await Self.get(http, "/readyz")
         #expect(ready?.status == 503)

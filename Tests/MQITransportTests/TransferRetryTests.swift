@@ -27,13 +27,19 @@ struct TransferRetryTests {
         try Self.writeCase(local)
         let mover = LocalFileMover(uploadDir: temp.file("hpc/upload"), downloadDir: temp.file("hpc/download"))
         let first = try await mover.upload(caseId: "CASE-1", from: local)
-        // A step wrote into the uploaded case; then the same upload is delivered again.
-        let written = temp.file("hpc/upload/CASE-1/.mqi/sim.1/exit_code")
-        try FileManager.default.createDirectory(atPath: (written as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try Data("0\n".utf8).write(to: URL(fileURLWithPath: written))
+        // Something wrote into the uploaded case (an input file); then the same upload is delivered again.
+        let written = temp.file("hpc/upload/CASE-1/moqui_tps.in")
+        try Data("GPUID 0\n".utf8).write(to: URL(fileURLWithPath: written))
         let again = try await mover.upload(caseId: "CASE-1", from: local)
         #expect(again == first)
         #expect(FileManager.default.fileExists(atPath: written), "the final copy was found, not replaced")
+        // A copy in which steps already ran (run directories: a previous life of the case, before
+        // its database was rebuilt) is replaced, so its attempts are not adopted as the new ones.
+        let oldRun = temp.file("hpc/upload/CASE-1/.mqi/sim.1/exit_code")
+        try FileManager.default.createDirectory(atPath: (oldRun as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data("0\n".utf8).write(to: URL(fileURLWithPath: oldRun))
+        _ = try await mover.upload(caseId: "CASE-1", from: local)
+        #expect(!FileManager.default.fileExists(atPath: oldRun))
         // A changed case is sent again.
         try Data("plan v2".utf8).write(to: URL(fileURLWithPath: local + "/RP.1.dcm"))
         _ = try await mover.upload(caseId: "CASE-1", from: local)
@@ -96,13 +102,18 @@ struct TransferRetryTests {
         #expect(report.files == 6)
         #expect(FileManager.default.contentsEqual(atPath: local, andPath: final))
 
-        // Redelivered after a step wrote into the case: found, not sent again, not replaced.
-        let written = final + "/.mqi/sim.1/exit_code"
-        try FileManager.default.createDirectory(atPath: (written as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try Data("0\n".utf8).write(to: URL(fileURLWithPath: written))
+        // Redelivered after something wrote into the case (an input file): found, not sent again, not replaced.
+        let written = final + "/moqui_tps.in"
+        try Data("GPUID 0\n".utf8).write(to: URL(fileURLWithPath: written))
         let untouched = remote.mover { _ in Issue.record("a redelivered upload of an uploaded case copied it again") }
         #expect(try await untouched.upload(caseId: "CASE-1", from: local) == report)
         #expect(FileManager.default.fileExists(atPath: written))
+        // A copy in which steps already ran (a previous life of the case) is replaced.
+        let oldRun = final + "/.mqi/sim.1/exit_code"
+        try FileManager.default.createDirectory(atPath: (oldRun as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data("0\n".utf8).write(to: URL(fileURLWithPath: oldRun))
+        _ = try await remote.mover().upload(caseId: "CASE-1", from: local)
+        #expect(!FileManager.default.fileExists(atPath: oldRun))
 
         // A final copy that does not match (the case changed) is replaced by a new copy.
         try Data("plan v2".utf8).write(to: URL(fileURLWithPath: local + "/RP.1.dcm"))

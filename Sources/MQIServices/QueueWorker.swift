@@ -93,7 +93,8 @@ struct QueueWorker: Sendable {
             case .success(let event):
                 try await store.complete(message, publishing: event)
             case .failure(let error) where error is CancellationError:
-                // Shutdown: keep the lease; the next daemon reclaims and adopts the work.
+                // Shutdown: give the message back uncounted; the next daemon adopts the work.
+                try store.release(message)
                 logger.info("stopped working on \(message.kind.rawValue) for shutdown; it resumes after restart")
             case .failure(let error) where error is LeaseLost:
                 logger.warning("lost the lease on message \(message.id) (\(message.kind.rawValue)) to another worker; stopped working on it, the new holder carries on")

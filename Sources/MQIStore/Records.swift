@@ -169,3 +169,17 @@ public struct HostState: Sendable, Equatable, Codable {
         self.reason = reason
     }
 }
+
+/// A message waiting in (or leased from) a queue.
+public struct QueuedMessage: Sendable, Equatable {
+    public var id: Int64
+    public var queue: QueueName?
+    /// Nil for a kind this version does not know (it goes to the dead letters when claimed).
+    public var kind: MessageKind?
+    public var kindName: String
+    public var caseId: String
+    /// Deliveries so far: failures and crashes count; transient postponements and graceful shutdowns do not.
+    public var deliveries: Int
+    public var leaseOwner: String?
+    public var lastError: String?
+}

@@ -157,13 +157,15 @@ extension Store {
     }
 
     /// Makes every leased message available again at once. Only for start-up: one daemon runs
-    /// per database (the PID file lock), so every lease found then belongs to a dead process.
-    /// The interrupted delivery is not counted against the message.
+    /// per database (the database lock), so every lease found then belongs to a daemon that died
+    /// without shutting down. The interrupted delivery counts: a message whose handling crashes
+    /// the daemon reaches the dead letters after `maxDeliveries` restarts instead of crash-looping
+    /// (a graceful shutdown gives its messages back uncounted, see `release`).
     @discardableResult
     public func reclaimLeases() async throws -> Int {
         let count = try await pool.write { db in
             try db.execute(sql: """
-                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, deliveries = max(0, deliveries - 1)
+                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL
                 WHERE lease_owner IS NOT NULL
                 """)
             return db.changesCount
@@ -211,6 +213,16 @@ extension Store {
 }
 
 extension Store {
+    /// Messages queued or leased, oldest first (for operators and tests).
+    public func queuedMessages() async throws -> [QueuedMessage] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, queue, kind, case_id, deliveries, lease_owner, last_error FROM messages ORDER BY id").map {
+                QueuedMessage(id: $0["id"], queue: QueueName(rawValue: $0["queue"]), kind: MessageKind(rawValue: $0["kind"]), kindName: $0["kind"],
+                              caseId: $0["case_id"], deliveries: $0["deliveries"], leaseOwner: $0["lease_owner"], lastError: $0["last_error"])
+            }
+        }
+    }
+
     public func deadLetterCount() async throws -> Int {
         try await pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM dead_letters") ?? 0 }
     }

@@ -67,6 +67,18 @@ extension Store {
         bell.ring(message.queue)
     }
 
+    /// Gives a message back uncounted at a graceful shutdown (the work, e.g. a running step, is
+    /// adopted by the next daemon). Synchronous on purpose: it runs while the worker's task is
+    /// being cancelled, which must not cancel this write.
+    public func release(_ message: ClaimedMessage) throws {
+        try pool.write { db in
+            try db.execute(sql: """
+                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, deliveries = max(0, deliveries - 1)
+                WHERE id = ? AND lease_owner = ? AND deliveries = ?
+                """, arguments: [message.id, message.leaseOwner, message.deliveries])
+        }
+    }
+
     // MARK: hosts
 
     /// Records whether the HPC host answers (kept for `mqi status`, which runs in another process).

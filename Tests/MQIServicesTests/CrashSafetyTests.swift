@@ -16,7 +16,10 @@ struct CrashSafetyTests {
         var ledger: String { temp.file("ledger.txt") }
         var logdata: String { temp.file("data") }
 
-        init(cases: Int, gpus: [Int]) throws {
+        /// `maxAttempts`: every kill -9 counts as a delivery of the messages in flight (a message
+        /// whose handling crashes the daemon must not crash-loop it), so a run with many kills
+        /// needs more than the default.
+        init(cases: Int, gpus: [Int], maxAttempts: Int = 3) throws {
             temp = try TemporaryDirectory("mqi-crash")
             let step = temp.file("step.sh")
             try """
@@ -46,7 +49,7 @@ struct CrashSafetyTests {
                 remote_commands:
                   run_interpreter: "/bin/sh \(quoted) \(ledger) interpreter {case_dir} {gpu_id}"
                   run_moqui_sim: "/bin/sh \(quoted) \(ledger) simulation {case_dir} {gpu_id} {result_dir}"
-                retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
+                retry: { max_attempts: \(maxAttempts), initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
                 metrics: { port: 0 }
                 gpu_monitor: { enabled: false }
                 """.write(toFile: temp.file("config.yaml"), atomically: true, encoding: .utf8)
@@ -97,7 +100,7 @@ struct CrashSafetyTests {
 
     @Test(.timeLimit(.minutes(5)))
     func killMinusNineAtRandomMomentsLosesNothingAndRunsNothingTwice() async throws {
-        let site = try Site(cases: 30, gpus: [0, 1, 2])
+        let site = try Site(cases: 30, gpus: [0, 1, 2], maxAttempts: 12)
         defer { site.temp.remove() }
         let started = Date()
         for round in 1...10 {

@@ -179,4 +179,42 @@ struct DurableStopTests {
         #expect(try await store.caseSummary("CASE-B")?.status == .completed)
         site.expectOneAtATime()
     }
+
+    /// A message in flight whenever the daemon dies is not redelivered forever: each crash counts
+    /// (restarts do not reset the count), a graceful restart does not, and after `max_attempts`
+    /// the message goes to the dead letters, the case FAILS and its step is stopped.
+    @Test(.timeLimit(.minutes(3)))
+    func aMessageInFlightAtEveryCrashReachesTheDeadLettersInsteadOfCrashLooping() async throws {
+        let site = try Site()
+        defer { site.temp.remove() }
+        try site.addCase("CASE-A", seconds: 120)
+        let store = try site.store()
+        func deliveries() async throws -> Int? {
+            try await store.queuedMessages().first { $0.kind == .executeCommand }?.deliveries
+        }
+        var daemon = try site.daemon(tag: "0")
+        #expect(await eventually(within: 30) { site.line("CASE-A", "start") != nil }, "\(daemon.output.suffix(2000))")
+        // A graceful restart gives the message back uncounted.
+        daemon.signal(SIGTERM)
+        #expect(await daemon.wait(upTo: 30) == 0)
+        #expect(try await deliveries() == 0)
+        // Three crashes while the step is handled (adopted) by the daemon.
+        for round in 1...3 {
+            daemon = try site.daemon(tag: "\(round)")
+            #expect(await eventually(within: 30) { (try? await deliveries()) == round }, "round \(round): \(daemon.output.suffix(2000))")
+            try await Task.sleep(for: .milliseconds(300))
+            daemon.signal(SIGKILL)
+            #expect(await daemon.wait(upTo: 10) != nil)
+        }
+        let last = try site.daemon(tag: "last", ["--exit-when-idle"])
+        #expect(await last.wait(upTo: 60) == 0, "\(last.output.suffix(3000))")
+        let dead = try await store.deadLetters()
+        #expect(dead.map(\.kind) == [.executeCommand])
+        #expect(dead.first?.error.contains("gave up after 3 deliveries") == true, "\(dead)")
+        let summary = try #require(try await store.caseSummary("CASE-A"))
+        #expect(summary.status == .failed)
+        #expect(site.lines().filter { $0.caseId == "CASE-A" && $0.event == "start" }.count == 1, "the simulation never ran twice")
+        #expect(site.line("CASE-A", "killed") != nil, "the dead-lettered attempt was stopped")
+        #expect(try await store.gpus().allSatisfy { $0.status == .free })
+    }
 }

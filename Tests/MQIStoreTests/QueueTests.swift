@@ -269,9 +269,9 @@ struct QueueTests {
         #expect(try await store.deadLetters().first?.kind == .fileTransferFailed)
     }
 
-    @Test("reclaimLeases makes leased messages claimable at once without counting the interrupted delivery")
+    @Test("reclaimLeases makes leased messages claimable at once; a crash counts, a graceful release does not")
     func reclaimLeases() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 2)
+        let fixture = try StoreFixture(maxDeliveries: 3)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("a"), Self.executeCommand("b"),
@@ -281,29 +281,34 @@ struct QueueTests {
         #expect(a.body.caseId == "a")
         #expect(upload.body.caseId == "c")
 
-        // The daemon restarts: "b" was never claimed and is not touched.
+        // The daemon dies and restarts: "b" was never claimed and is not touched.
         #expect(try await store.reclaimLeases() == 2)
         let again = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
         #expect(again.id == a.id)
-        #expect(again.deliveries == 1)
-        let uploadAgain = try #require(try await store.claim(.fileTransfer, owner: "new-daemon", leaseSec: 30))
-        #expect(uploadAgain.id == upload.id)
-        #expect(uploadAgain.deliveries == 1)
-        let b = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
-        #expect(b.body.caseId == "b")
-        #expect(b.deliveries == 1)
-
-        // Restarts never push a message to the dead letters (maxDeliveries is 2 here).
-        for _ in 0..<3 {
-            #expect(try await store.reclaimLeases() == 3)
-            #expect(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30)?.deliveries == 1)
-            #expect(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30)?.deliveries == 1)
-            #expect(try await store.claim(.fileTransfer, owner: "new-daemon", leaseSec: 30)?.deliveries == 1)
+        #expect(again.deliveries == 2, "the delivery the crash interrupted counts")
+        // A graceful shutdown gives it back uncounted, any number of times.
+        try store.release(again)
+        for _ in 0..<5 {
+            let current = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
+            #expect(current.id == a.id && current.deliveries == 2)
+            try store.release(current)
         }
-        #expect(try await store.deadLetters().isEmpty)
-        #expect(try await store.reclaimLeases() == 3)
-        try await store.complete(try #require(try await store.claim(.fileTransfer, owner: "n", leaseSec: 30)), publishing: nil)
-        #expect(try await store.reclaimLeases() == 0)
+        // A message whose handling keeps crashing the daemon goes to the dead letters after
+        // maxDeliveries restarts instead of crash-looping.
+        for deliveries in [2, 3] {
+            #expect(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30)?.deliveries == deliveries)
+            #expect(try await store.reclaimLeases() == 1)
+        }
+        let b = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
+        #expect(b.body.caseId == "b", "a went to the dead letters at its fourth delivery")
+        let dead = try await store.deadLetters()
+        #expect(dead.map(\.caseId) == ["a"])
+        #expect(dead.first?.error.contains("gave up after 3 deliveries") == true)
+        // Its failure event was published for the Conductor.
+        let failure = try #require(try await store.claim(.conductor, owner: "conductor", leaseSec: 30))
+        #expect(failure.kind == .executionFailed && failure.body.caseId == "a")
+        let uploadAgain = try #require(try await store.claim(.fileTransfer, owner: "new-daemon", leaseSec: 30))
+        #expect(uploadAgain.id == upload.id && uploadAgain.deliveries == 2)
     }
 
     @Test("a worker that lost its lease cannot fail the message out from under the worker that took it over")

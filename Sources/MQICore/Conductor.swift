@@ -48,11 +48,16 @@ public struct GPUAvailability: Sendable, Equatable {
     /// Free GPU ids, in the order they should be handed out.
     public var free: [Int]
     /// Another case is already waiting for GPUs ahead of this one (first come, first served).
+    /// Only cases that can start once GPUs are released count (see `Conductor.othersWaiting`).
     public var othersWaiting: Bool
+    /// How many configured GPUs are usable at all right now (not retired, health ok: free,
+    /// reserved or draining); nil when unknown (every request is taken as servable).
+    public var usable: Int?
 
-    public init(free: [Int], othersWaiting: Bool = false) {
+    public init(free: [Int], othersWaiting: Bool = false, usable: Int? = nil) {
         self.free = free
         self.othersWaiting = othersWaiting
+        self.usable = usable
     }
 }
 
@@ -207,6 +212,26 @@ public struct Conductor: Sendable {
         }
     }
 
+    /// The fewest GPUs the case's current step can start with (0 when it needs none or has no step).
+    public func gpuMinimum(_ state: CaseState) -> Int {
+        guard let index = state.stepIndex, let steps = workflows[state.workflow]?.steps, steps.indices.contains(index) else { return 0 }
+        return steps[index].gpuCount == 0 ? 0 : steps[index].gpuMin
+    }
+
+    /// Whether a case waiting for GPUs could start once others release theirs: its step needs no
+    /// more GPUs than are usable at all now. One that cannot waits for hardware, not for its turn.
+    public func canBeServed(_ state: CaseState, usable: Int?) -> Bool {
+        guard let usable else { return true }
+        return gpuMinimum(state) <= usable
+    }
+
+    /// Whether any of `waiting` (cases waiting for GPUs, other than the one deciding) holds up
+    /// the line: cases that cannot be served by the usable GPUs do not (they would block everyone
+    /// behind them until the hardware is back).
+    public func othersWaiting(_ waiting: [CaseState], usable: Int?) -> Bool {
+        waiting.contains { canBeServed($0, usable: usable) }
+    }
+
     /// Starts (or waits for GPUs for) step `stepIndex` attempt `attempt`.
     func start(_ state: CaseState, stepIndex: Int, attempt: Int, gpus: GPUAvailability, note: String) -> Decision {
         guard let workflow = workflows[state.workflow] else { return missingWorkflow(state) }
@@ -241,8 +266,9 @@ public struct Conductor: Sendable {
                 next.status = .pendingResource
                 next.gpuIds = []
                 let wanted = step.gpuMin == step.gpuCount ? "\(step.gpuCount)" : "\(step.gpuMin)–\(step.gpuCount)"
+                let why = gpus.usable.map { $0 < step.gpuMin ? " but only \($0) configured GPU(s) are healthy" : "" } ?? ""
                 return Decision(outcome: .applied, state: next, release: state.gpuIds,
-                                note: "\(note); step \(step.name) waits for \(wanted) GPU(s)")
+                                note: "\(note); step \(step.name) waits for \(wanted) GPU(s)\(why)")
             }
             next.gpuIds = Array(available.prefix(step.gpuCount))
             reserve = next.gpuIds.filter { !state.gpuIds.contains($0) }

@@ -70,6 +70,10 @@ public struct ConductorService: Service {
             var metadata: Logger.Metadata = ["case_id": "\(state.caseId)", "status": "\(state.status.rawValue)"]
             if let step = state.stepIndex { metadata["step_index"] = "\(step)"; metadata["attempt"] = "\(state.attempt)" }
             if !state.gpuIds.isEmpty { metadata["gpu_id"] = "\(state.gpuIds.map(String.init).joined(separator: ","))" }
+            if item.warning {
+                logger.warning("\(item.decision.note)", metadata: metadata)
+                continue
+            }
             switch (item.decision.outcome, state.status) {
             case (.ignored, _):
                 logger.info("\(item.decision.note)", metadata: metadata)

@@ -44,10 +44,12 @@ public struct GPUMonitor: Service {
         do {
             let before = Dictionary(uniqueKeysWithValues: try await store.gpus().map { ($0.gpuId, $0.health) })
             let recovered = try await store.recordGPUTelemetry(samples, busyMemoryMB: config.busyMemoryMB)
+            var healthChanged = false
             for gpu in try await store.gpus() where gpu.status != .retired {
                 if let utilization = gpu.utilizationPercent { metrics.gpuUtilization(gpu.gpuId).set(to: utilization) }
                 if let used = gpu.memoryUsedMB { metrics.gpuMemoryUsed(gpu.gpuId).set(to: used * 1_048_576) }
                 if gpu.health != before[gpu.gpuId] {
+                    healthChanged = true
                     switch gpu.health {
                     case .busy: logger.warning("GPU \(gpu.gpuId) is free here but busy on the hardware (\(Int(gpu.memoryUsedMB ?? 0)) MiB used by another process); not reserving it until it frees up", metadata: ["gpu_id": "\(gpu.gpuId)"])
                     case .missing: logger.warning("GPU \(gpu.gpuId) is not listed by nvidia-smi; marked unavailable", metadata: ["gpu_id": "\(gpu.gpuId)"])
@@ -55,7 +57,9 @@ public struct GPUMonitor: Service {
                     }
                 }
             }
-            if !recovered.isEmpty {
+            // A GPU back may start a waiting case; a GPU lost may leave a waiting case that can
+            // never be served, which then no longer holds up the cases behind it.
+            if !recovered.isEmpty || healthChanged {
                 ConductorService.log(try await store.dispatchPending(conductor: conductor), logger: logger)
             }
         } catch {

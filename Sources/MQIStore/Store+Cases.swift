@@ -7,6 +7,9 @@ public struct AppliedDecision: Sendable, Equatable {
     public var event: ConductorEvent
     public var decision: Decision
     public var previousStatus: CaseStatus
+    /// Not a decision but something an operator must hear (logged as a WARNING): a waiting case
+    /// that the GPUs usable now can never serve. `decision.note` says why.
+    public var warning = false
 }
 
 extension Store {
@@ -69,15 +72,17 @@ extension Store {
             if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
             guard let state = try Self.caseState(db, caseId) else { return ([], []) }
             let free = try Self.freeGPUs(db)
-            let othersWaiting = try Bool.fetchOne(db, sql: """
-                SELECT EXISTS(SELECT 1 FROM cases WHERE status = ? AND case_id != ?)
-                """, arguments: [CaseStatus.pendingResource.rawValue, caseId]) ?? false
-            let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting))
+            let usable = try Self.usableGPUCount(db)
+            let waiting = try Self.waitingCases(db).filter { $0.caseId != caseId }
+            let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
+            let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting, usable: usable))
             try Self.apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
             var applied = [AppliedDecision(event: event, decision: decision, previousStatus: state.status)]
             // GPUs freed, or the head of the wait left it: the cases behind may start now.
             if !decision.release.isEmpty || (state.status == .pendingResource && decision.state.status != .pendingResource) {
                 applied += try Self.dispatchPending(conductor: conductor, db: db, now: now)
+            } else if decision.outcome == .applied, decision.state.status == .pendingResource {
+                applied += try Self.warnUnservable(conductor: conductor, db: db, now: now)
             }
             return (applied, applied.flatMap(\.decision.commands))
         }
@@ -95,19 +100,60 @@ extension Store {
 
     static func dispatchPending(conductor: Conductor, db: Database, now: Date) throws -> [AppliedDecision] {
         var applied: [AppliedDecision] = []
-        let waiting = try String.fetchAll(db, sql: """
-            SELECT case_id FROM cases WHERE status = ? ORDER BY pending_since, created_at, rowid
-            """, arguments: [CaseStatus.pendingResource.rawValue])
-        for caseId in waiting {
+        let usable = try usableGPUCount(db)
+        for state in try waitingCases(db) {
+            // A case the usable GPUs can never serve waits for the hardware, not for its turn:
+            // it does not hold up the cases behind it.
+            guard conductor.canBeServed(state, usable: usable) else { continue }
             let free = try freeGPUs(db)
-            guard !free.isEmpty, let state = try caseState(db, caseId) else { break }
-            let decision = conductor.decide(state, .gpusFreed, gpus: GPUAvailability(free: free))
+            guard !free.isEmpty else { break }
+            let decision = conductor.decide(state, .gpusFreed, gpus: GPUAvailability(free: free, usable: usable))
             // First come, first served: a case that still cannot start blocks those behind it.
             guard decision.outcome == .applied else { break }
             try apply(decision, event: .gpusFreed, previous: state, conductor: conductor, db: db, now: now)
             applied.append(AppliedDecision(event: .gpusFreed, decision: decision, previousStatus: state.status))
         }
-        return applied
+        return applied + (try warnUnservable(conductor: conductor, db: db, now: now))
+    }
+
+    /// Cases waiting for GPUs, first come first served.
+    static func waitingCases(_ db: Database) throws -> [CaseState] {
+        let ids = try String.fetchAll(db, sql: """
+            SELECT case_id FROM cases WHERE status = ? ORDER BY pending_since, created_at, rowid
+            """, arguments: [CaseStatus.pendingResource.rawValue])
+        return try ids.compactMap { try caseState(db, $0) }
+    }
+
+    /// Configured GPUs usable at all now: not retired and healthy, whether free, reserved or draining.
+    static func usableGPUCount(_ db: Database) throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT count(*) FROM gpu_resources WHERE status != 'retired' AND health = 'ok'") ?? 0
+    }
+
+    /// One warning per case and wait: a waiting case whose step needs more GPUs than are usable
+    /// now says so once (in its history and, through the returned item, in the log).
+    static func warnUnservable(conductor: Conductor, db: Database, now: Date) throws -> [AppliedDecision] {
+        let usable = try usableGPUCount(db)
+        var warnings: [AppliedDecision] = []
+        for state in try waitingCases(db) where !conductor.canBeServed(state, usable: usable) {
+            let warned = try Bool.fetchOne(db, sql: """
+                SELECT EXISTS(SELECT 1 FROM case_events e JOIN cases c ON c.case_id = e.case_id
+                              WHERE e.case_id = ? AND e.event = 'waits_for_hardware' AND e.at >= coalesce(c.pending_since, ''))
+                """, arguments: [state.caseId]) ?? false
+            if warned { continue }
+            let rows = try Row.fetchAll(db, sql: "SELECT gpu_id, status, health FROM gpu_resources WHERE status != 'retired' ORDER BY gpu_id")
+            let unhealthy = rows.filter { ($0["health"] as String) != "ok" }.map { row -> String in "GPU \(row["gpu_id"] as Int) \(row["health"] as String)" }
+            let needed = conductor.gpuMinimum(state)
+            let step = state.stepIndex.flatMap { conductor.workflows[state.workflow]?.steps[$0].name } ?? "?"
+            let verb = usable == 1 ? "is" : "are"
+            let note = "case \(state.caseId) waits for \(needed) GPUs (step \(step)) but only \(usable) of the \(rows.count) configured GPUs \(verb) healthy"
+                + (unhealthy.isEmpty ? "" : " (\(unhealthy.joined(separator: ", ")))")
+                + "; cases behind it may start meanwhile"
+            try history(db, caseId: state.caseId, at: now, event: "waits_for_hardware", status: state.status,
+                        step: step, attempt: state.attempt, message: note)
+            warnings.append(AppliedDecision(event: .gpusFreed, decision: Decision(outcome: .ignored, state: state, note: note),
+                                            previousStatus: state.status, warning: true))
+        }
+        return warnings
     }
 
     static func apply(_ decision: Decision, event: ConductorEvent, previous: CaseState, conductor: Conductor, db: Database, now: Date) throws {

@@ -113,6 +113,9 @@ public struct LocalStepExecutor: StepExecutor {
                     }
                     if let decided {
                         verdict.value.withLock { $0 = decided }
+                        // Cancelled within moments of the start: the wrapper records its process
+                        // group first thing; wait for that rather than kill nothing.
+                        if let exited, !exited.hasFired { _ = try? await self.readPid(runDir, waitUpTo: 2) }
                         guard await self.killGroup(runDir) else {
                             throw TransportError("the process group of \(run.step) attempt \(run.attempt) of case \(run.caseId) is still alive after SIGKILL",
                                                  transient: true)
@@ -224,9 +227,20 @@ public struct LocalStepExecutor: StepExecutor {
         guard let pgid = Self.readPidNow(runDir), pgid > 1 else { return true }
         // A pid from before a reboot, or reused since: not ours to signal.
         guard Self.isOurs(runDir, pgid) else { return true }
+        // Members that exist before the group signal all receive it. A process that joins the
+        // group afterwards (forked by a shell that had already taken its SIGTERM, e.g. one whose
+        // TERM trap was pending while it started `sleep &`) never saw it and would otherwise live
+        // out the whole grace period: each newcomer gets a SIGTERM of its own.
+        var signalled = Set(Self.groupMembers(pgid) ?? [])
         _ = kill(-pgid, SIGTERM)
         let deadline = Date().addingTimeInterval(killGraceSec)
-        while Date() < deadline, Self.groupAlive(pgid) {
+        while Date() < deadline {
+            guard let members = Self.groupMembers(pgid) else { try? await Task.sleep(for: .milliseconds(50)); continue }
+            if members.isEmpty { break }
+            for pid in members where !signalled.contains(pid) {
+                signalled.insert(pid)
+                _ = kill(pid, SIGTERM)
+            }
             try? await Task.sleep(for: .milliseconds(50))
         }
         // Bounded: a zombie nobody reaps would otherwise keep the group "alive" forever.
@@ -265,15 +279,23 @@ public struct LocalStepExecutor: StepExecutor {
     /// enough: a zombie nobody reaps (PID 1 in some containers) still counts for it.
     public static func groupAlive(_ pgid: pid_t) -> Bool {
         guard kill(-pgid, 0) == 0 || errno == EPERM else { return false }
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return true }
+        guard let members = groupMembers(pgid) else { return true }
+        return !members.isEmpty
+    }
+
+    /// The live (non-zombie) processes of the group, from /proc; nil when /proc cannot be read.
+    static func groupMembers(_ pgid: pid_t) -> [pid_t]? {
+        guard kill(-pgid, 0) == 0 || errno == EPERM else { return [] }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+        var members: [pid_t] = []
         for entry in entries where entry.first?.isNumber == true {
             guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
                   let close = stat.lastIndex(of: ")") else { continue }
             // After "pid (comm) ": state ppid pgrp ...
             let fields = stat[stat.index(after: close)...].split(separator: " ")
-            if fields.count > 2, fields[2] == "\(pgid)", fields[0] != "Z" { return true }
+            if fields.count > 2, fields[2] == "\(pgid)", fields[0] != "Z", let pid = pid_t(entry) { members.append(pid) }
         }
-        return false
+        return members
     }
 
     /// Whether `pid` is a live process (not gone, not a zombie).

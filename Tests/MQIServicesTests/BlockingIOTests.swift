@@ -80,8 +80,9 @@ struct BlockingIOTests {
     }
 
     /// A site whose execute step hard-links one 200 MB file of random bytes into each case's
-    /// results, so each download copies and hashes 200 MB. Returns the config path.
-    static func site(_ temp: TemporaryDirectory, cases: Int) throws -> String {
+    /// results, so each download copies and hashes 200 MB. With `gate`, the step first waits for
+    /// that file, so the downloads start only when the test is ready to watch them. Returns the config path.
+    static func site(_ temp: TemporaryDirectory, cases: Int, gate: String? = nil) throws -> String {
         let big = temp.file("dose.bin")
         let started = Date()
         // Random bytes (hashing cannot take shortcuts), written once: a 1 MiB random block repeated.
@@ -116,7 +117,7 @@ struct BlockingIOTests {
                 - { name: make_dose, type: execute, progress: 50 }
                 - { name: download_results, type: download, progress: 90 }
             remote_commands:
-              make_dose: "mkdir -p {result_dir} && ln \(big) {result_dir}/dose.bin"
+              make_dose: "\(gate.map { "while [ ! -e \($0) ]; do sleep 0.05; done; " } ?? "")mkdir -p {result_dir} && ln \(big) {result_dir}/dose.bin"
             retry: { max_attempts: 3, initial_delay_sec: 1, max_delay_sec: 5, multiplier: 2 }
             logging: { level: info }
             metrics: { host: 127.0.0.1, port: 0 }
@@ -130,7 +131,10 @@ struct BlockingIOTests {
     func twoLargeDownloadsLeaveHealthzPromptAndKeepTheirLeases() async throws {
         let temp = try TemporaryDirectory("mqi-blocking")
         defer { temp.remove() }
-        let configPath = try Self.site(temp, cases: 2)
+        // The downloads wait for the probe: on a loaded machine the daemon could otherwise be done
+        // with them before the test has even read its port from the log.
+        let gate = temp.file("downloads-may-start")
+        let configPath = try Self.site(temp, cases: 2, gate: gate)
         let log = temp.file("daemon.log")
         let started = Date()
         let pid = try ServiceAccount.spawn([try mqiExecutable(), "run", "--config", configPath, "--exit-when-idle", "--log-format", "text"], output: log)
@@ -146,6 +150,8 @@ struct BlockingIOTests {
         let probe = try HealthProbe(port: #require(port, "no port in the log: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")) {
             !((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).isEmpty
         }
+        _ = await eventually(within: 30) { probe.probes.withLock { $0.count } >= 3 }
+        _ = FileManager.default.createFile(atPath: gate, contents: nil)
         let status = await ServiceAccount.wait(pid, upTo: 90)
         let probes = await probe.stop()
         let elapsed = Date().timeIntervalSince(started)

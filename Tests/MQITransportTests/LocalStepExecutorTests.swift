@@ -59,15 +59,46 @@ struct LocalStepExecutorTests {
         defer { temp.remove() }
         let executor = LocalStepExecutor(uploadDir: temp.file("upload"), pollInterval: 0.05, killGraceSec: 5)
         let marker = temp.file("got-term")
-        let started = Date()
+        let ready = temp.file("ready")
+        let cancelledAt = Mutex<Date?>(nil)
         // The step gets a real SIGTERM first (the engine can clean up): signals the daemon ignores
-        // must not be inherited as ignored.
-        let command = "trap 'echo term > \(ShellQuote.quote(marker)); exit 143' TERM; sleep 60 & wait"
-        let outcome = try await executor.execute(Self.run(temp, command)) { Date().timeIntervalSince(started) > 0.3 }
+        // must not be inherited as ignored. Cancelled once the step is really running (its trap set,
+        // its child started), not after a fixed delay a loaded machine may not have kept.
+        let command = "trap 'echo term > \(ShellQuote.quote(marker)); exit 143' TERM; sleep 60 & touch \(ShellQuote.quote(ready)); wait"
+        let outcome = try await executor.execute(Self.run(temp, command)) {
+            guard FileManager.default.fileExists(atPath: ready) else { return false }
+            cancelledAt.withLock { $0 = $0 ?? Date() }
+            return true
+        }
         #expect(outcome == .cancelled)
         #expect(FileManager.default.fileExists(atPath: marker), "the step never saw SIGTERM")
         // Well within the 5 s grace before SIGKILL, even on a loaded machine.
-        #expect(Date().timeIntervalSince(started) < 4.5)
+        let since = try #require(cancelledAt.withLock { $0 })
+        #expect(Date().timeIntervalSince(since) < 4.5)
+    }
+
+    /// A process that joins the group after the SIGTERM (here forked by the step's TERM trap; in
+    /// the wild, by a shell that took the signal while it was starting `sleep &`) never received
+    /// it: the executor terminates it too instead of waiting out the grace period for SIGKILL.
+    @Test(.timeLimit(.minutes(1)))
+    func aProcessThatJoinsTheGroupAfterSIGTERMIsTerminatedWithinTheGrace() async throws {
+        let temp = try TemporaryDirectory()
+        defer { temp.remove() }
+        let executor = LocalStepExecutor(uploadDir: temp.file("upload"), pollInterval: 0.05, killGraceSec: 20)
+        let ready = temp.file("ready")
+        let late = temp.file("late.pid")
+        let command = "trap 'sleep 60 & echo $! > \(ShellQuote.quote(late)); exit 143' TERM; touch \(ShellQuote.quote(ready)); while :; do sleep 1; done"
+        let cancelledAt = Mutex<Date?>(nil)
+        let outcome = try await executor.execute(Self.run(temp, command)) {
+            guard FileManager.default.fileExists(atPath: ready) else { return false }
+            cancelledAt.withLock { $0 = $0 ?? Date() }
+            return true
+        }
+        #expect(outcome == .cancelled)
+        let since = try #require(cancelledAt.withLock { $0 })
+        #expect(Date().timeIntervalSince(since) < 10, "the late process lived out the 20 s grace until SIGKILL")
+        let pid = try #require(Int32(try String(contentsOfFile: late, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(!LocalStepExecutor.processAlive(pid))
     }
 
     /// The daemon stops (task cancelled) while a step runs: the step keeps running, and the next

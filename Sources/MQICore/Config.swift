@@ -17,13 +17,16 @@ public struct Config: Sendable, Equatable {
     public var http: HTTPConfig
     /// How long a graceful shutdown may take before the daemon exits anyway.
     public var shutdownTimeoutSec: Double
+    /// How long step logs and the history of finished cases are kept.
+    public var retention: RetentionConfig
 
     public init(
         sourcePath: String, scanner: ScannerConfig, state: StateConfig, hpc: HPCConfig,
         conductor: ConductorConfig, workflows: [String: Workflow], retry: RetryPolicy,
         logging: LoggingConfig, metrics: MetricsConfig = MetricsConfig(), gpuMonitor: GPUMonitorConfig = GPUMonitorConfig(),
-        shutdownTimeoutSec: Double = 30, http: HTTPConfig = HTTPConfig()
+        shutdownTimeoutSec: Double = 30, http: HTTPConfig = HTTPConfig(), retention: RetentionConfig = RetentionConfig()
     ) {
+        self.retention = retention
         self.http = http
         self.sourcePath = sourcePath
         self.scanner = scanner
@@ -154,13 +157,16 @@ public struct HPCConfig: Sendable, Equatable {
     public var gpusAuto: Bool
     public var ssh: SSHConfig?
 
-    public init(transport: TransportKind, gpus: [Int], gpusAuto: Bool = false, ssh: SSHConfig? = nil) {
+    public init(transport: TransportKind, gpus: [Int], gpusAuto: Bool = false, ssh: SSHConfig? = nil, cleanup: RemoteCleanup = .afterDownload) {
+        self.cleanup = cleanup
         self.transport = transport
         self.gpus = gpus
         self.gpusAuto = gpusAuto
         self.ssh = ssh
     }
 }
+    /// What happens to a case's directories on the HPC once it is completed.
+    public var cleanup: RemoteCleanup
 
 public struct ConductorConfig: Sendable, Equatable {
     public var uploadDir: String
@@ -170,6 +176,26 @@ public struct ConductorConfig: Sendable, Equatable {
     public var monitorIntervalSec: Double
 
     public init(uploadDir: String, downloadDir: String, resultsDir: String, monitorIntervalSec: Double) {
+/// `hpc.cleanup`: `after_download` removes a completed case's upload, download and run
+/// directories on the HPC once its results are downloaded and verified; `never` keeps them.
+public enum RemoteCleanup: String, Sendable, Equatable, CaseIterable {
+    case afterDownload = "after_download"
+    case never
+}
+
+/// `retention`: step logs (`state.logs_dir/<case>/`) of cases finished more than `logsDays` ago
+/// and the history (`case_events`) of cases finished more than `eventsDays` ago are deleted;
+/// the case rows stay.
+public struct RetentionConfig: Sendable, Equatable {
+    public var logsDays: Double
+    public var eventsDays: Double
+
+    public init(logsDays: Double = 90, eventsDays: Double = 365) {
+        self.logsDays = logsDays
+        self.eventsDays = eventsDays
+    }
+}
+
         self.uploadDir = uploadDir
         self.downloadDir = downloadDir
         self.resultsDir = resultsDir

@@ -271,7 +271,7 @@ private final class ConfigParser {
     // MARK: sections
 
     static let topKeys = ["scanner", "state", "hpc", "conductor", "workflows", "remote_commands", "retry", "logging",
-                          "metrics", "gpu_monitor", "shutdown_timeout_sec", "http"]
+                          "metrics", "gpu_monitor", "shutdown_timeout_sec", "http", "retention"]
 
     func config(_ root: Node) -> Config? {
         guard let top = mapping(root, "") else { return nil }
@@ -292,12 +292,18 @@ private final class ConfigParser {
             http.tokenFile = nonEmptyString(fields, "token_file").map { PathResolver.absolute($0, relativeTo: base) }
             finish(fields, allowed: ["token_file"])
         }
+        var retention = RetentionConfig()
+        if let fields = mapping(top["retention"], "retention") {
+            retention.logsDays = number(fields, "logs_days", default: 90, min: 0, exclusiveMin: true)
+            retention.eventsDays = number(fields, "events_days", default: 365, min: 0, exclusiveMin: true)
+            finish(fields, allowed: ["logs_days", "events_days"])
+        }
         finish(top, allowed: Self.topKeys)
         guard let scanner else { return nil }
         return Config(
             sourcePath: file, scanner: scanner, state: state, hpc: hpc, conductor: conductor,
             workflows: workflows, retry: retry, logging: logging, metrics: metrics, gpuMonitor: gpuMonitor,
-            shutdownTimeoutSec: shutdown, http: http)
+            shutdownTimeoutSec: shutdown, http: http, retention: retention)
     }
 
     func scanner(_ top: Fields, workflows: [String: Workflow]) -> ScannerConfig? {
@@ -352,7 +358,7 @@ private final class ConfigParser {
     func hpc(_ top: Fields) -> HPCConfig {
         var config = HPCConfig(transport: .local, gpus: [0])
         guard let fields = mapping(top["hpc"], "hpc") else { return config }
-        defer { finish(fields, allowed: ["transport", "gpus", "ssh"]) }
+        defer { finish(fields, allowed: ["transport", "gpus", "ssh", "cleanup"]) }
         if let transport = string(fields, "transport") {
             if let kind = TransportKind(rawValue: transport) {
                 config.transport = kind
@@ -363,6 +369,13 @@ private final class ConfigParser {
         if let node = fields["gpus"], !isNull(node) {
             if case .sequence(let sequence) = node {
                 var ids: [Int] = []
+        if let cleanup = string(fields, "cleanup") {
+            if let kind = RemoteCleanup(rawValue: cleanup) {
+                config.cleanup = kind
+            } else {
+                fail(fields["cleanup"], "hpc.cleanup", "unknown cleanup '\(cleanup)'; expected one of: \(RemoteCleanup.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
                 for (index, item) in sequence.enumerated() {
                     guard let id = integer(item, "hpc.gpus[\(index)]", min: 0) else { continue }
                     if ids.contains(id) { fail(item, "hpc.gpus[\(index)]", "GPU \(id) is listed twice") } else { ids.append(id) }

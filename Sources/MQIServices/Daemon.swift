@@ -102,6 +102,12 @@ public struct Daemon: Sendable {
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
         ]
         if let reachability = transports.reachability {
+        services.append(.init(service: RetentionService(retention: Retention(config: config.retention, logsDir: config.state.logsDir, store: store), logger: logger),
+                              serviceName: "RetentionService"))
+        let cleanup = transports.cleaner.flatMap { cleaner in
+            config.hpc.cleanup == .afterDownload ? RemoteCleanupService(store: store, cleaner: cleaner, logger: logger, reachability: transports.reachability) : nil
+        }
+        if let cleanup { services.append(.init(service: cleanup, serviceName: "RemoteCleanupService")) }
             services.append(.init(service: HostWatch(reachability: reachability, runner: transports.runner, store: store, logger: logger),
                                   serviceName: "HostWatch"))
         }
@@ -136,7 +142,8 @@ public struct Daemon: Sendable {
             services.append(.init(service: ShutdownTrigger(fired: shutdown), successTerminationBehavior: .gracefullyShutdownGroup))
         }
         if exitWhenIdle {
-            services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger),
+            services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger,
+                                                       otherWork: { await cleanup?.hasPendingWork() ?? false }),
                                   successTerminationBehavior: .gracefullyShutdownGroup))
         }
         var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -202,12 +209,14 @@ struct IdleWatcher: Service {
     let scanner: CaseScanner
     let logger: Logger
     var interval: Double = 0.2
+    /// Work besides the queues that must finish first (the HPC cleanup of completed cases).
+    var otherWork: @Sendable () async -> Bool = { false }
 
     func run() async throws {
         var idleChecks = 0
         while !Task.isCancelled {
             try await Task.sleep(for: .seconds(interval))
-            guard try await store.activity().isIdle else {
+            guard try await store.activity().isIdle, await !otherWork() else {
                 idleChecks = 0
                 continue
             }

@@ -8,10 +8,14 @@ public struct Transports: Sendable {
     public var mover: any FileMover
     public var executor: any StepExecutor
     public var runner: any CommandRunner
+    /// Removes completed cases' directories on the HPC (`hpc.cleanup`).
+    public var cleaner: (any CaseCleaner)?
     /// Whether the HPC host answers (nil for the local transport, which is always there).
     public var reachability: HostReachability?
 
-    public init(mover: any FileMover, executor: any StepExecutor, runner: any CommandRunner, reachability: HostReachability? = nil) {
+    public init(mover: any FileMover, executor: any StepExecutor, runner: any CommandRunner, reachability: HostReachability? = nil,
+                cleaner: (any CaseCleaner)? = nil) {
+        self.cleaner = cleaner
         self.mover = mover
         self.executor = executor
         self.runner = runner
@@ -24,7 +28,8 @@ public struct Transports: Sendable {
             return Transports(
                 mover: LocalFileMover(uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir),
                 executor: LocalStepExecutor(uploadDir: config.conductor.uploadDir),
-                runner: LocalCommandRunner())
+                runner: LocalCommandRunner(),
+                cleaner: LocalCaseCleaner(uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir))
         case .ssh:
             guard let ssh = config.hpc.ssh else {
                 throw TransportError("hpc.transport is ssh but the hpc.ssh section is missing (hpc.ssh.host is required)")
@@ -36,7 +41,8 @@ public struct Transports: Sendable {
             return Transports(
                 mover: SSHFileMover(connection: connection, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir),
                 executor: SSHStepExecutor(connection: connection, uploadDir: config.conductor.uploadDir, logger: sshLogger),
-                runner: SSHCommandRunner(connection: connection), reachability: connection.reachability)
+                runner: SSHCommandRunner(connection: connection), reachability: connection.reachability,
+                cleaner: SSHCaseCleaner(connection: connection, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir))
         }
     }
 }

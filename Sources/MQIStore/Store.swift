@@ -142,6 +142,14 @@ public struct Store: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v7-remote-cleanup") { db in
+            // When a completed case's directories on the HPC were removed (hpc.cleanup). Cases
+            // finished before this version are taken as handled: an upgrade removes nothing old.
+            try db.execute(sql: """
+                ALTER TABLE cases ADD COLUMN remote_cleaned_at DATETIME;
+                UPDATE cases SET remote_cleaned_at = finished_at WHERE status = 'COMPLETED';
+                """)
+        }
         return migrator
     }
 

@@ -17,9 +17,13 @@ public struct LocalFileMover: FileMover {
 
     /// Idempotent: when the final copy already holds every file of the case with its content (a
     /// redelivered upload, a retry after the rename), nothing is copied and that copy stays.
+    /// An upload starts a case's life (no execute of it can have run yet): run directories of a
+    /// previous life (before its database was rebuilt, say) are moved aside first
+    /// (`RunDirectories.supersedeLocally`), so that its attempts are not adopted as this one's.
     public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
         let uploadDir = self.uploadDir
         return try await BlockingWork.run("mqi-upload") { cancellation in
+            _ = try RunDirectories(uploadDir: uploadDir).supersedeLocally(caseId: caseId)
             if Self.holdsCopy(of: localCase, at: (uploadDir as NSString).appendingPathComponent(caseId)) { return try Self.measure(localCase) }
             return try Self.copyAtomically(from: localCase, toDirectory: uploadDir, name: caseId, what: "case", cancellation: cancellation)
         }
@@ -76,11 +80,9 @@ public struct LocalFileMover: FileMover {
     }
 
     /// True when `final` holds every file of `source` with the same SHA-256 (more files are fine:
-    /// steps write into the uploaded case) and no step ran in it yet: a copy with run directories
-    /// is from a previous life of the case (before its database was rebuilt, say) and is replaced,
-    /// so that its attempts are not adopted as this one's. Blocking.
+    /// steps write into the uploaded case). Blocking.
     static func holdsCopy(of source: String, at final: String) -> Bool {
-        guard FileManager.default.fileExists(atPath: final), !FileManager.default.fileExists(atPath: final + "/.mqi"), let wanted = try? ResultManifest.listing(of: source), !wanted.isEmpty,
+        guard FileManager.default.fileExists(atPath: final), let wanted = try? ResultManifest.listing(of: source), !wanted.isEmpty,
               let present = try? ResultManifest.listing(of: final) else { return false }
         let have = Set(present.split(separator: "\n"))
         return wanted.split(separator: "\n").allSatisfy(have.contains)

@@ -4,10 +4,11 @@ import Synchronization
 import Glibc
 #endif
 
-/// Runs execute steps on this machine, detached, under a run directory
-/// `{upload_dir}/{case_id}/.mqi/{step}.{attempt}/` that holds `pid` (the process group) and,
-/// once the command ends, `exit_code`. A restarted daemon finds the directory and adopts the
-/// attempt instead of starting it again.
+/// Runs execute steps on this machine, detached, in `{upload_dir}/{case_id}`, under a run
+/// directory `{upload_dir}/.mqi-runs/{case_id}/{step}.{attempt}/` (`RunDirectories`) that holds
+/// `pid` (the process group) and, once the command ends, `exit_code`. A restarted daemon finds
+/// the directory and adopts the attempt instead of starting it again; an attempt that an older
+/// version started under `{case_id}/.mqi/` is adopted (and stopped) there.
 public struct LocalStepExecutor: StepExecutor {
     public var uploadDir: String
     /// How often cancellation and adopted processes are checked.
@@ -21,8 +22,20 @@ public struct LocalStepExecutor: StepExecutor {
         self.killGraceSec = killGraceSec
     }
 
+    var layout: RunDirectories { RunDirectories(uploadDir: uploadDir) }
+
+    /// Where a new attempt's run directory goes.
     public func runDirectory(_ run: StepRun) -> String {
-        [uploadDir, run.caseId, ".mqi", "\(run.step).\(run.attempt)"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+        layout.runDirectory(caseId: run.caseId, step: run.runName, attempt: run.attempt)
+    }
+
+    /// The attempt's run directory as it is: the new location, or the old one inside the case
+    /// directory when only that exists (an attempt started before an upgrade).
+    func existingRunDirectory(_ run: StepRun) -> String {
+        let current = runDirectory(run)
+        let legacy = layout.legacyRunDirectory(caseId: run.caseId, step: run.runName, attempt: run.attempt)
+        let files = FileManager.default
+        return !files.fileExists(atPath: current) && files.fileExists(atPath: legacy) ? legacy : current
     }
 
     /// The wrapper that records the process group and the exit code around the command.
@@ -51,7 +64,7 @@ public struct LocalStepExecutor: StepExecutor {
         """#
 
     public func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
-        let runDir = runDirectory(run)
+        let runDir = existingRunDirectory(run)
         let files = FileManager.default
         if files.fileExists(atPath: runDir) {
             // Adopt: this attempt was started before (by this daemon before a restart).
@@ -67,6 +80,8 @@ public struct LocalStepExecutor: StepExecutor {
             let started = attributes?[.modificationDate] as? Date ?? Date()
             return try await supervise(run, runDir: runDir, exited: nil, started: started, shouldCancel: shouldCancel)
         }
+        // The command runs in the case directory (created here as before, when it ran inside it).
+        try files.createDirectory(atPath: layout.caseDirectory(run.caseId), withIntermediateDirectories: true)
         try files.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         try files.createDirectory(atPath: (run.logPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         for file in run.inputFiles {
@@ -144,7 +159,7 @@ public struct LocalStepExecutor: StepExecutor {
         let arguments = ["-w", "/bin/sh"] + wrapperArguments
         var environment = ProcessInfo.processInfo.environment
         environment.merge(run.environment) { $1 }
-        let caseDir = ((runDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        let caseDir = layout.caseDirectory(run.caseId)
         // The wrapper shell itself leads a new session (what `setsid -w` did, without its process).
         let spawned: pid_t?
         do {
@@ -203,10 +218,11 @@ public struct LocalStepExecutor: StepExecutor {
     }
 
     public func stop(_ run: StepRun) async throws {
-        let runDir = runDirectory(run)
-        let caseDir = ((runDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
-        // Never uploaded (or removed): nothing of this case can run.
-        guard FileManager.default.fileExists(atPath: caseDir) else { return }
+        let runDir = existingRunDirectory(run)
+        // No run directory and no case directory (never uploaded, or removed): nothing of this
+        // attempt can run. With the case there, the run directory is created with `stopped`, so
+        // a start that comes later does not run the command.
+        guard FileManager.default.fileExists(atPath: runDir) || FileManager.default.fileExists(atPath: layout.caseDirectory(run.caseId)) else { return }
         do {
             try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
             try Data("\n".utf8).write(to: URL(fileURLWithPath: runDir + "/stopped"))

@@ -47,10 +47,15 @@ public struct SSHFileMover: FileMover {
         let final = Self.join(uploadDir, caseId)
         // A redelivered upload whose final copy already holds every file of the case with its
         // checksum is done: nothing is sent, and the copy (and what steps wrote there) stays.
-        let prepare = try await connection.runScript(Self.prepareScript, arguments: [staging, final], stdin: Data(manifest.utf8), timeoutSec: 3600)
+        let runs = RunDirectories(uploadDir: uploadDir)
+        let prepare = try await connection.runScript(Self.prepareScript, arguments: [staging, final, runs.caseRuns(caseId), runs.legacyCaseRuns(caseId)], stdin: Data(manifest.utf8), timeoutSec: 3600)
         if prepare.stdoutText.contains("MQI-DONE") { return report }
         guard prepare.status == 0, prepare.stdoutText.contains("MQI-READY") else {
             throw TransportError("cannot create \(staging) on \(connection.destination) (exit \(prepare.status)): \(prepare.stdoutText)\(prepare.stderrText)",
+        if prepare.stdoutText.contains("MQI-NOASIDE") {
+            throw TransportError("cannot move the run directories of a previous life of case \(caseId) aside in \(runs.root) on \(connection.destination): \(prepare.stderrText)",
+                                 transient: false)
+        }
                                  transient: prepare.status == 255)
         }
         try await rsync(from: Self.slash(localCase), to: connection.rsyncHost + Self.slash(partial), what: "upload of case \(caseId)")
@@ -70,12 +75,15 @@ public struct SSHFileMover: FileMover {
                              transient: checked.status == 255)
     }
 
-    /// `$1` staging dir, `$2` final dir, the manifest on stdin: MQI-DONE when the final copy
-    /// already matches the manifest and no step ran in it yet (a copy with run directories is
-    /// from a previous life of the case, e.g. before its database was rebuilt: replaced, so its
-    /// attempts are not adopted as this one's), else MQI-READY once the staging dir exists.
-    static let prepareScript = #"""
-        if [ -d "$2" ] && [ ! -e "$2/.mqi" ] && (cd "$2" && sha256sum --check --quiet --strict - >/dev/null 2>&1); then echo MQI-DONE; exit 0; fi
+    /// `$1` staging dir (the parent of the staging copy), `$2` final dir, `$3` the case's run directories, `$4` where an older
+    /// version kept them, the manifest on stdin. An upload starts a case's life (no execute of it
+    /// can have run yet): run directories of a previous life (before its database was rebuilt,
+    /// say) are moved aside first (MQI-NOASIDE when that fails), so that its attempts are not
+    /// adopted as this one's. Then MQI-DONE when the final copy already matches the manifest,
+    /// else MQI-READY once the staging dir exists.
+    static let prepareScript = RunDirectories.supersedeFunction + #"""
+        mqi_supersede "$3" "$4" || { echo MQI-NOASIDE; exit 0; }
+        if [ -d "$2" ] && (cd "$2" && sha256sum --check --quiet --strict - >/dev/null 2>&1); then echo MQI-DONE; exit 0; fi
         mkdir -p -- "$1" && echo MQI-READY
         """#
 
@@ -90,7 +98,7 @@ public struct SSHFileMover: FileMover {
         fi
         cd "$1" || exit 3
         if out=$(sha256sum --check --quiet --strict - 2>&1); then
-            rm -rf -- "$2" && mv -- "$1" "$2" || exit 4
+            rm -rf -- "$2" && mkdir -p -- "${2%/*}" && mv -- "$1" "$2" || exit 4
             echo MQI-OK
         else
             printf '%s\n' "$out"
@@ -118,7 +126,7 @@ public struct SSHFileMover: FileMover {
         let staging = Self.join(resultsDir, Self.stagingName)
         let partial = Self.join(staging, caseId)
         let final = Self.join(resultsDir, caseId)
-        try files.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        try files.createDirectory(atPath: (partial as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try await rsync(from: connection.rsyncHost + Self.slash(remote), to: Self.slash(partial), what: "download of the results of case \(caseId)",
                         extra: ["--exclude=/\(ResultManifest.fileName)"])
         try await beforeVerify?(partial)
@@ -137,6 +145,7 @@ public struct SSHFileMover: FileMover {
             if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
             try files.moveItem(atPath: partial, toPath: final)
         } catch {
+            try files.createDirectory(atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             throw TransportError("cannot move the results of case \(caseId) into \(final): \(error.localizedDescription)")
         }
         // The manifest itself is not a result file.

@@ -2,8 +2,10 @@ import Foundation
 import Logging
 import MQICore
 
-/// Runs execute steps on the HPC under the run directory `{upload_dir}/{case_id}/.mqi/{step}.{attempt}/`
-/// (as `LocalStepExecutor` does locally): `pid` (the process group, the command runs under
+/// Runs execute steps on the HPC in `{upload_dir}/{case_id}` under the run directory
+/// `{upload_dir}/.mqi-runs/{case_id}/{step}.{attempt}/` (`RunDirectories`, as `LocalStepExecutor`
+/// does locally; an attempt an older version started under `{case_id}/.mqi/` is adopted and
+/// stopped there): `pid` (the process group, the command runs under
 /// `setsid`, detached, so an SSH drop does not kill it), `started` (epoch seconds),
 /// `output.log` and, when it ends, `exit_code`. The run directory is created with `mkdir`, so
 /// an attempt is started at most once: a redelivered or restarted attempt finds the directory
@@ -31,12 +33,19 @@ public struct SSHStepExecutor: StepExecutor {
         self.logger = logger
     }
 
+    var layout: RunDirectories { RunDirectories(uploadDir: uploadDir) }
+
     public func caseDirectory(_ run: StepRun) -> String {
-        (uploadDir as NSString).appendingPathComponent(run.caseId)
+        layout.caseDirectory(run.caseId)
     }
 
     public func runDirectory(_ run: StepRun) -> String {
-        [caseDirectory(run), ".mqi", "\(run.step).\(run.attempt)"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+        layout.runDirectory(caseId: run.caseId, step: run.runName, attempt: run.attempt)
+    }
+
+    /// Where an older version kept the attempt's run directory; used when only it exists.
+    func legacyRunDirectory(_ run: StepRun) -> String {
+        layout.legacyRunDirectory(caseId: run.caseId, step: run.runName, attempt: run.attempt)
     }
 
     /// Bytes of log fetched per poll at most.
@@ -71,6 +80,7 @@ public struct SSHStepExecutor: StepExecutor {
 
     func startScript(_ run: StepRun, replaceUnstarted: Bool) -> String {
         let runDir = ShellQuote.quote(runDirectory(run))
+        let legacyDir = ShellQuote.quote(legacyRunDirectory(run))
         let caseDir = ShellQuote.quote(caseDirectory(run))
         var inputs = ""
         for file in run.inputFiles {
@@ -79,11 +89,18 @@ public struct SSHStepExecutor: StepExecutor {
             inputs += "mkdir -p -- \(directory) && printf '%s' \(ShellQuote.quote(file.content)) > \(path).mqi-tmp && mv -- \(path).mqi-tmp \(path) || { rm -rf -- \(runDir); echo \"MQI-INPUTFAIL \(file.path)\"; exit 0; }\n"
         }
         let environment = run.environment.sorted { $0.key < $1.key }.map { ShellQuote.quote("\($0.key)=\($0.value)") }.joined(separator: " ")
-        let replace = replaceUnstarted ? "[ -f \(runDir)/pid ] || [ -f \(runDir)/exit_code ] || [ -f \(runDir)/stopped ] || rm -rf -- \(runDir)\n" : ""
+        var replace = ""
+        if replaceUnstarted {
+            for dir in [runDir, legacyDir] {
+                replace += "[ ! -d \(dir) ] || [ -f \(dir)/pid ] || [ -f \(dir)/exit_code ] || [ -f \(dir)/stopped ] || rm -rf -- \(dir)\n"
+            }
+        }
+        let runs = ShellQuote.quote(layout.caseRuns(run.caseId))
         return """
             [ -d \(caseDir) ] || { echo MQI-NOCASE; exit 0; }
-            mkdir -p -- \(caseDir)/.mqi || exit 5
-            \(replace)if ! mkdir -- \(runDir) 2>/dev/null; then echo MQI-EXISTS; exit 0; fi
+            \(replace)[ -d \(runDir) ] || [ ! -d \(legacyDir) ] || { echo MQI-EXISTS; exit 0; }
+            mkdir -p -- \(runs) || exit 5
+            if ! mkdir -- \(runDir) 2>/dev/null; then echo MQI-EXISTS; exit 0; fi
             \(inputs)cd \(caseDir) || exit 5
             setsid -f env \(environment) /bin/sh -c \(ShellQuote.quote(Self.wrapper)) mqi-step \(runDir) \(runDir)/output.log \(ShellQuote.quote(run.command)) < /dev/null > /dev/null 2>&1 || { rm -rf -- \(runDir); echo MQI-SPAWNFAIL; exit 0; }
             echo MQI-STARTED
@@ -143,8 +160,10 @@ public struct SSHStepExecutor: StepExecutor {
         var chunk: Data
     }
 
-    /// `$1` run dir, `$2` bytes of the log already fetched, `$3` most bytes to send.
+    /// `$1` run dir, `$2` bytes of the log already fetched, `$3` most bytes to send, `$4` where
+    /// an older version kept the run dir (used when only it exists).
     static let pollScript = Self.liveness + #"""
+        [ -d "$d" ] || [ ! -d "$4" ] || d=$4
         if [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
         elif [ ! -d "$d" ]; then st=missing
         elif [ ! -f "$d/pid" ]; then if [ -f "$d/stopped" ]; then st=stopped; else st=nopid; fi
@@ -160,7 +179,7 @@ public struct SSHStepExecutor: StepExecutor {
         """#
 
     func poll(_ run: StepRun, offset: Int) async throws -> PollResult {
-        let output = try await connection.runScript(Self.pollScript, arguments: [runDirectory(run), String(min(offset, Int(Int32.max))), String(Self.chunk)],
+        let output = try await connection.runScript(Self.pollScript, arguments: [runDirectory(run), String(min(offset, Int(Int32.max))), String(Self.chunk), legacyRunDirectory(run)],
                                                     timeoutSec: 60)
         guard let newline = output.stdout.firstIndex(of: UInt8(ascii: "\n")) else {
             throw TransportError("unexpected answer polling \(run.step) attempt \(run.attempt) on \(connection.destination) (exit \(output.status)): \(output.stderrText)",
@@ -262,11 +281,13 @@ public struct SSHStepExecutor: StepExecutor {
 
         """#
 
-    /// `$1` run dir, `$2` grace seconds, `$3` case dir: marks the attempt stopped (so that a
-    /// later start does not run it), SIGTERM to its group, SIGKILL after the grace, and says
-    /// whether the group is gone.
+    /// `$1` run dir, `$2` grace seconds, `$3` case dir, `$4` where an older version kept the run
+    /// dir (used when only it exists): marks the attempt stopped (so that a later start does not
+    /// run it), SIGTERM to its group, SIGKILL after the grace, and says whether the group is
+    /// gone. No run dir and no case dir: nothing of the attempt can run (MQI-GONE).
     static let stopScript = Self.liveness + #"""
-        [ -d "$3" ] || { echo MQI-GONE; exit 0; }
+        [ -d "$d" ] || [ ! -d "$4" ] || d=$4
+        [ -d "$d" ] || [ -d "$3" ] || { echo MQI-GONE; exit 0; }
         mkdir -p "$d" && : > "$d/stopped" || { echo MQI-CANNOT; exit 0; }
         [ -f "$d/exit_code" ] && { echo MQI-GONE; exit 0; }
         pid=$(cat "$d/pid" 2>/dev/null) || { echo MQI-GONE; exit 0; }
@@ -280,7 +301,7 @@ public struct SSHStepExecutor: StepExecutor {
 
     public func stop(_ run: StepRun) async throws {
         let grace = max(0, Int(killGraceSec.rounded(.up)))
-        let output = try await connection.runScript(Self.stopScript, arguments: [runDirectory(run), String(grace), caseDirectory(run)],
+        let output = try await connection.runScript(Self.stopScript, arguments: [runDirectory(run), String(grace), caseDirectory(run), legacyRunDirectory(run)],
                                                     timeoutSec: Double(grace) + 30)
         let text = output.stdoutText
         if text.contains("MQI-GONE") { return }

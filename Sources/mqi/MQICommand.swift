@@ -11,7 +11,7 @@ struct MQICommand: AsyncParsableCommand {
         commandName: "mqi",
         abstract: "MQI Communicator: runs proton-therapy QA cases through MOQUI on GPUs and tracks them.",
         discussion: "Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 another instance is running.",
-        subcommands: [Run.self, Status.self, Cases.self, GPUs.self, ConfigCommand.self, Demo.self])
+        subcommands: [Run.self, Status.self, Cases.self, GPUs.self, Prune.self, ConfigCommand.self, Demo.self])
 }
 
 /// `--config PATH`, shared by every command that reads a config.
@@ -284,6 +284,25 @@ struct Demo: AsyncParsableCommand {
             printError("--cases must be between 1 and 10000")
             throw ExitCode(2)
         }
+struct Prune: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Delete step logs and history of finished cases older than retention.logs_days / retention.events_days now.",
+        discussion: "Prints what it removed (or, with --dry-run, would remove): counts, then each log directory and case. The case rows stay.")
+
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Only print what would be removed.")
+    var dryRun = false
+
+    func run() async throws {
+        let config = try options.load()
+        let store = try Daemon.openStore(config)
+        let retention = Retention(config: config.retention, logsDir: config.state.logsDir, store: store)
+        let report = try await retention.prune(dryRun: dryRun)
+        for line in Retention.describe(report, dryRun: dryRun, config: config.retention) { print(line) }
+        if !report.problems.isEmpty { throw ExitCode(1) }
+    }
+}
+
         let site: DemoSite
         do {
             site = try DemoSite.create(at: dir, cases: cases)

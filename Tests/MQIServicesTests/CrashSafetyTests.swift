@@ -177,7 +177,7 @@ struct CrashSafetyTests {
         // The GPU drains until the stop is confirmed, then is free.
         #expect(try await store.gpus().allSatisfy { $0.status == .draining || $0.status == .free })
         // The step's process group is killed within a second or two.
-        let runDir = site.temp.file("hpc/upload/CASE-001/.mqi/run_moqui_sim.1")
+        let runDir = site.temp.file("hpc/upload/.mqi-runs/CASE-001/run_moqui_sim.1")
         let pgid = try #require(Int32(try String(contentsOfFile: runDir + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(await eventually(within: 10) { !LocalStepExecutor.groupAlive(pgid) })
         #expect(Date().timeIntervalSince(cancelledAt) < 5)

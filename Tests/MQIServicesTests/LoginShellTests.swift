@@ -16,7 +16,9 @@ struct LoginShellTests {
         let server = try SSHServer(loginShell: "/usr/bin/tcsh")
         defer { server.stop(); server.remove() }
         try await server.start()
-        let (temp, config, ledger) = try SSHEndToEndTests.site(server, cases: 3)
+        var (temp, config, ledger) = try SSHEndToEndTests.site(server, cases: 3)
+        // Keep the case directories on the HPC (hpc.cleanup) to see who wrote them.
+        config.hpc.cleanup = .never
         defer { temp.remove() }
         #expect(config.hpc.ssh?.user == "mqihpc-tcsh")
         // The account writes the "HPC" side of the site and the simulation ledger.

@@ -112,7 +112,7 @@ struct SSHEndToEndTests {
         let (temp, config, ledger) = try Self.site(server, cases: 3)
         defer { temp.remove() }
         let firstCase = DemoSite.caseID(1)
-        let runDir = (config.conductor.uploadDir as NSString).appendingPathComponent("\(firstCase)/.mqi/run_moqui_sim.1")
+        let runDir = (config.conductor.uploadDir as NSString).appendingPathComponent(".mqi-runs/\(firstCase)/run_moqui_sim.1")
         let daemon = try MQIProcess(["run", "--config", config.sourcePath, "--log-format", "text"], output: temp.file("first.log"))
         #expect(await eventually(within: 60) { FileManager.default.fileExists(atPath: runDir + "/pid") }, "\(daemon.output.suffix(2000))")
         daemon.signal(SIGKILL)

@@ -24,7 +24,7 @@ struct LocalStepExecutorTests {
         #expect(outcome == .succeeded)
         let log = try String(contentsOfFile: temp.file("logs/CASE 'x'/run_moqui_sim.1.log"), encoding: .utf8)
         #expect(log == "case=CASE 'x' gpu=1 cuda=1\n")
-        #expect(try String(contentsOfFile: temp.file("upload/CASE 'x'/.mqi/run_moqui_sim.1/exit_code"), encoding: .utf8) == "0\n")
+        #expect(try String(contentsOfFile: temp.file("upload/.mqi-runs/CASE 'x'/run_moqui_sim.1/exit_code"), encoding: .utf8) == "0\n")
     }
 
     @Test(.timeLimit(.minutes(1)))

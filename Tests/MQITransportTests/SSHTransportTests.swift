@@ -133,7 +133,7 @@ struct SSHTransportTests {
         #expect(cancelled == .cancelled)
         let child = try #require(Int32(try String(contentsOfFile: pids, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(!LocalStepExecutor.processAlive(child))
-        let pgid = try #require(Int32(try String(contentsOfFile: setup.temp.file("remote/upload/CASE-1/.mqi/sim.1/pid"), encoding: .utf8)
+        let pgid = try #require(Int32(try String(contentsOfFile: setup.temp.file("remote/upload/.mqi-runs/CASE-1/sim.1/pid"), encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(!LocalStepExecutor.groupAlive(pgid))
 

@@ -9,6 +9,27 @@ import Testing
 /// the final copy and succeeds), and a download of nothing says so. Both transports.
 @Suite(.serialized)
 struct TransferRetryTests {
+    /// Writes finished attempts of a previous life at the run directory location and at the old
+    /// one inside the case, uploads, and checks both were moved to `.mqi-runs/<case>.superseded-*`
+    /// (never deleted) while `written` (in the matching final copy) stays.
+    static func checkPreviousLifeMovedAside(uploadDir: String, caseId: String, written: String, upload: () async throws -> Void) async throws {
+        let files = FileManager.default
+        let runs = RunDirectories(uploadDir: uploadDir)
+        let current = runs.runDirectory(caseId: caseId, step: "sim", attempt: 1) + "/exit_code"
+        let legacy = runs.legacyRunDirectory(caseId: caseId, step: "sim", attempt: 1) + "/exit_code"
+        for path in [current, legacy] {
+            try files.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try Data("0\n".utf8).write(to: URL(fileURLWithPath: path))
+        }
+        try await upload()
+        #expect(!files.fileExists(atPath: current) && !files.fileExists(atPath: legacy))
+        #expect(files.fileExists(atPath: written), "the matching copy was kept")
+        let aside = try files.contentsOfDirectory(atPath: runs.root).filter { $0.hasPrefix("\(caseId).superseded-") }.sorted()
+        #expect(aside.count == 2, "\(aside)")
+        #expect(aside.allSatisfy { files.fileExists(atPath: runs.root + "/\($0)/sim.1/exit_code") }, "\(aside)")
+        #expect(aside.contains { $0.hasSuffix(".legacy") })
+    }
+
     static let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
     static func writeCase(_ directory: String) throws {
@@ -33,13 +54,12 @@ struct TransferRetryTests {
         let again = try await mover.upload(caseId: "CASE-1", from: local)
         #expect(again == first)
         #expect(FileManager.default.fileExists(atPath: written), "the final copy was found, not replaced")
-        // A copy in which steps already ran (run directories: a previous life of the case, before
-        // its database was rebuilt) is replaced, so its attempts are not adopted as the new ones.
-        let oldRun = temp.file("hpc/upload/CASE-1/.mqi/sim.1/exit_code")
-        try FileManager.default.createDirectory(atPath: (oldRun as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try Data("0\n".utf8).write(to: URL(fileURLWithPath: oldRun))
-        _ = try await mover.upload(caseId: "CASE-1", from: local)
-        #expect(!FileManager.default.fileExists(atPath: oldRun))
+        // Run directories of a previous life of the case (before its database was rebuilt; the
+        // old layout inside the case too) are moved aside, never deleted, so their attempts are
+        // not adopted as the new ones; the matching copy itself stays.
+        try await Self.checkPreviousLifeMovedAside(uploadDir: temp.file("hpc/upload"), caseId: "CASE-1", written: written) {
+            _ = try await mover.upload(caseId: "CASE-1", from: local)
+        }
         // A changed case is sent again.
         try Data("plan v2".utf8).write(to: URL(fileURLWithPath: local + "/RP.1.dcm"))
         _ = try await mover.upload(caseId: "CASE-1", from: local)
@@ -108,12 +128,10 @@ struct TransferRetryTests {
         let untouched = remote.mover { _ in Issue.record("a redelivered upload of an uploaded case copied it again") }
         #expect(try await untouched.upload(caseId: "CASE-1", from: local) == report)
         #expect(FileManager.default.fileExists(atPath: written))
-        // A copy in which steps already ran (a previous life of the case) is replaced.
-        let oldRun = final + "/.mqi/sim.1/exit_code"
-        try FileManager.default.createDirectory(atPath: (oldRun as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try Data("0\n".utf8).write(to: URL(fileURLWithPath: oldRun))
-        _ = try await remote.mover().upload(caseId: "CASE-1", from: local)
-        #expect(!FileManager.default.fileExists(atPath: oldRun))
+        // Run directories of a previous life of the case are moved aside; the copy stays.
+        try await Self.checkPreviousLifeMovedAside(uploadDir: (final as NSString).deletingLastPathComponent, caseId: "CASE-1", written: written) {
+            _ = try await remote.mover().upload(caseId: "CASE-1", from: local)
+        }
 
         // A final copy that does not match (the case changed) is replaced by a new copy.
         try Data("plan v2".utf8).write(to: URL(fileURLWithPath: local + "/RP.1.dcm"))

@@ -34,11 +34,17 @@ struct LogExcerpt: Sendable, Encodable {
 /// `GET /api/cases/{id}`.
 struct CaseDetail: Sendable, Encodable {
     var `case`: CaseSummary
+    /// The RT plan's treatment beams with whether each was delivered (`case_layout: moqui`).
+    var planBeams: [CasePlanBeam]
     var steps: [WorkflowStepInfo]
     var timeline: [StepAttempt]
     var history: [CaseHistoryEntry]
     var log: LogExcerpt?
     var logs: [LogExcerpt]
+
+    enum CodingKeys: String, CodingKey {
+        case `case`, planBeams = "plan_beams", steps, timeline, history, log, logs
+    }
 }
 
 struct WorkflowStepInfo: Sendable, Encodable {
@@ -162,6 +168,7 @@ extension APIContext {
         let steps = (config.workflows[summary.workflow]?.steps ?? []).map {
             WorkflowStepInfo(name: $0.name, type: $0.type.rawValue, progress: $0.progress)
         }
-        return CaseDetail(case: summary, steps: steps, timeline: timeline, history: history, log: tail, logs: available)
+        let planBeams = try await store.planBeams(caseId)
+        return CaseDetail(case: summary, planBeams: planBeams, steps: steps, timeline: timeline, history: history, log: tail, logs: available)
     }
 }

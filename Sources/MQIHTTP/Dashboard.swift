@@ -158,6 +158,7 @@ enum Dashboard {
               <div class="error-box" id="case-error"\(c.error == nil ? " hidden" : "")>\(c.failureClass.map { "<strong>\(escape($0.rawValue)) failure:</strong> " } ?? "")<pre>\(escape(c.error ?? ""))</pre></div>
               \(actions)
             </section>
+            \(planBeamsPanel(detail.planBeams))
             <section class="panel">
               <h2>Workflow</h2>
               <ol class="stepper" id="stepper">\(stepper(detail))</ol>
@@ -370,6 +371,22 @@ enum Dashboard {
             """
         }.joined()
         return "<table class=\"timeline\"><thead><tr><th>Step</th><th class=\"num\">Attempt</th><th>Phase</th><th>Started</th><th>Ended</th><th class=\"num\">Duration</th><th></th><th>Outcome</th></tr></thead><tbody>\(rows)</tbody></table>"
+    }
+
+    /// The RT plan's treatment beams (number, name, delivered or not); nothing when no plan was read.
+    static func planBeamsPanel(_ beams: [CasePlanBeam]) -> String {
+        guard !beams.isEmpty else { return "" }
+        let delivered = beams.filter(\.delivered).count
+        let rows = beams.map { beam in
+            "<tr data-beam-number=\"\(beam.number)\" data-delivered=\"\(beam.delivered)\"><td class=\"num\">\(beam.number)</td><td>\(beam.name.isEmpty ? "<span class=\"muted\">–</span>" : escape(beam.name))</td>"
+                + "<td><span class=\"delivery \(beam.delivered ? "delivered" : "not-delivered")\">\(beam.delivered ? "delivered" : "not delivered")</span></td></tr>"
+        }.joined()
+        return """
+            <section class="panel">
+              <h2>Plan beams <span class="muted">\(delivered) of \(beams.count) treatment beams delivered</span></h2>
+              <table class="plan-beams" id="plan-beams"><thead><tr><th class="num">Beam</th><th>Name</th><th>Delivery</th></tr></thead><tbody>\(rows)</tbody></table>
+            </section>
+            """
     }
 
     static func historyTable(_ history: [CaseHistoryEntry]) -> String {

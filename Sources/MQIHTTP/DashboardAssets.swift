@@ -96,6 +96,7 @@ enum DashboardAssets {
     .step-active { border-color: var(--run); background: var(--runbg); } .step-waiting { border-color: #e5b94f; background: var(--warnbg); }
     .step-failed { border-color: var(--err); background: var(--errbg); } .step-cancelled { background: var(--idlebg); }
     .timeline meter { width: 140px; height: 10px; } .bar-cell { width: 150px; }
+    .plan-beams { width: auto; } .delivery { font-size: 12px; font-weight: 600; } .delivery.delivered { color: var(--ok); } .delivery.not-delivered { color: var(--muted); }
     .outcome { font-size: 12px; font-weight: 600; } .outcome-succeeded .outcome { color: var(--ok); } .outcome-failed .outcome { color: var(--err); }
     .outcome-running .outcome { color: var(--run); } .outcome-retried .outcome { color: var(--warn); } .outcome-waiting .outcome { color: var(--warn); }
     .log { background: #0f1b2a; color: #d7e3f0; padding: 10px 12px; border-radius: 8px; max-height: 420px; overflow: auto; white-space: pre-wrap; word-break: break-all; margin: 0; }

@@ -122,7 +122,8 @@ public final class CaseScanner: Service, Sendable {
                         }
                     } else if case .success(let details) = validated,
                               try await store.registerCase(name, workflow: config.workflow, patientId: details?.patientId,
-                                                           beamNumbers: details?.beamNumbers ?? []) {
+                                                           beamNumbers: details?.beamNumbers ?? [],
+                                                           planBeams: details?.planBeams ?? []) {
                         registered += 1
                         metrics.casesReceived.increment()
                         logger.info("new case found", metadata: ["case_id": "\(name)"])

@@ -4,13 +4,21 @@ import MQICore
 /// What a valid MOQUI case holds.
 public struct CaseDetails: Sendable, Equatable {
     public var patientId: String?
+    /// The beams delivered: the PlanInfo.txt beam numbers.
     public var beamNumbers: [Int]
+    /// The RT plan's treatment beams (SETUP beams left out), by number.
+    public var planBeams: [RTPlan.Beam] = []
 }
 
 /// Checks a case directory against `scanner.case_layout: moqui` before anything is uploaded: an
 /// RT plan `RP*.dcm`, and delivery folders each with a `PlanInfo.txt` of `KEY,value` lines that
-/// include `DICOM_BEAM_NUMBER`, and at least one `*.ptn` layer log.
+/// include `DICOM_BEAM_NUMBER`, and at least one `*.ptn` layer log. The plan is read as DICOM:
+/// every PlanInfo beam number must be a treatment beam of the plan, and PlanInfo's
+/// `DICOM_PATIENT_ID` must be the plan's PatientID.
 public enum CaseValidator {
+    /// RT plans are a few MB at most; a larger `RP*.dcm` is not read.
+    public static let maxPlanBytes = 64 << 20
+
     public struct Invalid: Error, Sendable, CustomStringConvertible, Equatable {
         public var description: String
     }
@@ -24,14 +32,21 @@ public enum CaseValidator {
                 if walker.level > 4 { walker.skipDescendants() }
             }
         }
-        let names = entries.map { ($0 as NSString).lastPathComponent }
-        guard names.contains(where: { $0.hasPrefix("RP") && $0.lowercased().hasSuffix(".dcm") }) else {
+        let plans = entries.filter {
+            let name = ($0 as NSString).lastPathComponent
+            return name.hasPrefix("RP") && name.lowercased().hasSuffix(".dcm")
+        }.sorted()
+        guard let planFile = plans.first else {
             throw Invalid(description: "no RT plan file (RP*.dcm) in the case")
+        }
+        guard plans.count == 1 else {
+            throw Invalid(description: "\(plans.count) RT plan files (\(plans.joined(separator: ", "))): a case holds one plan")
         }
         let planInfos = entries.filter { ($0 as NSString).lastPathComponent == "PlanInfo.txt" }.sorted()
         guard !planInfos.isEmpty else {
             throw Invalid(description: "no delivery folder with a PlanInfo.txt in the case")
         }
+        let plan = try readPlan(caseDir, planFile)
         var patientId: String?
         var beams: [Int] = []
         for relative in planInfos {
@@ -56,7 +71,11 @@ public enum CaseValidator {
                 throw Invalid(description: "\(relative): DICOM_BEAM_NUMBER is '\(beamText.prefix(40))', not a number")
             }
             beams.append(beam)
-            patientId = patientId ?? values["DICOM_PATIENT_ID"].flatMap { $0.isEmpty ? nil : $0 }
+            let planInfoPatient = values["DICOM_PATIENT_ID"].flatMap { $0.isEmpty ? nil : $0 }
+            if let planInfoPatient, planInfoPatient != plan.patientId {
+                throw Invalid(description: "patient mismatch: \(relative) has DICOM_PATIENT_ID '\(planInfoPatient)', the plan \(planFile) has PatientID '\(plan.patientId)'")
+            }
+            patientId = patientId ?? planInfoPatient
             let folder = (relative as NSString).deletingLastPathComponent
             let hasLayers = entries.contains { entry in
                 (entry as NSString).deletingLastPathComponent == folder && entry.lowercased().hasSuffix(".ptn")
@@ -65,6 +84,37 @@ public enum CaseValidator {
                 throw Invalid(description: "delivery folder \(folder.isEmpty ? "." : folder) has no *.ptn layer log")
             }
         }
-        return CaseDetails(patientId: patientId, beamNumbers: Array(Set(beams)).sorted())
+        let treatment = plan.treatmentBeams
+        let treatmentNumbers = Set(treatment.map(\.number))
+        let planList = treatment.isEmpty ? "none" : treatment.map { String($0.number) }.joined(separator: ", ")
+        for (relative, beam) in zip(planInfos, beams) where !treatmentNumbers.contains(beam) {
+            let setup = plan.beams.first { $0.number == beam }.map { " (a \($0.deliveryType) beam)" } ?? ""
+            throw Invalid(description: "\(relative): DICOM_BEAM_NUMBER \(beam) is not a treatment beam of the plan \(planFile)\(setup); its treatment beams: \(planList)")
+        }
+        return CaseDetails(patientId: patientId ?? (plan.patientId.isEmpty ? nil : plan.patientId),
+                           beamNumbers: Array(Set(beams)).sorted(), planBeams: treatment)
+    }
+
+    /// The case's RT plan, read as DICOM.
+    static func readPlan(_ caseDir: String, _ relative: String) throws(Invalid) -> RTPlan {
+        let path = (caseDir as NSString).appendingPathComponent(relative)
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw Invalid(description: "\(relative): cannot be opened")
+        }
+        defer { try? handle.close() }
+        let data: Data
+        do {
+            data = try handle.read(upToCount: maxPlanBytes + 1) ?? Data()
+        } catch {
+            throw Invalid(description: "\(relative): cannot be read: \(error.localizedDescription)")
+        }
+        guard data.count <= maxPlanBytes else {
+            throw Invalid(description: "\(relative): over \(maxPlanBytes >> 20) MB, not an RT plan")
+        }
+        do throws(DICOMError) {
+            return try RTPlan(dicom: [UInt8](data))
+        } catch {
+            throw Invalid(description: "\(relative): not a readable RT plan: \(error.description)")
+        }
     }
 }

@@ -105,8 +105,16 @@ public struct DemoSite: Sendable {
         return "DEMO-\(padded)_1.2.840.113619.2.55.3.\(number)"
     }
 
+    /// The demo's RT Ion Plan: treatment beams 1...max(3, delivered) named `Field N`, then a SETUP beam.
+    public static func demoPlan(patientID: String, planUID: String, deliveredBeams: Int) -> RTPlan {
+        let treatment = max(3, deliveredBeams)
+        return RTPlan(patientId: patientID, planUID: planUID,
+                      beams: (1...treatment).map { RTPlan.Beam(number: $0, name: "Field \($0)") }
+                          + [RTPlan.Beam(number: treatment + 1, name: "SETUP", deliveryType: "SETUP")])
+    }
+
     /// Writes one sample case in the clinic layout into `localLogdata/named/`: the RT plan
-    /// stand-in `RP.<uid>.dcm`, `beams` beam folders named by timestamp, each with `PlanInfo.txt`
+    /// `RP.<uid>.dcm` (real DICOM, see `demoPlan`), `beams` beam folders named by timestamp, each with `PlanInfo.txt`
     /// and 5–8 `NN_*.ptn` layer logs, and `marker` (if not nil) written last.
     public static func writeCase(named name: String, in localLogdata: String, beams: Int = 2, marker: String? = "_CASE_READY") throws {
         guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0") else {
@@ -117,11 +125,13 @@ public struct DemoSite: Sendable {
         let caseDir = (localLogdata as NSString).appendingPathComponent(name)
         try fm.createDirectory(atPath: caseDir, withIntermediateDirectories: true)
         let seed = stableSeed(name)
-        // PlanInfo.txt holds KEY,value lines: keep the patient id to one line without commas.
-        let patientID = String((name.split(separator: "_").first.map(String.init) ?? name).map { $0.isNewline || $0 == "," ? "-" : $0 })
+        // PlanInfo.txt holds KEY,value lines: keep the patient id to one line without commas, and
+        // to the 64 characters a DICOM PatientID (LO) holds.
+        let patientID = String(String((name.split(separator: "_").first.map(String.init) ?? name)
+            .map { $0.isNewline || $0 == "," ? "-" : $0 }).prefix(64))
 
         let planUID = "1.2.840.113854.\(seed).1"
-        try DICOMStandIn.plan(patientID: patientID, planUID: planUID, beams: beams)
+        try Data(demoPlan(patientID: patientID, planUID: planUID, deliveredBeams: beams).encoded())
             .write(to: URL(fileURLWithPath: (caseDir as NSString).appendingPathComponent("RP.\(planUID).dcm")))
 
         // 2025-04-24 01:50:14 UTC, shifted per case so different cases have different beam times.
@@ -352,36 +362,6 @@ public struct DemoSiteError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "demo site \(directory): \(message)" }
-}
-
-/// Small files that start like DICOM (128-byte preamble, `DICM`, a few explicit-VR elements)
-/// so tools that sniff the format see one; they are stand-ins, not valid RT objects.
-enum DICOMStandIn {
-    static func plan(patientID: String, planUID: String, beams: Int) -> Data {
-        var data = Data(count: 128)
-        data.append(contentsOf: Array("DICM".utf8))
-        data.append(element(0x0002, 0x0002, "UI", "1.2.840.10008.5.1.4.1.1.481.8"))  // RT Ion Plan Storage
-        data.append(element(0x0002, 0x0003, "UI", planUID))
-        data.append(element(0x0002, 0x0010, "UI", "1.2.840.10008.1.2.1"))           // explicit VR little endian
-        data.append(element(0x0008, 0x0060, "CS", "RTPLAN"))
-        data.append(element(0x0010, 0x0020, "LO", String(patientID.prefix(64))))
-        data.append(element(0x300A, 0x0002, "SH", "DEMO STAND-IN"))
-        data.append(element(0x300A, 0x0003, "LO", "MQI demo: \(beams) beam(s), not a real plan"))
-        return data
-    }
-
-    static func element(_ group: UInt16, _ number: UInt16, _ vr: String, _ value: String) -> Data {
-        var bytes = Array(value.utf8)
-        if bytes.count % 2 == 1 { bytes.append(vr == "UI" ? 0 : 0x20) }
-        var data = Data()
-        for half in [group, number, UInt16(bytes.count)].enumerated() {
-            if half.offset == 2 { data.append(contentsOf: Array(vr.utf8)) }
-            data.append(UInt8(half.element & 0xFF))
-            data.append(UInt8(half.element >> 8))
-        }
-        data.append(contentsOf: bytes)
-        return data
-    }
 }
 
 /// The demo's stand-ins for the log interpreter and MOQUI: POSIX sh (they run under dash), no

@@ -15,9 +15,11 @@ public struct AppliedDecision: Sendable, Equatable {
 extension Store {
     /// Registers a case found by the scanner: inserts it as NEW and publishes `new_case_found`,
     /// in one transaction, only if the case id is not in the database yet. Returns whether it was new.
-    /// `patientId` and `beamNumbers` come from the case's files when the layout is validated.
+    /// `patientId`, `beamNumbers` (delivered) and `planBeams` (the RT plan's treatment beams)
+    /// come from the case's files when the layout is validated.
     @discardableResult
-    public func registerCase(_ caseId: String, workflow: String, patientId: String? = nil, beamNumbers: [Int] = []) async throws -> Bool {
+    public func registerCase(_ caseId: String, workflow: String, patientId: String? = nil, beamNumbers: [Int] = [],
+                             planBeams: [RTPlan.Beam] = []) async throws -> Bool {
         let now = now()
         let inserted = try await pool.write { db -> Bool in
             try db.execute(sql: """
@@ -25,6 +27,7 @@ extension Store {
                 ON CONFLICT(case_id) DO NOTHING
                 """, arguments: [caseId, CaseStatus.new.rawValue, workflow, now, now, patientId, Self.encodeGPUs(beamNumbers)])
             guard db.changesCount == 1 else { return false }
+            try Self.insertPlanBeams(planBeams, caseId: caseId, db: db)
             try Self.insert(OutgoingMessage(kind: .newCaseFound, body: MessageBody(caseId: caseId)), db: db, now: now)
             try Self.history(db, caseId: caseId, at: now, event: "registered", status: .new, step: nil, attempt: nil,
                              message: "case found by the scanner; workflow \(workflow)")

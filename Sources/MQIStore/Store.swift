@@ -150,6 +150,18 @@ public struct Store: Sendable {
                 UPDATE cases SET remote_cleaned_at = finished_at WHERE status = 'COMPLETED';
                 """)
         }
+        migrator.registerMigration("v8-plan-beams") { db in
+            // The RT plan's treatment beams of a case (scanner.case_layout: moqui), read from its
+            // RP*.dcm at registration.
+            try db.execute(sql: """
+                CREATE TABLE case_plan_beams (
+                    case_id TEXT NOT NULL REFERENCES cases(case_id) ON DELETE CASCADE,
+                    beam_number INTEGER NOT NULL,
+                    beam_name TEXT NOT NULL,
+                    PRIMARY KEY (case_id, beam_number)
+                );
+                """)
+        }
         return migrator
     }
 

@@ -174,8 +174,13 @@ struct Cases: AsyncParsableCommand {
             }
             let history = try await store.history(caseId)
             if json {
-                struct Detail: Encodable { var `case`: CaseSummary; var history: [CaseHistoryEntry] }
-                print(try jsonText(Detail(case: summary, history: history)))
+                struct Detail: Encodable {
+                    var `case`: CaseSummary
+                    var planBeams: [CasePlanBeam]
+                    var history: [CaseHistoryEntry]
+                    enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history }
+                }
+                print(try jsonText(Detail(case: summary, planBeams: planBeams, history: history)))
                 return
             }
             print("case:     \(summary.caseId)")
@@ -190,6 +195,7 @@ struct Cases: AsyncParsableCommand {
             for entry in history {
                 let step = entry.step.map { " \($0)" + (entry.attempt.map { "#\($0)" } ?? "") } ?? ""
                 print("  \(isoDate(entry.at))  \(entry.status.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)) \(entry.event)\(step): \(entry.message)")
+            let planBeams = try await store.planBeams(caseId)
             }
         }
     }
@@ -202,6 +208,12 @@ struct Cases: AsyncParsableCommand {
         func run() async throws {
             try await operate(options, caseId, .retry)
         }
+            if !planBeams.isEmpty {
+                print("plan beams:")
+                for beam in planBeams {
+                    print("  beam \(beam.number)  \(beam.name.isEmpty ? "-" : beam.name)  \(beam.delivered ? "delivered" : "not delivered")")
+                }
+            }
     }
 
     struct Cancel: AsyncParsableCommand {

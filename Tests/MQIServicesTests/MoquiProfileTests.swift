@@ -60,13 +60,24 @@ struct OutputWatcherTests {
 }
 
 struct CaseValidatorTests {
+    /// An RP file whose text is "plan" is written as a real RT plan: patient P-007, treatment
+    /// beams 1 and 3, SETUP beam 2.
     static func write(_ files: [String: String], in dir: String) throws {
         for (relative, text) in files {
             let path = (dir as NSString).appendingPathComponent(relative)
             try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            if text == "plan", (relative as NSString).lastPathComponent.hasPrefix("RP") {
+                try Data(plan.encoded()).write(to: URL(fileURLWithPath: path))
+            } else {
+                try text.write(toFile: path, atomically: true, encoding: .utf8)
+            }
         }
     }
+
+    static let plan = RTPlan(patientId: "P-007", planUID: "1.2.3", beams: [
+        RTPlan.Beam(number: 1, name: "Field 1"), RTPlan.Beam(number: 2, name: "kV setup", deliveryType: "SETUP"),
+        RTPlan.Beam(number: 3, name: "Field 3"),
+    ])
 
     static let good: [String: String] = [
         "RP.1.2.3.dcm": "plan",
@@ -106,7 +117,8 @@ struct CaseValidatorTests {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
         try Self.write(Self.good, in: temp.path)
-        #expect(try CaseValidator.validate(temp.path) == CaseDetails(patientId: "P-007", beamNumbers: [1, 3]))
+        #expect(try CaseValidator.validate(temp.path) == CaseDetails(patientId: "P-007", beamNumbers: [1, 3],
+                                                                     planBeams: [RTPlan.Beam(number: 1, name: "Field 1"), RTPlan.Beam(number: 3, name: "Field 3")]))
     }
 }
 

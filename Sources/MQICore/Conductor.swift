@@ -2,12 +2,12 @@
 public enum ConductorEvent: Sendable, Equatable {
     /// The scanner registered the case.
     case newCaseFound
-    /// A worker finished step `stepIndex`, attempt `attempt`.
-    case stepSucceeded(stepIndex: Int, attempt: Int)
+    /// A worker finished step `stepIndex`, attempt `attempt` (of beam `beam` in a `for_each: beam` step).
+    case stepSucceeded(stepIndex: Int, attempt: Int, beam: Int? = nil)
     /// A worker failed step `stepIndex`, attempt `attempt`; `retryable` when the failure matched
     /// the step's `retryable_patterns`. `ended`: the executor saw the attempt's processes end; when
     /// false (a dead-lettered command, a transport that gave up) the attempt may still run.
-    case stepFailed(stepIndex: Int, attempt: Int, reason: String, retryable: Bool = false, ended: Bool = true)
+    case stepFailed(stepIndex: Int, attempt: Int, reason: String, retryable: Bool = false, ended: Bool = true, beam: Int? = nil)
     /// GPUs were released: a case waiting for them may start.
     case gpusFreed
     /// An operator cancelled the case.
@@ -21,10 +21,10 @@ public enum ConductorEvent: Sendable, Equatable {
         case .newCaseFound:
             self = .newCaseFound
         case .executionSucceeded, .caseUploadCompleted, .resultsDownloadCompleted:
-            self = .stepSucceeded(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1)
+            self = .stepSucceeded(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1, beam: body.beam)
         case .executionFailed, .fileTransferFailed:
             self = .stepFailed(stepIndex: body.stepIndex ?? -1, attempt: body.attempt ?? -1, reason: body.reason ?? "no reason given",
-                               retryable: body.retryable ?? false, ended: kind == .fileTransferFailed || body.ended == true)
+                               retryable: body.retryable ?? false, ended: kind == .fileTransferFailed || body.ended == true, beam: body.beam)
         case .executeCommand, .uploadCase, .downloadResults, .stopAttempt, .attemptStopped:
             return nil
         }
@@ -78,6 +78,8 @@ public struct Decision: Sendable, Equatable {
     /// GPUs whose holder may still run: they are not handed out until the `stop_attempt` among
     /// `commands` confirms that the attempt's processes are gone.
     public var drain: [Int]
+    /// The final beam runs of the `for_each: beam` step the case just left (kept on record).
+    public var finishedBeams: [BeamRun] = []
     /// One line for the case's history and the log.
     public var note: String
 
@@ -133,7 +135,18 @@ public struct Conductor: Sendable {
         case (.new, .newCaseFound):
             return start(state, stepIndex: 0, attempt: 1, gpus: gpus, note: "case registered")
 
-        case (.processing, .stepSucceeded(let index, let attempt)):
+        case (.processing, .stepSucceeded(let index, let attempt, let beam?)):
+            return beamSucceeded(state, stepIndex: index, attempt: attempt, beam: beam, gpus: gpus)
+
+        case (.processing, .stepFailed(let index, let attempt, let reason, let retryable, let ended, let beam?)):
+            return beamFailed(state, stepIndex: index, attempt: attempt, beam: beam, reason: reason, retryable: retryable, ended: ended, gpus: gpus)
+
+        case (.processing, .gpusFreed) where state.beams.contains(where: { $0.status == .waiting }),
+             (.pendingResource, .gpusFreed) where state.beams.contains(where: { $0.status == .waiting }):
+            let decision = dispatchBeams(state, available: gpus.free, othersWaiting: false, note: "GPU available")
+            return decision.reserve.isEmpty ? ignored(state, event, "still waiting for GPUs") : decision
+
+        case (.processing, .stepSucceeded(let index, let attempt, nil)):
             guard isCurrent(state, index, attempt) else { return stale(state, event) }
             let next = index + 1
             guard let workflow = workflows[state.workflow] else { return missingWorkflow(state) }
@@ -148,7 +161,7 @@ public struct Conductor: Sendable {
             }
             return start(state, stepIndex: next, attempt: 1, gpus: gpus, note: "step \(stepName(state, index)) succeeded")
 
-        case (.processing, .stepFailed(let index, let attempt, let reason, let retryable, let ended)):
+        case (.processing, .stepFailed(let index, let attempt, let reason, let retryable, let ended, nil)):
             guard isCurrent(state, index, attempt) else { return stale(state, event) }
             let step = workflows[state.workflow].flatMap { $0.steps.indices.contains(index) ? $0.steps[index] : nil }
             let retriesLeft = (step?.maxStepRetries ?? 0) - (attempt - 1)
@@ -186,8 +199,22 @@ public struct Conductor: Sendable {
             cancelled.gpuIds = []
             cancelled.error = "cancelled: \(reason)"
             var decision = Decision(outcome: .applied, state: cancelled, release: state.gpuIds, note: cancelled.error!)
-            // An execute attempt may be running (or about to start): stop it, durably.
-            if state.status == .processing { decision.stopping(attemptStop(state)) }
+            if !state.beams.isEmpty {
+                // Every beam run that may be running is stopped; those waiting never start.
+                decision.state.beams = state.beams.map { run in
+                    var run = run
+                    if run.status == .running || run.status == .waiting {
+                        if run.status == .running { decision.stopping(attemptStop(state, beam: run)) }
+                        run.status = .cancelled
+                        run.gpuIds = []
+                        run.error = cancelled.error
+                    }
+                    return run
+                }
+            } else if state.status == .processing {
+                // An execute attempt may be running (or about to start): stop it, durably.
+                decision.stopping(attemptStop(state))
+            }
             return decision
 
         case (.failed, .retry), (.cancelled, .retry):
@@ -243,11 +270,13 @@ public struct Conductor: Sendable {
             return Decision(outcome: .applied, state: failed, release: state.gpuIds, note: failed.error!)
         }
         let step = workflow.steps[stepIndex]
+        if step.forEachBeam { return startBeams(state, stepIndex: stepIndex, attempt: attempt, gpus: gpus, note: note) }
         var next = state
         next.stepIndex = stepIndex
         next.attempt = attempt
         next.status = .processing
         next.progress = max(state.progress, step.progress)
+        next.beams = []
         var reserve: [Int] = []
         var release: [Int] = []
 
@@ -282,15 +311,17 @@ public struct Conductor: Sendable {
                         note: "\(note); starting \(step.name) (attempt \(attempt))\(gpuNote)")
     }
 
-    func command(for step: WorkflowStep, index: Int, attempt: Int, state: CaseState, progressTo: Int) -> OutgoingMessage {
+    func command(for step: WorkflowStep, index: Int, attempt: Int, state: CaseState, progressTo: Int, beam: Int? = nil) -> OutgoingMessage {
         var body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: attempt, step: step.name, gpuIds: state.gpuIds)
+        body.beam = beam
         switch step.type {
         case .upload:
             return OutgoingMessage(kind: .uploadCase, body: body)
         case .download:
             return OutgoingMessage(kind: .downloadResults, body: body)
         case .execute:
-            let values = placeholderValues(state)
+            var values = placeholderValues(state)
+            values["beam_number"] = beam.map(String.init) ?? ""
             body.command = step.command?.render(values)
             body.timeoutSec = step.timeoutSec
             body.rules = step.rules
@@ -329,11 +360,13 @@ public struct Conductor: Sendable {
 
     /// The stop of the case's current attempt, if it is an execute step (whose processes run
     /// detached and may outlive the daemon's interest in them).
-    func attemptStop(_ state: CaseState) -> AttemptStop? {
+    func attemptStop(_ state: CaseState, beam: BeamRun? = nil) -> AttemptStop? {
         guard let index = state.stepIndex, let steps = workflows[state.workflow]?.steps, steps.indices.contains(index),
               steps[index].type == .execute else { return nil }
-        let body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: state.attempt, step: steps[index].name, gpuIds: state.gpuIds)
-        return AttemptStop(command: OutgoingMessage(kind: .stopAttempt, body: body), gpuIds: state.gpuIds)
+        let gpuIds = beam?.gpuIds ?? state.gpuIds
+        var body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: beam?.attempt ?? state.attempt, step: steps[index].name, gpuIds: gpuIds)
+        body.beam = beam?.beam
+        return AttemptStop(command: OutgoingMessage(kind: .stopAttempt, body: body), gpuIds: gpuIds)
     }
 
     func isCurrent(_ state: CaseState, _ index: Int, _ attempt: Int) -> Bool {
@@ -349,8 +382,8 @@ public struct Conductor: Sendable {
         let current = state.stepIndex.map { "step \($0) attempt \(state.attempt)" } ?? "no step"
         var described = event.name
         switch event {
-        case .stepSucceeded(let index, let attempt), .stepFailed(let index, let attempt, _, _, _):
-            described += " for step \(index) attempt \(attempt)"
+        case .stepSucceeded(let index, let attempt, let beam), .stepFailed(let index, let attempt, _, _, _, let beam):
+            described += " for step \(index)\(beam.map { " beam \($0)" } ?? "") attempt \(attempt)"
         default: break
         }
         return ignored(state, event, "stale event \(described); case is \(state.status.rawValue) at \(current)")

@@ -120,9 +120,17 @@ public struct ScannerConfig: Sendable, Equatable {
     public var workflow: String
     /// How a case must look to be accepted (`moqui`: RT plan, deliveries with PlanInfo.txt and *.ptn).
     public var caseLayout: CaseLayout
+    /// `scanner.case_depth`: a case is a directory exactly this many levels below `local_logdata`
+    /// (3 for `<room>/<patient_id>/<study_uid>`); its id is the relative path, `/` between levels.
+    public var caseDepth: Int
+    /// `scanner.marker_timeout_min`: a case that waits longer than this for its ready marker gets
+    /// one WARNING and is listed by `mqi status`.
+    public var markerTimeoutMin: Double
 
     public init(localLogdata: String, readyMarker: String?, quietPeriodSec: Double, rescanIntervalSec: Double, workflow: String,
-                caseLayout: CaseLayout = .any) {
+                caseLayout: CaseLayout = .any, caseDepth: Int = 1, markerTimeoutMin: Double = 60) {
+        self.caseDepth = caseDepth
+        self.markerTimeoutMin = markerTimeoutMin
         self.caseLayout = caseLayout
         self.localLogdata = localLogdata
         self.readyMarker = readyMarker
@@ -156,6 +164,8 @@ public struct HPCConfig: Sendable, Equatable {
     /// `hpc.gpus: auto`: discover the ids from nvidia-smi at start.
     public var gpusAuto: Bool
     public var ssh: SSHConfig?
+    /// What happens to a case's directories on the HPC once it is completed.
+    public var cleanup: RemoteCleanup
 
     public init(transport: TransportKind, gpus: [Int], gpusAuto: Bool = false, ssh: SSHConfig? = nil, cleanup: RemoteCleanup = .afterDownload) {
         self.cleanup = cleanup
@@ -165,17 +175,7 @@ public struct HPCConfig: Sendable, Equatable {
         self.ssh = ssh
     }
 }
-    /// What happens to a case's directories on the HPC once it is completed.
-    public var cleanup: RemoteCleanup
 
-public struct ConductorConfig: Sendable, Equatable {
-    public var uploadDir: String
-    public var downloadDir: String
-    public var resultsDir: String
-    /// Accepted for compatibility with the original config; the conductor is event driven.
-    public var monitorIntervalSec: Double
-
-    public init(uploadDir: String, downloadDir: String, resultsDir: String, monitorIntervalSec: Double) {
 /// `hpc.cleanup`: `after_download` removes a completed case's upload, download and run
 /// directories on the HPC once its results are downloaded and verified; `never` keeps them.
 public enum RemoteCleanup: String, Sendable, Equatable, CaseIterable {
@@ -196,6 +196,14 @@ public struct RetentionConfig: Sendable, Equatable {
     }
 }
 
+public struct ConductorConfig: Sendable, Equatable {
+    public var uploadDir: String
+    public var downloadDir: String
+    public var resultsDir: String
+    /// Accepted for compatibility with the original config; the conductor is event driven.
+    public var monitorIntervalSec: Double
+
+    public init(uploadDir: String, downloadDir: String, resultsDir: String, monitorIntervalSec: Double) {
         self.uploadDir = uploadDir
         self.downloadDir = downloadDir
         self.resultsDir = resultsDir
@@ -237,6 +245,9 @@ public struct WorkflowStep: Sendable, Equatable {
     public var maxStepRetries: Int
     /// Files rendered and written just before the command starts, fresh for every attempt.
     public var inputFiles: [InputFileTemplate]
+    /// `for_each: beam`: one run per delivered beam, each with its own GPU(s), attempt, log,
+    /// progress and outcome (placeholder `{beam_number}`).
+    public var forEachBeam: Bool = false
 
     public init(name: String, type: StepType, progress: Int, timeoutSec: Double? = nil, gpuCount: Int, gpuMin: Int? = nil,
                 command: CommandTemplate? = nil, rules: OutputRules? = nil, maxStepRetries: Int = 0, inputFiles: [InputFileTemplate] = []) {

@@ -311,7 +311,8 @@ private final class ConfigParser {
             if top["scanner"] == nil { fail(top.node, "scanner", "missing required section (scanner.local_logdata is required)") }
             return nil
         }
-        defer { finish(fields, allowed: ["local_logdata", "ready_marker", "quiet_period_sec", "rescan_interval_sec", "workflow", "case_layout"]) }
+        defer { finish(fields, allowed: ["local_logdata", "ready_marker", "quiet_period_sec", "rescan_interval_sec", "workflow", "case_layout",
+                                                   "case_depth", "marker_timeout_min"]) }
         let logdata = path(fields, "local_logdata", required: true)
         let marker = nonEmptyString(fields, "ready_marker")
         if let marker, marker.contains("/") {
@@ -332,8 +333,10 @@ private final class ConfigParser {
                 fail(fields["case_layout"], "scanner.case_layout", "unknown case layout '\(text)'; expected one of: \(CaseLayout.allCases.map(\.rawValue).joined(separator: ", "))")
             }
         }
+        let depth = integer(fields, "case_depth", default: 1, min: 1, max: 8)
+        let markerTimeout = number(fields, "marker_timeout_min", default: 60, min: 0, exclusiveMin: true)
         return ScannerConfig(localLogdata: logdata, readyMarker: marker, quietPeriodSec: quiet, rescanIntervalSec: rescan, workflow: workflow,
-                             caseLayout: layout)
+                             caseLayout: layout, caseDepth: depth, markerTimeoutMin: markerTimeout)
     }
 
     func state(_ top: Fields) -> StateConfig {
@@ -366,9 +369,6 @@ private final class ConfigParser {
                 fail(fields["transport"], "hpc.transport", "unknown transport '\(transport)'; expected one of: \(TransportKind.allCases.map(\.rawValue).joined(separator: ", "))")
             }
         }
-        if let node = fields["gpus"], !isNull(node) {
-            if case .sequence(let sequence) = node {
-                var ids: [Int] = []
         if let cleanup = string(fields, "cleanup") {
             if let kind = RemoteCleanup(rawValue: cleanup) {
                 config.cleanup = kind
@@ -376,6 +376,9 @@ private final class ConfigParser {
                 fail(fields["cleanup"], "hpc.cleanup", "unknown cleanup '\(cleanup)'; expected one of: \(RemoteCleanup.allCases.map(\.rawValue).joined(separator: ", "))")
             }
         }
+        if let node = fields["gpus"], !isNull(node) {
+            if case .sequence(let sequence) = node {
+                var ids: [Int] = []
                 for (index, item) in sequence.enumerated() {
                     guard let id = integer(item, "hpc.gpus[\(index)]", min: 0) else { continue }
                     if ids.contains(id) { fail(item, "hpc.gpus[\(index)]", "GPU \(id) is listed twice") } else { ids.append(id) }
@@ -512,7 +515,7 @@ private final class ConfigParser {
     }
 
     static let stepKeys = ["name", "type", "progress", "timeout_sec", "gpu", "gpus", "progress_pattern", "failure_patterns",
-                           "success_pattern", "retryable_patterns", "max_step_retries", "input_files"]
+                           "success_pattern", "retryable_patterns", "max_step_retries", "input_files", "for_each"]
 
     /// A regular expression from the config; nil (and an error) if it does not compile.
     func regex(_ node: Node?, _ path: String, requiringGroups groups: [String] = []) -> String? {
@@ -643,6 +646,15 @@ private final class ConfigParser {
                     rules: rules == OutputRules() ? nil : rules,
                     maxStepRetries: integer(stepFields, "max_step_retries", default: 0, min: 0, max: 100),
                     inputFiles: inputFiles(stepFields, "\(stepPath).input_files"))
+                if let forEach = string(stepFields, "for_each") {
+                    if forEach != "beam" {
+                        fail(stepFields["for_each"], "\(stepPath).for_each", "unknown value '\(forEach)'; the only one is: beam")
+                    } else if type != .execute {
+                        fail(stepFields["for_each"], "\(stepPath).for_each", "for_each applies to execute steps only")
+                    } else {
+                        step.forEachBeam = true
+                    }
+                }
                 if type != .execute, step.rules != nil || !step.inputFiles.isEmpty {
                     fail(item, stepPath, "progress/failure patterns and input_files apply to execute steps only")
                 }
@@ -652,6 +664,9 @@ private final class ConfigParser {
                         step.command = command.template
                         if gpus.max == 0, let used = command.template.placeholders.first(where: { $0 == "gpu_id" || $0 == "gpu_ids" }) {
                             fail(command.node, "remote_commands.\(name)", "uses {\(used)} but step '\(name)' has gpu: false")
+                        }
+                        if !step.forEachBeam, command.template.placeholders.contains("beam_number") {
+                            fail(command.node, "remote_commands.\(name)", "uses {beam_number} but step '\(name)' has no for_each: beam")
                         }
                     } else if !brokenCommands.contains(name) {
                         fail(item, "\(stepPath)", "execute step '\(name)' has no command: add remote_commands.\(name)")

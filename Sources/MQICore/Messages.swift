@@ -61,6 +61,8 @@ public struct MessageBody: Sendable, Codable, Equatable {
     /// On a step result: the executor saw the attempt's process group end (its exit code, or a
     /// confirmed kill). Absent on failures that say nothing about the process (a dead letter).
     public var ended: Bool?
+    /// The beam of a `for_each: beam` step's run (its command, its result, its stop).
+    public var beam: Int?
 
     public init(caseId: String, stepIndex: Int? = nil, attempt: Int? = nil, step: String? = nil, gpuIds: [Int]? = nil,
                 command: String? = nil, timeoutSec: Double? = nil, reason: String? = nil) {
@@ -77,7 +79,7 @@ public struct MessageBody: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", stepIndex = "step_index", attempt, step, gpuIds = "gpu_ids", command
         case timeoutSec = "timeout_sec", reason, retryable, rules, progressTo = "progress_to", progressFrom = "progress_from"
-        case inputFiles = "input_files", ended
+        case inputFiles = "input_files", ended, beam
     }
 
     /// The result event a worker publishes for this command.
@@ -85,6 +87,7 @@ public struct MessageBody: Sendable, Codable, Equatable {
         var body = MessageBody(caseId: caseId, stepIndex: stepIndex, attempt: attempt, step: step, reason: reason)
         body.retryable = retryable
         body.ended = ended
+        body.beam = beam
         if kind == .stopAttempt || kind == .attemptStopped { body.gpuIds = gpuIds }
         return OutgoingMessage(kind: kind, body: body)
     }

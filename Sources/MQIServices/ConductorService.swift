@@ -31,7 +31,7 @@ public struct ConductorService: Service {
                 if message.kind == .attemptStopped {
                     let body = message.body
                     let (freed, applied) = try await store.finishDrain(caseId: body.caseId, stepIndex: body.stepIndex, attempt: body.attempt,
-                                                                       conductor: conductor, acknowledging: message)
+                                                                       beam: body.beam, conductor: conductor, acknowledging: message)
                     if !freed.isEmpty {
                         logger.info("GPU \(freed.map(String.init).joined(separator: ",")) drained: the previous holder's attempt is confirmed stopped",
                                     metadata: ["case_id": "\(body.caseId)"])

@@ -63,10 +63,10 @@ public struct RemoteExecutorService: Service {
         logger[metadataKey: "attempt"] = "\(attempt)"
         let started = Date()
         do {
-            try await executor.stop(.stopping(caseId: body.caseId, step: step, attempt: attempt, gpuIds: body.gpuIds ?? []))
+            try await executor.stop(.stopping(caseId: body.caseId, step: step, attempt: attempt, gpuIds: body.gpuIds ?? [], beam: body.beam))
         } catch {
             let reason = "stop not confirmed yet: \(error)"
-            try? await store.noteDrainProblem(caseId: body.caseId, stepIndex: body.stepIndex, attempt: attempt, reason: reason)
+            try? await store.noteDrainProblem(caseId: body.caseId, stepIndex: body.stepIndex, attempt: attempt, beam: body.beam, reason: reason)
             logger.warning("cannot confirm that \(step) attempt \(attempt) is stopped; its GPU(s) stay draining and the stop is retried: \(error)")
             throw error
         }
@@ -86,18 +86,32 @@ public struct RemoteExecutorService: Service {
         guard let step = body.step, let attempt = body.attempt, let command = body.command else {
             return body.result(.executionFailed, reason: "malformed execute_command: step, attempt or command missing")
         }
-        // A command for a case that moved on (cancelled, or a newer attempt) is not run.
-        guard let state = try await store.caseState(body.caseId), state.status == .processing,
-              state.stepIndex == body.stepIndex, state.attempt == attempt else {
-            logger.info("skipping \(step) attempt \(attempt): the case is no longer at this step", metadata: ["case_id": "\(body.caseId)"])
-            return nil
-        }
-        let logPath = [logsDir, body.caseId, "\(step).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
-        let run = StepRun(caseId: body.caseId, step: step, attempt: attempt, command: command, gpuIds: body.gpuIds ?? [],
-                          timeoutSec: body.timeoutSec, logPath: logPath, inputFiles: body.inputFiles ?? [])
-        let watcher = OutputWatcher(path: logPath, rules: body.rules, progressFrom: body.progressFrom ?? 0, progressTo: body.progressTo ?? 0)
+        let beam = body.beam
+        if let beam { logger[metadataKey: "beam"] = "\(beam)" }
         let store = store
         let stepIndex = body.stepIndex
+        // Whether this command is still what the case runs (not cancelled, not a newer attempt).
+        let isCurrent: @Sendable () async -> Bool = {
+            if let beam {
+                return (try? await store.beamRunIsCurrent(caseId: body.caseId, stepIndex: stepIndex, beam: beam, attempt: attempt)) ?? true
+            }
+            guard let now = try? await store.caseState(body.caseId) else { return true }
+            return now.status == .processing && now.stepIndex == stepIndex && now.attempt == attempt
+        }
+        // A command for a case that moved on (cancelled, or a newer attempt) is not run.
+        guard try await store.caseExists(body.caseId), await isCurrent() else {
+            logger.info("skipping \(step)\(beam.map { " beam \($0)" } ?? "") attempt \(attempt): the case is no longer at this step",
+                        metadata: ["case_id": "\(body.caseId)"])
+            return nil
+        }
+        var planned = StepRun(caseId: body.caseId, step: step, attempt: attempt, command: command, gpuIds: body.gpuIds ?? [],
+                              timeoutSec: body.timeoutSec, logPath: "", inputFiles: body.inputFiles ?? [])
+        planned.beam = beam
+        // `{step}.{attempt}.log`, or `{step}.{beam}.{attempt}.log` for a beam's run.
+        let logPath = [logsDir, body.caseId, "\(planned.runName).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
+        planned.logPath = logPath
+        let run = planned
+        let watcher = OutputWatcher(path: logPath, rules: body.rules, progressFrom: body.progressFrom ?? 0, progressTo: body.progressTo ?? 0)
         logger.info("running \(step) attempt \(attempt)", metadata: ["gpu_id": "\(run.gpuIds.map(String.init).joined(separator: ","))", "log": "\(logPath)"])
         let started = Date()
         metrics.activeJobs.increment()
@@ -109,13 +123,16 @@ public struct RemoteExecutorService: Service {
         do {
             outcome = try await executor.execute(run) {
                 if let progress = watcher.poll(), let stepIndex {
-                    try? await store.updateProgress(run.caseId, stepIndex: stepIndex, attempt: attempt, progress: progress)
+                    if let beam {
+                        try? await store.updateBeamProgress(run.caseId, stepIndex: stepIndex, beam: beam, attempt: attempt, progress: progress)
+                    } else {
+                        try? await store.updateProgress(run.caseId, stepIndex: stepIndex, attempt: attempt, progress: progress)
+                    }
                 }
                 // The engine printed a failure line: stop it now instead of holding the GPU until the timeout.
                 if watcher.failureLine != nil { return true }
                 // Cancelled (or retried) by an operator while running.
-                guard let now = try? await store.caseState(run.caseId) else { return false }
-                return now.status != .processing || now.stepIndex != stepIndex || now.attempt != attempt
+                return await !isCurrent()
             }
         } catch let error as TransportError where !error.isTransient {
             // A failure of the way there that retrying cannot fix (a host key mismatch, say). The

@@ -72,12 +72,14 @@ public struct GPUResource: Sendable, Equatable, Codable {
         public var caseId: String
         public var stepIndex: Int?
         public var attempt: Int?
+        /// The beam of a `for_each: beam` step's run.
+        public var beam: Int?
         public var since: Date?
         /// Why the stop is not confirmed yet (the host is unreachable, say); nil while it is in progress.
         public var reason: String?
 
         enum CodingKeys: String, CodingKey {
-            case caseId = "case_id", stepIndex = "step_index", attempt, since, reason
+            case caseId = "case_id", stepIndex = "step_index", attempt, beam, since, reason
         }
     }
 
@@ -109,7 +111,7 @@ public struct GPUResource: Sendable, Equatable, Codable {
     /// waits for (with why the stop is not confirmed yet).
     public var holder: String? {
         guard let drain else { return reservedBy }
-        let attempt = drain.attempt.map { " attempt \($0)" } ?? ""
+        let attempt = (drain.beam.map { " beam \($0)" } ?? "") + (drain.attempt.map { " attempt \($0)" } ?? "")
         return "draining: waits for \(drain.caseId)\(attempt) to stop" + (drain.reason.map { " (\($0))" } ?? "")
     }
 

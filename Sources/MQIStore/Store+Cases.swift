@@ -76,7 +76,9 @@ extension Store {
             guard let state = try Self.caseState(db, caseId) else { return ([], []) }
             let free = try Self.freeGPUs(db)
             let usable = try Self.usableGPUCount(db)
-            let waiting = try Self.waitingCases(db).filter { $0.caseId != caseId }
+            // Only cases ahead of this one in the line (all of them when it does not wait itself).
+            let line = try Self.waitingCases(db)
+            let waiting = Array(line.prefix { $0.caseId != caseId })
             let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
             let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting, usable: usable))
             try Self.apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
@@ -115,6 +117,8 @@ extension Store {
             guard decision.outcome == .applied else { break }
             try apply(decision, event: .gpusFreed, previous: state, conductor: conductor, db: db, now: now)
             applied.append(AppliedDecision(event: .gpusFreed, decision: decision, previousStatus: state.status))
+            // A case whose beams still wait keeps its place: later cases do not overtake it.
+            if decision.state.beams.contains(where: { $0.status == .waiting }) { break }
         }
         return applied + (try warnUnservable(conductor: conductor, db: db, now: now))
     }
@@ -122,8 +126,9 @@ extension Store {
     /// Cases waiting for GPUs, first come first served.
     static func waitingCases(_ db: Database) throws -> [CaseState] {
         let ids = try String.fetchAll(db, sql: """
-            SELECT case_id FROM cases WHERE status = ? ORDER BY pending_since, created_at, rowid
-            """, arguments: [CaseStatus.pendingResource.rawValue])
+            SELECT case_id FROM cases WHERE status = ? OR (status = ? AND pending_since IS NOT NULL)
+            ORDER BY pending_since, created_at, rowid
+            """, arguments: [CaseStatus.pendingResource.rawValue, CaseStatus.processing.rawValue])
         return try ids.compactMap { try caseState(db, $0) }
     }
 
@@ -178,12 +183,15 @@ extension Store {
                 """, arguments: [gpu, state.caseId])
         }
         for gpu in decision.drain {
+            // The attempt it waits for: the stop that names it (a beam's run has its own attempt).
+            let stop = decision.commands.first { $0.kind == .stopAttempt && $0.body.gpuIds?.contains(gpu) == true }?.body
             try db.execute(sql: """
                 UPDATE gpu_resources SET status = CASE WHEN status = 'retired' THEN 'retired' ELSE 'draining' END,
-                    reserved_by = NULL, reserved_at = NULL, drain_case = ?, drain_step_index = ?, drain_attempt = ?,
+                    reserved_by = NULL, reserved_at = NULL, drain_case = ?, drain_step_index = ?, drain_attempt = ?, drain_beam = ?,
                     drain_since = ?, drain_reason = NULL
                 WHERE gpu_id = ? AND reserved_by = ?
-                """, arguments: [previous.caseId, previous.stepIndex, previous.attempt, now, gpu, previous.caseId])
+                """, arguments: [previous.caseId, stop?.stepIndex ?? previous.stepIndex, stop?.attempt ?? previous.attempt, stop?.beam,
+                                 now, gpu, previous.caseId])
         }
         for gpu in decision.reserve {
             try db.execute(sql: """
@@ -192,20 +200,30 @@ extension Store {
             // Never double-book: a GPU that is not free rolls back the whole transaction.
             guard db.changesCount == 1 else { throw StoreError("GPU \(gpu) is not free; refusing to reserve it for \(state.caseId)") }
         }
-        let entersWait = state.status == .pendingResource && previous.status != .pendingResource
+        // A case waits while it is PENDING_RESOURCE or has beams waiting for GPUs; it keeps its
+        // place in the line (pending_since) until it waits no more.
+        let waits = state.status == .pendingResource || state.beams.contains { $0.status == .waiting }
+        let waited = previous.status == .pendingResource || previous.beams.contains { $0.status == .waiting }
+        let entersWait = waits && !waited
+        if let index = previous.stepIndex, !decision.finishedBeams.isEmpty {
+            try saveBeams(db, caseId: state.caseId, stepIndex: index, beams: decision.finishedBeams, now: now)
+        }
+        if let index = state.stepIndex, !state.beams.isEmpty {
+            try saveBeams(db, caseId: state.caseId, stepIndex: index, beams: state.beams, now: now)
+        }
         try db.execute(sql: """
             UPDATE cases SET status = ?, workflow_step = ?, step_index = ?, attempt = ?, progress = ?, gpu_ids = ?,
                 error = ?, failure_class = ?, updated_at = ?,
                 started_at = CASE WHEN started_at IS NULL AND ? = 'PROCESSING' THEN ? ELSE started_at END,
                 finished_at = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN ? ELSE NULL END,
-                pending_since = CASE WHEN ? = 'PENDING_RESOURCE' THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END
+                pending_since = CASE WHEN ? THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END
             WHERE case_id = ?
             """, arguments: [
                 state.status.rawValue, stepName, state.stepIndex, state.attempt, state.progress, encodeGPUs(state.gpuIds),
                 state.error, state.failureClass?.rawValue, now,
                 state.status.rawValue, now,
                 state.status.rawValue, now,
-                state.status.rawValue, entersWait, now,
+                waits, entersWait, now,
                 state.caseId,
             ])
         for command in decision.commands { try insert(command, db: db, now: now) }
@@ -221,11 +239,13 @@ extension Store {
 
     static func caseState(_ db: Database, _ caseId: String) throws -> CaseState? {
         guard let row = try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]) else { return nil }
-        return CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
+        var state = CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
                          stepIndex: row["step_index"], attempt: row["attempt"], gpuIds: decodeGPUs(row["gpu_ids"]),
                          progress: row["progress"], error: row["error"],
                          failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init(rawValue:)),
                          patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""))
+        state.beams = try loadBeams(db, caseId: state.caseId, stepIndex: state.stepIndex)
+        return state
     }
 
     static func freeGPUs(_ db: Database) throws -> [Int] {
@@ -283,7 +303,7 @@ extension Store {
                             utilizationPercent: row["utilization"], memoryUsedMB: row["memory_used_mb"],
                             memoryTotalMB: row["memory_total_mb"], temperatureC: row["temperature"], lastSeen: row["last_seen"],
                             drain: (row["status"] as String) == "draining" ? GPUResource.Drain(
-                                caseId: row["drain_case"] ?? "", stepIndex: row["drain_step_index"], attempt: row["drain_attempt"],
+                                caseId: row["drain_case"] ?? "", stepIndex: row["drain_step_index"], attempt: row["drain_attempt"], beam: row["drain_beam"],
                                 since: row["drain_since"], reason: row["drain_reason"]) : nil)
             }
         }

@@ -13,19 +13,19 @@ extension Store {
     /// The executor confirmed that no process of `(caseId, stepIndex, attempt)` is left: the GPUs
     /// draining for it become free and cases waiting for GPUs start, in one transaction with the
     /// acknowledgement of `message`. Returns the GPUs freed and the decisions applied.
-    public func finishDrain(caseId: String, stepIndex: Int?, attempt: Int?, conductor: Conductor,
+    public func finishDrain(caseId: String, stepIndex: Int?, attempt: Int?, beam: Int? = nil, conductor: Conductor,
                             acknowledging message: ClaimedMessage? = nil) async throws -> (freed: [Int], applied: [AppliedDecision]) {
         let now = now()
         let (freed, applied) = try await pool.write { db -> ([Int], [AppliedDecision]) in
             if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
             let freed = try Int.fetchAll(db, sql: """
                 SELECT gpu_id FROM gpu_resources
-                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS ? AND drain_attempt IS ? ORDER BY gpu_id
-                """, arguments: [caseId, stepIndex, attempt])
+                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS ? AND drain_attempt IS ? AND drain_beam IS ? ORDER BY gpu_id
+                """, arguments: [caseId, stepIndex, attempt, beam])
             for gpu in freed {
                 try db.execute(sql: """
                     UPDATE gpu_resources SET status = 'free', drain_case = NULL, drain_step_index = NULL, drain_attempt = NULL,
-                        drain_since = NULL, drain_reason = NULL WHERE gpu_id = ?
+                        drain_beam = NULL, drain_since = NULL, drain_reason = NULL WHERE gpu_id = ?
                     """, arguments: [gpu])
             }
             let status = try String.fetchOne(db, sql: "SELECT status FROM cases WHERE case_id = ?", arguments: [caseId])
@@ -34,7 +34,7 @@ extension Store {
                 let step = try String.fetchOne(db, sql: "SELECT workflow_step FROM cases WHERE case_id = ?", arguments: [caseId])
                 try Self.history(db, caseId: caseId, at: now, event: "attempt_stopped", status: CaseStatus(rawValue: status) ?? .failed,
                                  step: step, attempt: attempt,
-                                 message: "attempt \(attempt.map(String.init) ?? "?") of step #\(stepIndex.map(String.init) ?? "?") confirmed stopped\(gpuNote)")
+                                 message: "attempt \(attempt.map(String.init) ?? "?") of step #\(stepIndex.map(String.init) ?? "?")\(beam.map { " beam \($0)" } ?? "") confirmed stopped\(gpuNote)")
             }
             let applied = freed.isEmpty ? [] : try Self.dispatchPending(conductor: conductor, db: db, now: now)
             return (freed, applied)
@@ -44,12 +44,12 @@ extension Store {
     }
 
     /// Records why the stop of an attempt is not confirmed yet, on the GPUs draining for it.
-    public func noteDrainProblem(caseId: String, stepIndex: Int?, attempt: Int?, reason: String) async throws {
+    public func noteDrainProblem(caseId: String, stepIndex: Int?, attempt: Int?, beam: Int? = nil, reason: String) async throws {
         try await pool.write { db in
             try db.execute(sql: """
                 UPDATE gpu_resources SET drain_reason = ?
-                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS ? AND drain_attempt IS ?
-                """, arguments: [reason, caseId, stepIndex, attempt])
+                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS ? AND drain_attempt IS ? AND drain_beam IS ?
+                """, arguments: [reason, caseId, stepIndex, attempt, beam])
         }
     }
 

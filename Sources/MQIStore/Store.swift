@@ -162,6 +162,25 @@ public struct Store: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v9-beam-runs") { db in
+            // One row per beam run of a `for_each: beam` step: its own attempt, GPUs, progress, outcome.
+            try db.execute(sql: """
+                CREATE TABLE beam_runs (
+                    case_id TEXT NOT NULL,
+                    step_index INTEGER NOT NULL,
+                    beam INTEGER NOT NULL,
+                    status TEXT NOT NULL,
+                    attempt INTEGER NOT NULL,
+                    gpu_ids TEXT NOT NULL DEFAULT '',
+                    progress INTEGER NOT NULL DEFAULT 0,
+                    error TEXT,
+                    started_at DATETIME,
+                    finished_at DATETIME,
+                    PRIMARY KEY (case_id, step_index, beam)
+                );
+                ALTER TABLE gpu_resources ADD COLUMN drain_beam INTEGER;
+                """)
+        }
         return migrator
     }
 

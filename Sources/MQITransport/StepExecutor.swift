@@ -14,10 +14,17 @@ public struct StepRun: Sendable, Equatable {
     public var logPath: String
     /// Files to write on the compute side just before the command starts (not when adopting).
     public var inputFiles: [RenderedFile]
+    /// The beam of a `for_each: beam` step's run.
+    public var beam: Int?
+
+    /// The attempt's name in its run directory (`{step}.{attempt}`): the step, or `{step}.{beam}`.
+    public var runName: String { beam.map { "\(step).\($0)" } ?? step }
 
     /// The attempt to stop (`StepExecutor.stop`), without what only a start needs.
-    public static func stopping(caseId: String, step: String, attempt: Int, gpuIds: [Int] = []) -> StepRun {
-        StepRun(caseId: caseId, step: step, attempt: attempt, command: "", gpuIds: gpuIds, timeoutSec: nil, logPath: "/dev/null")
+    public static func stopping(caseId: String, step: String, attempt: Int, gpuIds: [Int] = [], beam: Int? = nil) -> StepRun {
+        var run = StepRun(caseId: caseId, step: step, attempt: attempt, command: "", gpuIds: gpuIds, timeoutSec: nil, logPath: "/dev/null")
+        run.beam = beam
+        return run
     }
 
     public init(caseId: String, step: String, attempt: Int, command: String, gpuIds: [Int], timeoutSec: Double?, logPath: String,
@@ -42,7 +49,7 @@ public struct StepRun: Sendable, Equatable {
             "MQI_GPU_ID": gpuIds.first.map(String.init) ?? "",
             "MQI_GPU_IDS": ids,
             "CUDA_VISIBLE_DEVICES": ids,
-        ]
+        ].merging(beam.map { ["MQI_BEAM": String($0)] } ?? [:]) { $1 }
     }
 }
 

@@ -1,0 +1,89 @@
+import Foundation
+import GRDB
+import MQICore
+
+/// The beam runs of `for_each: beam` steps.
+extension Store {
+    static func loadBeams(_ db: Database, caseId: String, stepIndex: Int?) throws -> [BeamRun] {
+        guard let stepIndex else { return [] }
+        return try Row.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id = ? AND step_index = ? ORDER BY beam",
+                                arguments: [caseId, stepIndex]).map(beamRun)
+    }
+
+    static func beamRun(_ row: Row) -> BeamRun {
+        BeamRun(beam: row["beam"], status: BeamRun.Status(rawValue: row["status"]) ?? .failed, attempt: row["attempt"],
+                gpuIds: decodeGPUs(row["gpu_ids"]), progress: row["progress"], error: row["error"],
+                startedAt: row["started_at"], finishedAt: row["finished_at"])
+    }
+
+    /// Writes the runs of step `stepIndex` as decided; a run that starts (a new attempt) gets
+    /// `started_at`, one that ends `finished_at`.
+    static func saveBeams(_ db: Database, caseId: String, stepIndex: Int, beams: [BeamRun], now: Date) throws {
+        for run in beams {
+            let final = run.status == .succeeded || run.status == .failed || run.status == .cancelled
+            try db.execute(sql: """
+                INSERT INTO beam_runs (case_id, step_index, beam, status, attempt, gpu_ids, progress, error, started_at, finished_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'RUNNING' THEN ? END, CASE WHEN ? THEN ? END)
+                ON CONFLICT(case_id, step_index, beam) DO UPDATE SET
+                    started_at = CASE WHEN excluded.status = 'RUNNING' AND (beam_runs.status != 'RUNNING' OR beam_runs.attempt != excluded.attempt)
+                                      THEN ? WHEN excluded.status = 'WAITING' THEN NULL ELSE beam_runs.started_at END,
+                    finished_at = CASE WHEN ? THEN coalesce(CASE WHEN beam_runs.status = excluded.status THEN beam_runs.finished_at END, ?) ELSE NULL END,
+                    status = excluded.status, attempt = excluded.attempt, gpu_ids = excluded.gpu_ids,
+                    progress = max(excluded.progress, CASE WHEN beam_runs.attempt = excluded.attempt THEN beam_runs.progress ELSE 0 END),
+                    error = excluded.error
+                """, arguments: [caseId, stepIndex, run.beam, run.status.rawValue, run.attempt, encodeGPUs(run.gpuIds), run.progress, run.error,
+                                 run.status.rawValue, now, final, now,
+                                 now, final, now])
+        }
+    }
+
+    /// Whether beam `beam`'s run of step `stepIndex` with attempt `attempt` is the one running now.
+    public func beamRunIsCurrent(caseId: String, stepIndex: Int?, beam: Int, attempt: Int) async throws -> Bool {
+        try await pool.read { db in
+            try Bool.fetchOne(db, sql: """
+                SELECT EXISTS(SELECT 1 FROM beam_runs r JOIN cases c ON c.case_id = r.case_id
+                    WHERE r.case_id = ? AND r.step_index = ? AND r.beam = ? AND r.attempt = ? AND r.status = 'RUNNING'
+                      AND c.step_index = r.step_index AND c.status IN ('PROCESSING', 'PENDING_RESOURCE'))
+                """, arguments: [caseId, stepIndex, beam, attempt]) ?? false
+        }
+    }
+
+    /// Raises a running beam's progress (never lowers it) and the case's to the mean of its beams.
+    public func updateBeamProgress(_ caseId: String, stepIndex: Int, beam: Int, attempt: Int, progress: Int) async throws {
+        let now = now()
+        try await pool.write { db in
+            try db.execute(sql: """
+                UPDATE beam_runs SET progress = ?
+                WHERE case_id = ? AND step_index = ? AND beam = ? AND attempt = ? AND status = 'RUNNING' AND progress < ?
+                """, arguments: [progress, caseId, stepIndex, beam, attempt, progress])
+            guard db.changesCount == 1,
+                  let mean = try Int.fetchOne(db, sql: "SELECT avg(progress) FROM beam_runs WHERE case_id = ? AND step_index = ?",
+                                              arguments: [caseId, stepIndex]) else { return }
+            try db.execute(sql: """
+                UPDATE cases SET progress = ?, updated_at = ?
+                WHERE case_id = ? AND step_index = ? AND status IN ('PROCESSING', 'PENDING_RESOURCE') AND progress < ?
+                """, arguments: [mean, now, caseId, stepIndex, mean])
+        }
+    }
+
+    /// Every beam run of a case, by step (for `cases show`, the API and the dashboard).
+    public func beamRuns(_ caseId: String) async throws -> [StepBeamRuns] {
+        try await pool.read { db in
+            var byStep: [Int: [BeamRun]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id = ? ORDER BY step_index, beam", arguments: [caseId]) {
+                byStep[row["step_index"], default: []].append(Self.beamRun(row))
+            }
+            return byStep.keys.sorted().map { StepBeamRuns(stepIndex: $0, runs: byStep[$0]!) }
+        }
+    }
+}
+
+/// The beam runs of one `for_each: beam` step of a case.
+public struct StepBeamRuns: Sendable, Equatable, Codable {
+    public var stepIndex: Int
+    public var runs: [BeamRun]
+
+    enum CodingKeys: String, CodingKey {
+        case stepIndex = "step_index", runs
+    }
+}

@@ -112,11 +112,13 @@ enum CaseTimeline {
 struct StepLogs: Sendable {
     var logsDir: String
 
-    /// The log's path, or a 400 for names that could leave the case's directory.
+    /// The log's path, or a 400 for names that could leave the case's directory. A case id may
+    /// hold `/` between levels (`scanner.case_depth`); each level is checked like a name.
     func path(caseId: String, step: String, attempt: Int) throws -> String {
-        for (what, name) in [("case id", caseId), ("step", step)] {
+        let levels = caseId.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        for (what, name) in levels.map({ ("case id", $0) }) + [("step", step)] {
             guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0"), name.utf8.count <= 255 else {
-                throw APIError.badRequest("\(what) \(String(reflecting: name)) cannot name a log file")
+                throw APIError.badRequest("\(what) \(String(reflecting: what == "step" ? step : caseId)) cannot name a log file")
             }
         }
         guard attempt >= 0 else { throw APIError.badRequest("attempt must be 0 or more") }

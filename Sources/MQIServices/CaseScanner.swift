@@ -6,10 +6,15 @@ import MQIStore
 import ServiceLifecycle
 import Synchronization
 
-/// Finds new cases: each immediate subdirectory of `local_logdata` is one case, named by its
-/// directory. A case is registered once it is ready — its ready marker exists, or (without a
-/// marker) nothing in it changed for `quiet_period_sec` — and only if its id is not in the
-/// database yet. inotify makes detection prompt; a periodic rescan catches anything missed.
+/// Finds new cases: each directory exactly `case_depth` levels below `local_logdata` is one
+/// case (depth 1: each immediate subdirectory; depth 3: `<room>/<patient_id>/<study_uid>`), its
+/// id the relative path with `/` between levels. Directories at shallower levels are never
+/// cases, and every level's name is checked like a case name. A case is registered once it is
+/// ready — its ready marker exists in it, or (without a marker) nothing in it changed for
+/// `quiet_period_sec` — and only if its id is not in the database yet. A case that waits for its
+/// marker longer than `marker_timeout_min` gets one WARNING; the cases waiting for their marker
+/// are kept in a `MarkerWaitList` file for `mqi status`. inotify (every level down to the cases)
+/// makes detection prompt; a periodic rescan catches anything missed.
 public final class CaseScanner: Service, Sendable {
     let config: ScannerConfig
     let store: Store
@@ -19,7 +24,10 @@ public final class CaseScanner: Service, Sendable {
     /// Whether a case's complete, verified results are already in `results_dir` (after the
     /// database was rebuilt): such a case is recorded COMPLETED, not run again.
     let hasVerifiedResults: @Sendable (String) -> Bool
+    /// Where the cases waiting for their ready marker are written (`MarkerWaitList`); nil: nowhere.
+    let waitListPath: String?
     private let state = Mutex(ScanState())
+    private let watcher = Mutex<DirectoryWatcher?>(nil)
     let wake = Doorbell()
 
     struct ScanState {
@@ -28,11 +36,17 @@ public final class CaseScanner: Service, Sendable {
         var warned: Set<String> = []
         /// Cases seen but not ready yet (quiet period): their last signature and since when.
         var settling: [String: (signature: CaseSignature, since: Date)] = [:]
+        /// Cases seen without their ready marker: since when, and whether the timeout WARNING was written.
+        var waiting: [String: MarkerWaitList.Entry] = [:]
+        var waitListLoaded = false
+        var waitListWritten: [MarkerWaitList.Entry]?
     }
 
     public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(),
-                hasVerifiedResults: @escaping @Sendable (String) -> Bool = { _ in false }, now: @escaping @Sendable () -> Date = { Date() }) {
+                hasVerifiedResults: @escaping @Sendable (String) -> Bool = { _ in false }, waitListPath: String? = nil,
+                now: @escaping @Sendable () -> Date = { Date() }) {
         self.hasVerifiedResults = hasVerifiedResults
+        self.waitListPath = waitListPath
         self.metrics = metrics
         self.config = config
         self.store = store
@@ -42,17 +56,17 @@ public final class CaseScanner: Service, Sendable {
 
     public func run() async throws {
         try FileManager.default.createDirectory(atPath: config.localLogdata, withIntermediateDirectories: true)
-        let watcher = DirectoryWatcher(root: config.localLogdata, changed: wake)
+        let watcher = DirectoryWatcher(root: config.localLogdata, depth: config.caseDepth, changed: wake)
         if watcher == nil {
             logger.warning("inotify is not available; detecting cases by rescanning every \(config.rescanIntervalSec) s")
         }
-        defer { watcher?.stop() }
-        if let watcher {
-            for name in (try? FileManager.default.contentsOfDirectory(atPath: config.localLogdata)) ?? [] {
-                watcher.add((config.localLogdata as NSString).appendingPathComponent(name))
-            }
+        // Each scan watches the directories it walks (every level down to the cases).
+        self.watcher.withLock { $0 = watcher }
+        defer {
+            watcher?.stop()
+            self.watcher.withLock { $0 = nil }
         }
-        logger.info("scanning \(config.localLogdata) for cases")
+        logger.info("scanning \(config.localLogdata) for cases\(config.caseDepth > 1 ? " \(config.caseDepth) levels deep" : "")")
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 let result = await self.scan()
@@ -68,6 +82,14 @@ public final class CaseScanner: Service, Sendable {
         public var settling = 0
         /// Seconds until a settling case should be looked at again.
         public var nextCheck: Double?
+        /// Cases seen without their ready marker.
+        public var waitingForMarker = 0
+    }
+
+    /// A directory exactly `case_depth` levels below `local_logdata`, not registered yet.
+    struct Candidate {
+        var id: String
+        var path: String
     }
 
     /// One pass over `local_logdata`.
@@ -82,10 +104,11 @@ public final class CaseScanner: Service, Sendable {
                 return ScanResult(nextCheck: 1)
             }
         }
+        loadWaitList()
         let root = config.localLogdata
-        let names: [String]
+        let candidates: [Candidate]
         do {
-            names = try FileManager.default.contentsOfDirectory(atPath: root).sorted()
+            candidates = try self.candidates()
         } catch {
             logger.error("cannot list \(root): \(error.localizedDescription)")
             return ScanResult()
@@ -93,18 +116,8 @@ public final class CaseScanner: Service, Sendable {
         var registered = 0
         var nextCheck: Double?
         let now = now()
-        for name in names {
-            if state.withLock({ $0.known.contains(name) }) { continue }
-            if let problem = Self.invalidName(name) {
-                warnOnce(name, "skipping \(Self.printable(name)) in \(root): \(problem)")
-                continue
-            }
-            let path = (root as NSString).appendingPathComponent(name)
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
-                warnOnce(name, "skipping \(Self.printable(name)) in \(root): not a directory (each case is a directory)")
-                continue
-            }
+        for candidate in candidates {
+            let name = candidate.id, path = candidate.path
             switch readiness(name, path: path, now: now) {
             case .ready:
                 let validated = validation(path)
@@ -128,23 +141,134 @@ public final class CaseScanner: Service, Sendable {
                         metrics.casesReceived.increment()
                         logger.info("new case found", metadata: ["case_id": "\(name)"])
                     }
-                    state.withLock { $0.known.insert(name); _ = $0.settling.removeValue(forKey: name) }
+                    state.withLock {
+                        $0.known.insert(name)
+                        _ = $0.settling.removeValue(forKey: name)
+                        _ = $0.waiting.removeValue(forKey: name)
+                    }
                 } catch {
                     logger.error("cannot register case: \(error)", metadata: ["case_id": "\(name)"])
                     nextCheck = min(nextCheck ?? 1, 1)
                 }
             case .waitingForMarker:
-                break
+                if let seconds = noteWaitingForMarker(candidate, now: now) {
+                    nextCheck = min(nextCheck ?? seconds, seconds)
+                }
             case .settling(let seconds):
                 nextCheck = min(nextCheck ?? seconds, seconds)
             }
         }
-        let settling = state.withLock { state in
-            // Forget settling cases whose directory is gone.
-            state.settling = state.settling.filter { names.contains($0.key) }
-            return state.settling.count
+        let present = Set(candidates.map(\.id))
+        let (settling, waiting) = state.withLock { state in
+            // Forget cases whose directory is gone (or that were registered).
+            state.settling = state.settling.filter { present.contains($0.key) }
+            state.waiting = state.waiting.filter { present.contains($0.key) }
+            return (state.settling.count, state.waiting.count)
         }
-        return ScanResult(registered: registered, settling: settling, nextCheck: nextCheck)
+        saveWaitList(now: now)
+        return ScanResult(registered: registered, settling: settling, nextCheck: nextCheck, waitingForMarker: waiting)
+    }
+
+    /// The unregistered directories exactly `case_depth` levels below `local_logdata`, sorted by
+    /// id. Every level's name is checked like a case name; files and refused names are skipped
+    /// with one WARNING each. Every directory walked is watched (inotify) before it is looked into,
+    /// so a change right after the look still rings. Throws only when the root cannot be listed.
+    func candidates() throws -> [Candidate] {
+        let root = config.localLogdata
+        let depth = config.caseDepth
+        let watcher = self.watcher.withLock { $0 }
+        let files = FileManager.default
+        var found: [Candidate] = []
+        func walk(_ directory: String, prefix: String, level: Int) throws {
+            let names: [String]
+            do {
+                names = try files.contentsOfDirectory(atPath: directory).sorted()
+            } catch {
+                if level == 1 { throw error }
+                warnOnce(prefix, "skipping \(Self.printable(prefix)) in \(root): cannot list it: \(error.localizedDescription)")
+                return
+            }
+            for name in names {
+                let id = prefix.isEmpty ? name : prefix + "/" + name
+                if level == depth, state.withLock({ $0.known.contains(id) }) { continue }
+                if let problem = Self.invalidName(name) {
+                    warnOnce(id, "skipping \(Self.printable(id)) in \(root): \(problem)")
+                    continue
+                }
+                let path = (directory as NSString).appendingPathComponent(name)
+                var isDirectory: ObjCBool = false
+                guard files.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                    if name == config.readyMarker {
+                        // In a room or patient folder: a marker at the wrong level makes no case.
+                        warnOnce(id, "ignoring the ready marker \(Self.printable(id)) in \(root): cases are the directories \(depth) level\(depth == 1 ? "" : "s") below it (scanner.case_depth: \(depth)), and the marker belongs in one of them")
+                    } else {
+                        warnOnce(id, "skipping \(Self.printable(id)) in \(root): not a directory (each case is a directory\(depth > 1 ? " \(depth) levels below local_logdata" : ""))")
+                    }
+                    continue
+                }
+                watcher?.add(path, level: level)
+                if level < depth {
+                    try? walk(path, prefix: id, level: level + 1)
+                } else {
+                    found.append(Candidate(id: id, path: path))
+                }
+            }
+        }
+        try walk(root, prefix: "", level: 1)
+        return found
+    }
+
+    /// Records that `candidate` waits for its ready marker; writes the WARNING once it has waited
+    /// `marker_timeout_min`. Returns the seconds until that WARNING is due, nil once written.
+    func noteWaitingForMarker(_ candidate: Candidate, now: Date) -> Double? {
+        let timeout = config.markerTimeoutMin * 60
+        let (entry, warnNow) = state.withLock { state -> (MarkerWaitList.Entry, Bool) in
+            var entry = state.waiting[candidate.id] ?? MarkerWaitList.Entry(caseId: candidate.id, since: now)
+            let warnNow = !entry.warned && now.timeIntervalSince(entry.since) >= timeout
+            if warnNow { entry.warned = true }
+            state.waiting[candidate.id] = entry
+            return (entry, warnNow)
+        }
+        if warnNow {
+            let minutes = Int((now.timeIntervalSince(entry.since) / 60).rounded(.down))
+            logger.warning("case \(candidate.id) has waited \(minutes) min for its ready marker \(config.readyMarker ?? "") (scanner.marker_timeout_min: \(MarkerWaitList.formatMinutes(config.markerTimeoutMin))); it is not taken until the sender writes \(config.readyMarker ?? "the marker") into \(candidate.path)",
+                           metadata: ["case_id": "\(candidate.id)", "waiting_since": "\(entry.since)"])
+        }
+        if entry.warned { return nil }
+        return max(0.05, timeout - now.timeIntervalSince(entry.since))
+    }
+
+    /// Restores the waiting cases the previous run wrote (their since and whether warned), once.
+    func loadWaitList() {
+        guard let path = waitListPath, let marker = config.readyMarker else { return }
+        guard state.withLock({ !$0.waitListLoaded }) else { return }
+        let previous = MarkerWaitList.read(from: path)
+        state.withLock { state in
+            state.waitListLoaded = true
+            guard let previous, previous.marker == marker else { return }
+            for entry in previous.cases { state.waiting[entry.caseId] = entry }
+            state.waitListWritten = previous.cases
+        }
+    }
+
+    /// Writes the waiting cases when they changed (without a ready marker: removes the file).
+    func saveWaitList(now: Date) {
+        guard let path = waitListPath else { return }
+        guard let marker = config.readyMarker else {
+            if FileManager.default.fileExists(atPath: path) { try? FileManager.default.removeItem(atPath: path) }
+            return
+        }
+        let entries = state.withLock { state -> [MarkerWaitList.Entry]? in
+            let entries = state.waiting.values.sorted { $0.caseId < $1.caseId }
+            return entries == state.waitListWritten ? nil : entries
+        }
+        guard let entries else { return }
+        do {
+            try MarkerWaitList(updatedAt: now, marker: marker, timeoutMin: config.markerTimeoutMin, cases: entries).write(to: path)
+            state.withLock { $0.waitListWritten = entries }
+        } catch {
+            logger.error("cannot write the list of cases waiting for their ready marker to \(path): \(error.localizedDescription)")
+        }
     }
 
     /// The case checked against `scanner.case_layout`: its details, nil when not checked.

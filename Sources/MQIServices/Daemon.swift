@@ -87,7 +87,8 @@ public struct Daemon: Sendable {
         let conductor = Conductor(config: config)
         let resultsDir = config.conductor.resultsDir
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,
-                                  hasVerifiedResults: { caseId in ResultManifest.verify((resultsDir as NSString).appendingPathComponent(caseId)) == nil })
+                                  hasVerifiedResults: { caseId in ResultManifest.verify((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
+                                  waitListPath: MarkerWaitList.path(database: config.state.database))
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics)),
@@ -101,13 +102,13 @@ public struct Daemon: Sendable {
                 retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability)),
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
         ]
-        if let reachability = transports.reachability {
         services.append(.init(service: RetentionService(retention: Retention(config: config.retention, logsDir: config.state.logsDir, store: store), logger: logger),
                               serviceName: "RetentionService"))
         let cleanup = transports.cleaner.flatMap { cleaner in
             config.hpc.cleanup == .afterDownload ? RemoteCleanupService(store: store, cleaner: cleaner, logger: logger, reachability: transports.reachability) : nil
         }
         if let cleanup { services.append(.init(service: cleanup, serviceName: "RemoteCleanupService")) }
+        if let reachability = transports.reachability {
             services.append(.init(service: HostWatch(reachability: reachability, runner: transports.runner, store: store, logger: logger),
                                   serviceName: "HostWatch"))
         }
@@ -208,9 +209,9 @@ struct IdleWatcher: Service {
     let store: Store
     let scanner: CaseScanner
     let logger: Logger
-    var interval: Double = 0.2
     /// Work besides the queues that must finish first (the HPC cleanup of completed cases).
     var otherWork: @Sendable () async -> Bool = { false }
+    var interval: Double = 0.2
 
     func run() async throws {
         var idleChecks = 0

@@ -49,7 +49,8 @@ public struct LocalFileMover: FileMover {
     }
 
     /// Copies `source` to `directory/name` through `directory/.mqi-partial/name`. The staging
-    /// directory keeps the final name, so a 255-byte case id still fits. Blocking.
+    /// directory keeps the final name, so a 255-byte case id still fits; a nested case id
+    /// (`G1/5506119/1.2…`) nests in both, parents created. Blocking.
     static func copyAtomically(from source: String, toDirectory directory: String, name: String, what: String,
                                cancellation: BlockingWork.Cancellation? = nil,
                                beforeCopy: () throws -> Void = {},
@@ -63,13 +64,14 @@ public struct LocalFileMover: FileMover {
         let partial = (staging as NSString).appendingPathComponent(name)
         let final = (directory as NSString).appendingPathComponent(name)
         do {
-            try files.createDirectory(atPath: staging, withIntermediateDirectories: true)
+            try files.createDirectory(atPath: (partial as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             if files.fileExists(atPath: partial) { try files.removeItem(atPath: partial) }
             try beforeCopy()
             try TreeCopy.copy(source, to: partial, cancellation: cancellation)
             let report = try measure(partial)
             try beforeRename(partial)
             if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
+            try files.createDirectory(atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             try files.moveItem(atPath: partial, toPath: final)
             return report
         } catch {

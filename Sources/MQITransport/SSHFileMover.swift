@@ -48,14 +48,16 @@ public struct SSHFileMover: FileMover {
         // A redelivered upload whose final copy already holds every file of the case with its
         // checksum is done: nothing is sent, and the copy (and what steps wrote there) stays.
         let runs = RunDirectories(uploadDir: uploadDir)
-        let prepare = try await connection.runScript(Self.prepareScript, arguments: [staging, final, runs.caseRuns(caseId), runs.legacyCaseRuns(caseId)], stdin: Data(manifest.utf8), timeoutSec: 3600)
+        // A nested case id (`G1/5506119/1.2…`): rsync creates only the last level of `partial`.
+        let stagingParent = (partial as NSString).deletingLastPathComponent
+        let prepare = try await connection.runScript(Self.prepareScript, arguments: [stagingParent, final, runs.caseRuns(caseId), runs.legacyCaseRuns(caseId)], stdin: Data(manifest.utf8), timeoutSec: 3600)
         if prepare.stdoutText.contains("MQI-DONE") { return report }
-        guard prepare.status == 0, prepare.stdoutText.contains("MQI-READY") else {
-            throw TransportError("cannot create \(staging) on \(connection.destination) (exit \(prepare.status)): \(prepare.stdoutText)\(prepare.stderrText)",
         if prepare.stdoutText.contains("MQI-NOASIDE") {
             throw TransportError("cannot move the run directories of a previous life of case \(caseId) aside in \(runs.root) on \(connection.destination): \(prepare.stderrText)",
                                  transient: false)
         }
+        guard prepare.status == 0, prepare.stdoutText.contains("MQI-READY") else {
+            throw TransportError("cannot create \(staging) on \(connection.destination) (exit \(prepare.status)): \(prepare.stdoutText)\(prepare.stderrText)",
                                  transient: prepare.status == 255)
         }
         try await rsync(from: Self.slash(localCase), to: connection.rsyncHost + Self.slash(partial), what: "upload of case \(caseId)")
@@ -143,9 +145,9 @@ public struct SSHFileMover: FileMover {
         let report = try LocalFileMover.measure(partial)
         do {
             if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
+            try files.createDirectory(atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             try files.moveItem(atPath: partial, toPath: final)
         } catch {
-            try files.createDirectory(atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             throw TransportError("cannot move the results of case \(caseId) into \(final): \(error.localizedDescription)")
         }
         // The manifest itself is not a result file.

@@ -87,6 +87,10 @@ struct Status: AsyncParsableCommand {
         let dead = try await store.deadLetters()
         let daemon = PIDLock.holder(of: config.state.pidFile)
         let hosts = try await store.hosts()
+        // Written by the daemon's scanner (`MarkerWaitList`); only with a ready marker.
+        let waitList = config.scanner.readyMarker == nil ? nil : MarkerWaitList.read(from: MarkerWaitList.path(database: config.state.database))
+        let waiting = waitList?.cases ?? []
+        let now = Date()
         if json {
             let object: [String: Any] = [
                 "daemon_running": daemon.running,
@@ -97,6 +101,10 @@ struct Status: AsyncParsableCommand {
                 "hosts": hosts.map { ["host": $0.host, "reachable": $0.reachable, "since": isoDate($0.since), "reason": $0.reason as Any] },
                 "queues": Dictionary(uniqueKeysWithValues: depths.map { ($0.key.rawValue, $0.value) }),
                 "dead_letters": dead.count,
+                "waiting_for_marker": waiting.map { entry in
+                    ["case_id": entry.caseId, "since": isoDate(entry.since), "waited_min": Int(now.timeIntervalSince(entry.since) / 60),
+                     "overdue": waitList?.isOverdue(entry, now: now) ?? false] as [String: Any]
+                },
             ]
             try printJSON(object)
             return
@@ -113,6 +121,15 @@ struct Status: AsyncParsableCommand {
             return "\(gpu.gpuId): \(gpu.status.rawValue)\(holder)"
         }.joined(separator: "  ")))
         print("queues: " + QueueName.allCases.map { "\($0.rawValue) \(depths[$0] ?? 0)" }.joined(separator: "  ") + "  dead_letters \(dead.count)")
+        if let waitList, !waiting.isEmpty {
+            let asOf = daemon.running ? "" : " (as the daemon last saw it, \(isoDate(waitList.updatedAt)); it is not running)"
+            print("waiting for \(waitList.marker)\(asOf):")
+            for entry in waiting {
+                let minutes = Int(now.timeIntervalSince(entry.since) / 60)
+                let overdue = waitList.isOverdue(entry, now: now) ? "  OVER scanner.marker_timeout_min (\(MarkerWaitList.formatMinutes(waitList.timeoutMin)))" : ""
+                print("  \(entry.caseId)  since \(isoDate(entry.since)) (\(minutes) min)\(overdue)")
+            }
+        }
         let active = try await store.cases(status: .processing, limit: 50) + (try await store.cases(status: .pendingResource, limit: 50))
         if !active.isEmpty {
             print("active:")
@@ -173,6 +190,7 @@ struct Cases: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             let history = try await store.history(caseId)
+            let planBeams = try await store.planBeams(caseId)
             if json {
                 struct Detail: Encodable {
                     var `case`: CaseSummary
@@ -190,12 +208,17 @@ struct Cases: AsyncParsableCommand {
             if summary.patientId != nil || !summary.beamNumbers.isEmpty {
                 print("patient:  \(summary.patientId ?? "-")  beams: \(summary.beamNumbers.map(String.init).joined(separator: ","))")
             }
+            if !planBeams.isEmpty {
+                print("plan beams:")
+                for beam in planBeams {
+                    print("  beam \(beam.number)  \(beam.name.isEmpty ? "-" : beam.name)  \(beam.delivered ? "delivered" : "not delivered")")
+                }
+            }
             if let error = summary.error { print("error:    \(summary.failureClass.map { "[\($0.rawValue)] " } ?? "")\(error)") }
             print("history:")
             for entry in history {
                 let step = entry.step.map { " \($0)" + (entry.attempt.map { "#\($0)" } ?? "") } ?? ""
                 print("  \(isoDate(entry.at))  \(entry.status.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)) \(entry.event)\(step): \(entry.message)")
-            let planBeams = try await store.planBeams(caseId)
             }
         }
     }
@@ -208,12 +231,6 @@ struct Cases: AsyncParsableCommand {
         func run() async throws {
             try await operate(options, caseId, .retry)
         }
-            if !planBeams.isEmpty {
-                print("plan beams:")
-                for beam in planBeams {
-                    print("  beam \(beam.number)  \(beam.name.isEmpty ? "-" : beam.name)  \(beam.delivered ? "delivered" : "not delivered")")
-                }
-            }
     }
 
     struct Cancel: AsyncParsableCommand {
@@ -267,6 +284,25 @@ struct GPUs: AsyncParsableCommand {
     }
 }
 
+struct Prune: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Delete step logs and history of finished cases older than retention.logs_days / retention.events_days now.",
+        discussion: "Prints what it removed (or, with --dry-run, would remove): counts, then each log directory and case. The case rows stay.")
+
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Only print what would be removed.")
+    var dryRun = false
+
+    func run() async throws {
+        let config = try options.load()
+        let store = try Daemon.openStore(config)
+        let retention = Retention(config: config.retention, logsDir: config.state.logsDir, store: store)
+        let report = try await retention.prune(dryRun: dryRun)
+        for line in Retention.describe(report, dryRun: dryRun, config: config.retention) { print(line) }
+        if !report.problems.isEmpty { throw ExitCode(1) }
+    }
+}
+
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "config", abstract: "Work with the config file.", subcommands: [Check.self])
 
@@ -296,25 +332,6 @@ struct Demo: AsyncParsableCommand {
             printError("--cases must be between 1 and 10000")
             throw ExitCode(2)
         }
-struct Prune: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Delete step logs and history of finished cases older than retention.logs_days / retention.events_days now.",
-        discussion: "Prints what it removed (or, with --dry-run, would remove): counts, then each log directory and case. The case rows stay.")
-
-    @OptionGroup var options: ConfigOption
-    @Flag(help: "Only print what would be removed.")
-    var dryRun = false
-
-    func run() async throws {
-        let config = try options.load()
-        let store = try Daemon.openStore(config)
-        let retention = Retention(config: config.retention, logsDir: config.state.logsDir, store: store)
-        let report = try await retention.prune(dryRun: dryRun)
-        for line in Retention.describe(report, dryRun: dryRun, config: config.retention) { print(line) }
-        if !report.problems.isEmpty { throw ExitCode(1) }
-    }
-}
-
         let site: DemoSite
         do {
             site = try DemoSite.create(at: dir, cases: cases)

@@ -159,6 +159,10 @@ enum Dashboard {
               \(actions)
             </section>
             \(planBeamsPanel(detail.planBeams))
+            <section class="panel" id="beam-runs-panel"\(c.beams.isEmpty ? " hidden" : "")>
+              <h2>Beam runs <span class="muted">one GPU run per delivered beam</span></h2>
+              <div id="beam-runs">\(beamRunsTable(c.beams))</div>
+            </section>
             <section class="panel">
               <h2>Workflow</h2>
               <ol class="stepper" id="stepper">\(stepper(detail))</ol>
@@ -387,6 +391,18 @@ enum Dashboard {
               <table class="plan-beams" id="plan-beams"><thead><tr><th class="num">Beam</th><th>Name</th><th>Delivery</th></tr></thead><tbody>\(rows)</tbody></table>
             </section>
             """
+    }
+
+    /// The runs of a `for_each: beam` step: beam, status, attempt, progress, GPU, times, error.
+    static func beamRunsTable(_ runs: [BeamRun]) -> String {
+        let rows = runs.map { run in
+            "<tr data-beam=\"\(run.beam)\" data-beam-status=\"\(run.status.rawValue)\"><td class=\"num\">\(run.beam)</td><td>\(escape(run.status.rawValue))</td>"
+                + "<td class=\"num\">\(run.attempt)</td><td class=\"num\">\(run.progress)%</td>"
+                + "<td>\(run.gpuIds.isEmpty ? "–" : run.gpuIds.map(String.init).joined(separator: ","))</td>"
+                + "<td class=\"nowrap\">\(run.startedAt.map(time) ?? "")</td><td class=\"nowrap\">\(run.finishedAt.map(time) ?? "")</td>"
+                + "<td>\(escape(run.error ?? ""))</td></tr>"
+        }.joined()
+        return "<table class=\"beam-runs\"><thead><tr><th class=\"num\">Beam</th><th>Status</th><th class=\"num\">Attempt</th><th class=\"num\">Progress</th><th>GPU</th><th>Started</th><th>Finished</th><th>Error</th></tr></thead><tbody>\(rows)</tbody></table>"
     }
 
     static func historyTable(_ history: [CaseHistoryEntry]) -> String {

@@ -226,7 +226,24 @@ enum DashboardAssets {
         var cancel = head.querySelector('[data-action="cancel"]'), retry = head.querySelector('[data-action="retry"]');
         if (cancel) cancel.hidden = !!FINAL[c.status];
         if (retry) retry.hidden = !(c.status === "FAILED" || c.status === "CANCELLED");
+        applyBeamRuns(c.beams || []);
         return true;
+      }
+      function applyBeamRuns(runs) {
+        var panel = document.getElementById("beam-runs-panel"), box = document.getElementById("beam-runs");
+        if (!panel || !box) return;
+        panel.hidden = !runs.length;
+        var table = el("table", { "class": "beam-runs" }), head = el("tr"), body = el("tbody");
+        ["Beam", "Status", "Attempt", "Progress", "GPU", "Started", "Finished", "Error"].forEach(function (h) { head.appendChild(el("th", null, h)); });
+        var thead = el("thead"); thead.appendChild(head); table.appendChild(thead);
+        runs.forEach(function (r) {
+          var tr = el("tr", { "data-beam": r.number, "data-beam-status": r.status });
+          [r.number, r.status, r.attempt, r.progress + "%", r.gpu_ids.length ? r.gpu_ids.join(",") : "–", fmtTime(r.started_at), fmtTime(r.finished_at), r.error || ""]
+            .forEach(function (v) { tr.appendChild(el("td", null, String(v))); });
+          body.appendChild(tr);
+        });
+        table.appendChild(body);
+        box.textContent = ""; box.appendChild(table);
       }
       function renderTimeline(attempts) {
         var box = document.getElementById("timeline");

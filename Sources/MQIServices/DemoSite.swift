@@ -30,7 +30,10 @@ public struct DemoSite: Sendable {
     /// site (it contains the file `.mqi-demo`); a previous site's generated state (var/, hpc/,
     /// data/, bin/, config.yaml) is removed and written anew, so running the demo twice in the
     /// same dir works. Anything else throws, and nothing is deleted.
-    public static func create(at directory: String, cases: Int, gpus: [Int] = [0, 1]) throws -> DemoSite {
+    /// `perBeam`: the simulation runs once per delivered beam (`for_each: beam`), each run on a GPU
+    /// of its own, and the interpreter runs without a GPU (what `mqi demo` shows); otherwise one
+    /// simulation covers the whole case on one GPU.
+    public static func create(at directory: String, cases: Int, gpus: [Int] = [0, 1], perBeam: Bool = false) throws -> DemoSite {
         let fm = FileManager.default
         let root = PathResolver.absolute(directory, relativeTo: fm.currentDirectoryPath)
         guard cases >= 0 else { throw DemoSiteError(directory: root, message: "the number of cases must be 0 or more, not \(cases)") }
@@ -84,17 +87,27 @@ public struct DemoSite: Sendable {
         }
         let width = max(3, String(cases).count)
         for index in 0..<cases {
-            try writeCase(named: caseID(index + 1, width: width), in: localLogdata, beams: 2 + index % 2)
+            if perBeam {
+                // The treatment rooms' layout: <room>/<patient>/<study> (scanner.case_depth: 3), two rooms, 3-beam plans.
+                let id = caseID(index + 1, width: width)
+                let parts = id.split(separator: "_", maxSplits: 1).map(String.init)
+                let patientFolder = "\(localLogdata)/G\(index % 2 + 1)/\(parts[0])"
+                try fm.createDirectory(atPath: patientFolder, withIntermediateDirectories: true)
+                try writeCase(named: parts[1], in: patientFolder, beams: 3, patientID: parts[0])
+            } else {
+                try writeCase(named: caseID(index + 1, width: width), in: localLogdata, beams: 2 + index % 2)
+            }
         }
 
         let interpreter = site.path("bin/interpreter.sh")
         let simulator = site.path("bin/moquisim.sh")
         try writeScript(DemoScripts.interpreter, to: interpreter)
         try writeScript(DemoScripts.simulator, to: simulator)
-        try Data(moquiTemplate.utf8).write(to: URL(fileURLWithPath: site.path("moqui_tps.in.tmpl")), options: .atomic)
+        let template = perBeam ? moquiTemplate.replacingOccurrences(of: "BeamNumbers {beam_numbers}", with: "BeamNumbers {beam_number}") : moquiTemplate
+        try Data(template.utf8).write(to: URL(fileURLWithPath: site.path("moqui_tps.in.tmpl")), options: .atomic)
         let nvidiaSMI = site.path("bin/nvidia-smi.sh")
         try writeScript(nvidiaSMIScript(gpus: gpus), to: nvidiaSMI)
-        try Data(configText(interpreter: interpreter, simulator: simulator, nvidiaSMI: nvidiaSMI, gpus: gpus).utf8)
+        try Data(configText(interpreter: interpreter, simulator: simulator, nvidiaSMI: nvidiaSMI, gpus: gpus, perBeam: perBeam).utf8)
             .write(to: URL(fileURLWithPath: site.configPath), options: .atomic)
         return site
     }
@@ -116,7 +129,8 @@ public struct DemoSite: Sendable {
     /// Writes one sample case in the clinic layout into `localLogdata/named/`: the RT plan
     /// `RP.<uid>.dcm` (real DICOM, see `demoPlan`), `beams` beam folders named by timestamp, each with `PlanInfo.txt`
     /// and 5–8 `NN_*.ptn` layer logs, and `marker` (if not nil) written last.
-    public static func writeCase(named name: String, in localLogdata: String, beams: Int = 2, marker: String? = "_CASE_READY") throws {
+    public static func writeCase(named name: String, in localLogdata: String, beams: Int = 2, marker: String? = "_CASE_READY",
+                                 patientID givenPatientID: String? = nil) throws {
         guard !name.isEmpty, name != ".", name != "..", !name.contains("/"), !name.contains("\0") else {
             throw DemoSiteError(directory: localLogdata, message: "\(String(reflecting: name)) cannot be a case directory name")
         }
@@ -127,7 +141,7 @@ public struct DemoSite: Sendable {
         let seed = stableSeed(name)
         // PlanInfo.txt holds KEY,value lines: keep the patient id to one line without commas, and
         // to the 64 characters a DICOM PatientID (LO) holds.
-        let patientID = String(String((name.split(separator: "_").first.map(String.init) ?? name)
+        let patientID = String(String((givenPatientID ?? name.split(separator: "_").first.map(String.init) ?? name)
             .map { $0.isNewline || $0 == "," ? "-" : $0 }).prefix(64))
 
         let planUID = "1.2.840.113854.\(seed).1"
@@ -182,8 +196,11 @@ public struct DemoSite: Sendable {
     }
 
     /// The config, with absolute script paths in the commands and every other path relative to it.
-    static func configText(interpreter: String, simulator: String, nvidiaSMI: String, gpus: [Int]) -> String {
-        """
+    static func configText(interpreter: String, simulator: String, nvidiaSMI: String, gpus: [Int], perBeam: Bool = false) -> String {
+        let interpreterCommand = "\(yamlEscaped(templateEscaped("/bin/sh " + shellWord(interpreter)))) --case-dir {case_dir}" + (perBeam ? "" : " --gpu {gpu_id}")
+        let simulatorCommand = "\(yamlEscaped(templateEscaped("/bin/sh " + shellWord(simulator)))) --case-dir {case_dir} --out {result_dir} --gpu {gpu_id}"
+            + (perBeam ? " --beam {beam_number}" : "")
+        return """
         # MQI Communicator demo site, generated by `mqi demo` (re-created on each run).
         # Relative paths resolve against this file's directory.
         scanner:
@@ -192,7 +209,7 @@ public struct DemoSite: Sendable {
           quiet_period_sec: 2
           rescan_interval_sec: 30
           workflow: default_qa
-          case_layout: moqui          # refuse cases without RP*.dcm, PlanInfo.txt and *.ptn before upload
+          case_layout: moqui          # refuse cases without RP*.dcm, PlanInfo.txt and *.ptn before upload\(perBeam ? "\n  case_depth: 3               # <room>/<patient>/<study>: G1/DEMO-001/1.2.840.113619.2.55.3.1" : "")
         state:
           database: ./var/mqi.sqlite
           pid_file: ./var/mqi.pid
@@ -207,9 +224,9 @@ public struct DemoSite: Sendable {
         workflows:
           default_qa:
             - { name: upload_case_files, type: upload,   progress: 10 }
-            - { name: run_interpreter,   type: execute,  progress: 30 }
+            - { name: run_interpreter,   type: execute,  progress: 30\(perBeam ? ", gpu: false" : "") }
             - name: run_moqui_sim
-              type: execute
+              type: execute\(perBeam ? "\n      for_each: beam              # one run per delivered beam, each on a GPU of its own" : "")
               progress: 40
               timeout_sec: 600
               # MOQUI profile: live progress, failures recognised from the log, GPU id rendered into the input file.
@@ -219,12 +236,12 @@ public struct DemoSite: Sendable {
               retryable_patterns: ['No free GPU remains']
               max_step_retries: 2
               input_files:
-                - { path: "{case_dir}/moqui_tps.in", template: moqui_tps.in.tmpl }
+                - { path: "{case_dir}/moqui_tps\(perBeam ? "_{beam_number}" : "").in", template: moqui_tps.in.tmpl }
             - { name: download_results,  type: download, progress: 90 }
         # Stand-ins for the real log interpreter and MOQUI (see the comments at the top of each script).
         remote_commands:
-          run_interpreter: "\(yamlEscaped(templateEscaped("/bin/sh " + shellWord(interpreter)))) --case-dir {case_dir} --gpu {gpu_id}"
-          run_moqui_sim:   "\(yamlEscaped(templateEscaped("/bin/sh " + shellWord(simulator)))) --case-dir {case_dir} --out {result_dir} --gpu {gpu_id}"
+          run_interpreter: "\(interpreterCommand)"
+          run_moqui_sim:   "\(simulatorCommand)"
         retry: { max_attempts: 3, initial_delay_sec: 1, max_delay_sec: 60, multiplier: 2 }
         logging: { level: info }
         # port 0: any free port (the demo prints it); a real site uses a fixed one, 8000 by default.
@@ -479,13 +496,14 @@ enum DemoScripts {
 
         usage() {
             say "ERROR: $1" >&2
-            say "usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N]" >&2
+            say "usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N] [--beam N]" >&2
             exit 2
         }
 
         case_dir=
         out=
         gpu=0
+        only_beam=
         while [ $# -gt 0 ]; do
             case $1 in
                 --case-dir) [ $# -ge 2 ] || usage "--case-dir needs a value"; case_dir=$2; shift 2 ;;
@@ -494,6 +512,8 @@ enum DemoScripts {
                 --out=*) out=${1#--out=}; shift ;;
                 --gpu) [ $# -ge 2 ] || usage "--gpu needs a value"; gpu=$2; shift 2 ;;
                 --gpu=*) gpu=${1#--gpu=}; shift ;;
+                --beam) [ $# -ge 2 ] || usage "--beam needs a value"; only_beam=$2; shift 2 ;;
+                --beam=*) only_beam=${1#--beam=}; shift ;;
                 *) usage "unknown argument: $1" ;;
             esac
         done
@@ -501,6 +521,9 @@ enum DemoScripts {
         [ -n "$out" ] || usage "--out is required"
         case $gpu in
             ''|*[!0-9]*) usage "--gpu must be a GPU number, not '$gpu'" ;;
+        esac
+        case $only_beam in
+            *[!0-9]*) usage "--beam must be a beam number, not '$only_beam'" ;;
         esac
         [ -d "$case_dir" ] || { say "ERROR: case directory not found: $case_dir" >&2; exit 2; }
 
@@ -522,11 +545,12 @@ enum DemoScripts {
             [ -f "$info" ] || continue
             beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
             [ -n "$beam" ] || beam=$((beams + 1))
+            [ -z "$only_beam" ] || [ "$beam" = "$only_beam" ] || continue
             beams=$((beams + 1))
             beam_numbers="${beam_numbers:+$beam_numbers,}$beam"
         done
         if [ "$beams" -eq 0 ]; then
-            say "ERROR: no beam folder with PlanInfo.txt in $case_dir" >&2
+            say "ERROR: no beam folder with PlanInfo.txt${only_beam:+ for beam $only_beam} in $case_dir" >&2
             exit 2
         fi
         mkdir -p "$out" || { say "ERROR: cannot create output directory $out" >&2; exit 2; }
@@ -535,17 +559,19 @@ enum DemoScripts {
         batches=10
         # The communicator renders moqui_tps.in into the case dir after reserving the GPU (the
         # step's input_files). Like MOQUI, refuse to run on a GPU we were not given.
-        if [ -f "$case_dir/moqui_tps.in" ]; then
-            tps_gpu=$(sed -n 's/^GPUID *//p' "$case_dir/moqui_tps.in" | head -n 1 | tr -d '\r ')
+        # (With --beam: one run per beam, its input file moqui_tps_<beam>.in.)
+        tps="$case_dir/moqui_tps${only_beam:+_$only_beam}.in"
+        if [ -f "$tps" ]; then
+            tps_gpu=$(sed -n 's/^GPUID *//p' "$tps" | head -n 1 | tr -d '\r ')
             case ",${CUDA_VISIBLE_DEVICES:-$gpu}," in
                 *",$tps_gpu,"*) ;;
                 *) say "FATAL ERROR: moqui_tps.in asks for GPUID '$tps_gpu', but this run was given GPU(s) ${CUDA_VISIBLE_DEVICES:-$gpu}" >&2
                    record_run
                    exit 4 ;;
             esac
-            say "Reading input parameters from $case_dir/moqui_tps.in (GPUID $tps_gpu)"
+            say "Reading input parameters from $tps (GPUID $tps_gpu)"
         fi
-        cat > "$out/moqui_tps.in" <<EOF
+        cat > "$out/moqui_tps${only_beam:+_$only_beam}.in" <<EOF
         GPUID $gpu
         RandomSeed -1932780356
         UseAbsolutePath true
@@ -573,8 +599,10 @@ enum DemoScripts {
         fi
         sleep 0.1
 
-        # About 1.5 s of "simulation" per case, whatever the number of beams.
-        pause_ms=$((1500 / (beams * batches)))
+        # About 1.5 s of "simulation" per case, whatever the number of beams; 0.75 s per beam run.
+        total_ms=1500
+        [ -z "$only_beam" ] || total_ms=750
+        pause_ms=$((total_ms / (beams * batches)))
         [ "$pause_ms" -ge 1 ] || pause_ms=1
         pause=$(printf '%d.%03d' $((pause_ms / 1000)) $((pause_ms % 1000)))
         done_batches=0
@@ -584,6 +612,7 @@ enum DemoScripts {
             [ -f "$info" ] || continue
             beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
             [ -n "$beam" ] || beam=1
+            [ -z "$only_beam" ] || [ "$beam" = "$only_beam" ] || continue
             name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r')
             gantry=$(sed -n 's/^GANTRY_ANGLE,//p' "$info" | head -n 1 | tr -d '\r')
             say "Beam $beam ($name, gantry $gantry deg)"
@@ -622,7 +651,7 @@ enum DemoScripts {
             say "particles_per_beam $particles"
             say "batches_per_beam $batches"
             say "total_execution_time_s $elapsed"
-        } > "$out/moqui_summary.txt"
+        } > "$out/moqui_summary${only_beam:+_beam$only_beam}.txt"
         record_run
         say "Total execution time: $elapsed s"
         exit 0

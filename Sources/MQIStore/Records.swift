@@ -20,11 +20,13 @@ public struct CaseSummary: Sendable, Equatable, Codable {
     public var failureClass: FailureClass?
     public var patientId: String?
     public var beamNumbers: [Int] = []
+    /// The beam runs of the case's (latest) `for_each: beam` step; empty without one.
+    public var beams: [BeamRun] = []
 
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", status, workflow, workflowStep = "workflow_step", progress, gpuIds = "gpu_ids"
         case attempt, error, createdAt = "created_at", updatedAt = "updated_at", startedAt = "started_at", finishedAt = "finished_at"
-        case failureClass = "failure_class", patientId = "patient_id", beamNumbers = "beam_numbers"
+        case failureClass = "failure_class", patientId = "patient_id", beamNumbers = "beam_numbers", beams
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -44,6 +46,7 @@ public struct CaseSummary: Sendable, Equatable, Codable {
         try container.encode(failureClass, forKey: .failureClass)
         try container.encode(patientId, forKey: .patientId)
         try container.encode(beamNumbers, forKey: .beamNumbers)
+        try container.encode(beams, forKey: .beams)
     }
 }
 

@@ -62,7 +62,7 @@ extension Store {
             if rows.count > limit, let last = page.last {
                 next = Self.encodeCursor(createdAt: last["_created"], rowid: last["_rowid"])
             }
-            return CasePage(cases: page.map(Self.summary), nextCursor: next)
+            return CasePage(cases: try Self.withBeams(db, page.map(Self.summary)), nextCursor: next)
         }
     }
 
@@ -81,8 +81,8 @@ extension Store {
     /// Cases changed at or after `since` (by `updated_at`), oldest change first, at most `limit`.
     public func casesUpdated(since: Date, limit: Int = 500) async throws -> [CaseSummary] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM cases WHERE updated_at >= ? ORDER BY updated_at, rowid LIMIT ?",
-                             arguments: [since, limit]).map(Self.summary)
+            try Self.withBeams(db, Row.fetchAll(db, sql: "SELECT * FROM cases WHERE updated_at >= ? ORDER BY updated_at, rowid LIMIT ?",
+                                                arguments: [since, limit]).map(Self.summary))
         }
     }
 

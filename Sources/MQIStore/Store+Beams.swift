@@ -66,6 +66,32 @@ extension Store {
         }
     }
 
+    /// `summaries` with the beam runs of each case's latest `for_each: beam` step attached (one
+    /// query per 500 cases).
+    static func withBeams(_ db: Database, _ summaries: [CaseSummary]) throws -> [CaseSummary] {
+        guard !summaries.isEmpty else { return summaries }
+        var runs: [String: (step: Int, runs: [BeamRun])] = [:]
+        var start = 0
+        while start < summaries.count {
+            let ids = summaries[start..<min(start + 500, summaries.count)].map(\.caseId)
+            let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id IN (\(marks)) ORDER BY case_id, step_index, beam",
+                                        arguments: StatementArguments(ids)) {
+                let caseId: String = row["case_id"], step: Int = row["step_index"]
+                if let known = runs[caseId], known.step > step { continue }
+                if runs[caseId]?.step != step { runs[caseId] = (step, []) }
+                runs[caseId]!.runs.append(beamRun(row))
+            }
+            start += 500
+        }
+        guard !runs.isEmpty else { return summaries }
+        return summaries.map { summary in
+            var summary = summary
+            summary.beams = runs[summary.caseId]?.runs ?? []
+            return summary
+        }
+    }
+
     /// Every beam run of a case, by step (for `cases show`, the API and the dashboard).
     public func beamRuns(_ caseId: String) async throws -> [StepBeamRuns] {
         try await pool.read { db in

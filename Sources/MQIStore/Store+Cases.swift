@@ -356,7 +356,7 @@ extension Store {
 
     public func caseSummary(_ caseId: String) async throws -> CaseSummary? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]).map(Self.summary)
+            try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]).map { try Self.withBeams(db, [Self.summary($0)])[0] }
         }
     }
 
@@ -365,9 +365,9 @@ extension Store {
         try await pool.read { db in
             if let status {
                 return try Row.fetchAll(db, sql: "SELECT * FROM cases WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                                        arguments: [status.rawValue, limit]).map(Self.summary)
+                                        arguments: [status.rawValue, limit]).map(Self.summary).withBeams(db)
             }
-            return try Row.fetchAll(db, sql: "SELECT * FROM cases ORDER BY created_at DESC, rowid DESC LIMIT ?", arguments: [limit]).map(Self.summary)
+            return try Row.fetchAll(db, sql: "SELECT * FROM cases ORDER BY created_at DESC, rowid DESC LIMIT ?", arguments: [limit]).map(Self.summary).withBeams(db)
         }
     }
 
@@ -408,4 +408,8 @@ extension Store {
                     failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init(rawValue:)),
                     patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""))
     }
+}
+
+extension Array where Element == CaseSummary {
+    func withBeams(_ db: Database) throws -> [CaseSummary] { try Store.withBeams(db, self) }
 }

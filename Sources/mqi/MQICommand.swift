@@ -214,6 +214,15 @@ struct Cases: AsyncParsableCommand {
                     print("  beam \(beam.number)  \(beam.name.isEmpty ? "-" : beam.name)  \(beam.delivered ? "delivered" : "not delivered")")
                 }
             }
+            if !summary.beams.isEmpty {
+                print("beam runs:")
+                for run in summary.beams {
+                    let gpus = run.gpuIds.isEmpty ? "" : "  GPU \(run.gpuIds.map(String.init).joined(separator: ","))"
+                    let times = [run.startedAt.map { "started \(isoDate($0))" }, run.finishedAt.map { "finished \(isoDate($0))" }].compactMap { $0 }
+                    print("  beam \(run.beam)  \(run.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))  attempt \(run.attempt)  \(run.progress)%\(gpus)"
+                          + (times.isEmpty ? "" : "  " + times.joined(separator: ", ")) + (run.error.map { "  error: \($0)" } ?? ""))
+                }
+            }
             if let error = summary.error { print("error:    \(summary.failureClass.map { "[\($0.rawValue)] " } ?? "")\(error)") }
             print("history:")
             for entry in history {
@@ -334,7 +343,7 @@ struct Demo: AsyncParsableCommand {
         }
         let site: DemoSite
         do {
-            site = try DemoSite.create(at: dir, cases: cases)
+            site = try DemoSite.create(at: dir, cases: cases, perBeam: true)
         } catch {
             printError("mqi demo: \(error)")
             throw ExitCode(1)

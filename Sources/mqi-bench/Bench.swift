@@ -13,7 +13,7 @@ struct MQIBench: AsyncParsableCommand {
     var quick = false
     @Option(help: "Also write the figures as JSON to this file.")
     var json: String?
-    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh).")
+    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams).")
     var only: String?
     @Flag(help: "Keep the temporary directories (for inspection).")
     var keep = false
@@ -21,7 +21,7 @@ struct MQIBench: AsyncParsableCommand {
     var mqi: String?
 
     func run() async throws {
-        let sections = Set((only ?? "orchestration,detection,gpu,scale,ssh").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        let sections = Set((only ?? "orchestration,detection,gpu,scale,ssh,beams").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         let started = nowEpoch()
         var figures: [Figure] = []
         if sections.contains("orchestration") {
@@ -39,6 +39,9 @@ struct MQIBench: AsyncParsableCommand {
         }
         if sections.contains("ssh") {
             figures += await SSHFigures.run(quick: quick)
+        }
+        if sections.contains("beams") {
+            figures += try await BeamBenchmark.run(beams: 4, gpus: 4, secondsPerBeam: 1, rounds: quick ? 3 : 5, keep: keep)
         }
         let total = nowEpoch() - started
         print(Table.render(figures, title: "mqi-bench\(quick ? " --quick" : "") on \(ProcessInfo.processInfo.activeProcessorCount) cores, \(fmt(total)) s"))

@@ -192,6 +192,9 @@ public actor SSHConnection {
             return
         }
         let failure = error ?? TransportError("ssh to \(destination): the master connection did not come up", transient: true)
+        // Refused: no sshd listens, the attempt cost the host nothing; it does not use up the
+        // budget, so reconnecting after an outage is not held back by the attempts made during it.
+        if failure.message.contains("Connection refused") { budget.refundLast() }
         failures += 1
         let delay = timing.jitter(0...retry.ceiling(attempt: failures))
         nextAttemptAt = timing.now() + delay

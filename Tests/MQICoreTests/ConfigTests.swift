@@ -205,7 +205,7 @@ let badConfigs: [BadConfig] = [
     BadConfig(name: "unknown placeholder in a remote command",
               lines: scanner + steps + ["remote_commands:", #"  run_interpreter: "python3 /opt/mqi/interpreter.py --case {case_idd} --gpu {gpu_id}""#],
               keyPath: "remote_commands.run_interpreter", line: 9, column: 20,
-              message: "unknown placeholder {case_idd}; known placeholders: {beam_numbers}, {case_dir}, {case_id},",
+              message: "unknown placeholder {case_idd}; known placeholders: {beam_number}, {beam_numbers}, {case_dir}, {case_id},",
               onlyError: false),
     BadConfig(name: "unknown step type",
               lines: scanner + ["workflows:", "  default_qa:", "    - { name: upload_case_files, type: uplod, progress: 10 }", interpreter] + commands,

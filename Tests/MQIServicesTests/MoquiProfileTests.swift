@@ -168,7 +168,9 @@ struct MoquiProfileTests {
         defer { temp.remove() }
         let started = Date()
         try await Daemon(config: config, logger: CapturedLogs().logger(), exitWhenIdle: true).run()
-        #expect(Date().timeIntervalSince(started) < 15)
+        // Seconds instead of the engine's 600 s hang (alone ≈ 0.7 s; the whole suite in parallel
+        // on 2 cores has taken 15 s).
+        #expect(Date().timeIntervalSince(started) < 40)
         let store = try Daemon.openStore(config)
         let summary = try #require(try await store.caseSummary("CASE-1"))
         #expect(summary.status == .failed)

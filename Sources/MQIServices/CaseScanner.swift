@@ -23,7 +23,7 @@ public final class CaseScanner: Service, Sendable {
     let metrics: MQIMetrics
     /// Whether a case's complete, verified results are already in `results_dir` (after the
     /// database was rebuilt): such a case is recorded COMPLETED, not run again.
-    let hasVerifiedResults: @Sendable (String) -> Bool
+    let hasVerifiedResults: @Sendable (String) async -> Bool
     /// Where the cases waiting for their ready marker are written (`MarkerWaitList`); nil: nowhere.
     let waitListPath: String?
     private let state = Mutex(ScanState())
@@ -43,7 +43,7 @@ public final class CaseScanner: Service, Sendable {
     }
 
     public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(),
-                hasVerifiedResults: @escaping @Sendable (String) -> Bool = { _ in false }, waitListPath: String? = nil,
+                hasVerifiedResults: @escaping @Sendable (String) async -> Bool = { _ in false }, waitListPath: String? = nil,
                 now: @escaping @Sendable () -> Date = { Date() }) {
         self.hasVerifiedResults = hasVerifiedResults
         self.waitListPath = waitListPath
@@ -122,7 +122,7 @@ public final class CaseScanner: Service, Sendable {
             case .ready:
                 let validated = validation(path)
                 do {
-                    if hasVerifiedResults(name) {
+                    if await hasVerifiedResults(name) {
                         if try await store.registerCompletedCase(name, workflow: config.workflow,
                                                                  note: "complete, verified results already in the results directory; not run again") {
                             logger.info("case already has complete, verified results; recorded COMPLETED without running it", metadata: ["case_id": "\(name)"])

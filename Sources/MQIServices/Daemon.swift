@@ -87,7 +87,7 @@ public struct Daemon: Sendable {
         let conductor = Conductor(config: config)
         let resultsDir = config.conductor.resultsDir
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,
-                                  hasVerifiedResults: { caseId in ResultManifest.verify((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
+                                  hasVerifiedResults: { caseId in await ResultManifest.check((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
                                   waitListPath: MarkerWaitList.path(database: config.state.database))
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup),

@@ -53,6 +53,21 @@ extension Store {
         }
     }
 
+    /// Records on every draining GPU that its stop cannot be confirmed now (the HPC host does not
+    /// answer, so no stop is tried): `reason`, or, with nil, clears the reasons that equal
+    /// `replacing` (the host answers again; the stop is tried next).
+    public func noteDrainsBlocked(reason: String?, replacing: String? = nil) async throws {
+        try await pool.write { db in
+            if let reason {
+                try db.execute(sql: "UPDATE gpu_resources SET drain_reason = ? WHERE status = 'draining' AND drain_reason IS NOT ?",
+                               arguments: [reason, reason])
+            } else if let replacing {
+                try db.execute(sql: "UPDATE gpu_resources SET drain_reason = NULL WHERE status = 'draining' AND drain_reason = ?",
+                               arguments: [replacing])
+            }
+        }
+    }
+
     /// Gives a message back after a transient failure (the HPC host unreachable, say) without
     /// counting the delivery: an outage delays work, it never uses up a message's attempts.
     public func postpone(_ message: ClaimedMessage, error: String, retryAfter: Double) async throws {

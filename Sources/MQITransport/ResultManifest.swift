@@ -50,7 +50,12 @@ public enum ResultManifest {
 
     /// `verify(_:)` on a thread of its own: for async callers.
     public static func check(_ directory: String) async -> String? {
-        (try? await BlockingWork.run("mqi-manifest-check") { _ in verify(directory) }) ?? "the check of \(directory) was cancelled"
+        // Not `try?`: it would flatten verify's nil (all good) into the nil of a thrown error.
+        do {
+            return try await BlockingWork.run("mqi-manifest-check") { _ in verify(directory) }
+        } catch {
+            return "the check of \(directory) was cancelled"
+        }
     }
 
     /// True when `dir` holds complete, verified results. Blocking.

@@ -137,7 +137,7 @@ public struct SSHFileMover: FileMover {
         } catch {
             throw TransportError("cannot write the manifest into \(partial): \(error.localizedDescription)")
         }
-        if let problem = ResultManifest.verify(partial) {
+        if let problem = await ResultManifest.check(partial) {
             try? files.removeItem(atPath: partial)
             throw TransportError("download of the results of case \(caseId) failed verification (the staging copy was removed and the retry fetches it again): \(problem)",
                                  transient: true)

@@ -60,7 +60,7 @@ public actor SSHConnection {
     let onConnectionOpened: @Sendable () -> Void
 
     public init(config: SSHConfig, retry: RetryPolicy, logger: Logger, controlPersistSec: Int = 600,
-                reconnectPatienceSec: Double = 30, timing: Timing = .system, onConnectionOpened: @escaping @Sendable () -> Void = {}) throws {
+                reconnectPatienceSec: Double = 12, timing: Timing = .system, onConnectionOpened: @escaping @Sendable () -> Void = {}) throws {
         self.onConnectionOpened = onConnectionOpened
         self.reconnectPatienceSec = reconnectPatienceSec
         self.config = config
@@ -101,7 +101,7 @@ public actor SSHConnection {
     }
 
     nonisolated var tailOptions: [String] {
-        config.extraOptions.flatMap { ["-o", $0] } + ["-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+        config.extraOptions.flatMap { ["-o", $0] } + ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
     }
 
     /// Options of a command through the master; never a connection of its own.
@@ -192,9 +192,6 @@ public actor SSHConnection {
             return
         }
         let failure = error ?? TransportError("ssh to \(destination): the master connection did not come up", transient: true)
-        // Refused: no sshd listens, the attempt cost the host nothing; it does not use up the
-        // budget, so reconnecting after an outage is not held back by the attempts made during it.
-        if failure.message.contains("Connection refused") { budget.refundLast() }
         failures += 1
         let delay = timing.jitter(0...retry.ceiling(attempt: failures))
         nextAttemptAt = timing.now() + delay

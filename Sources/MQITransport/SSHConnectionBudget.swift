@@ -28,12 +28,6 @@ public struct SSHConnectionBudget: Sendable, Equatable {
         return true
     }
 
-    /// Gives back the token spent last: the attempt never reached the server (connection
-    /// refused: nothing listens), so it cost the host nothing.
-    public mutating func refundLast() {
-        if !spent.isEmpty { spent.removeLast() }
-    }
-
     /// Connections opened in the last `window` seconds.
     public func used(now: Double) -> Int {
         spent.filter { now - $0 < window }.count

@@ -90,17 +90,20 @@ public struct Daemon: Sendable {
                                   hasVerifiedResults: { caseId in await ResultManifest.check((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
                                   waitListPath: MarkerWaitList.path(database: config.state.database))
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup),
-            .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics)),
+            .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "CaseScanner"),
+            .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics),
+                  serviceName: "ConductorService"),
             .init(service: RemoteExecutorService(
                 store: store, executor: transports.executor, logsDir: config.state.logsDir,
                 concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics,
-                reachability: transports.reachability)),
+                reachability: transports.reachability),
+                  serviceName: "RemoteExecutorService"),
             .init(service: FileTransferService(
                 store: store, mover: transports.mover,
                 localLogdata: config.scanner.localLogdata, readyMarker: config.scanner.readyMarker, resultsDir: config.conductor.resultsDir, concurrency: 2,
-                retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability)),
-            .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore),
+                retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability),
+                  serviceName: "FileTransferService"),
+            .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore, serviceName: "SystemdNotifier"),
         ]
         services.append(.init(service: RetentionService(retention: Retention(config: config.retention, logsDir: config.state.logsDir, store: store), logger: logger),
                               serviceName: "RetentionService"))
@@ -125,7 +128,7 @@ public struct Daemon: Sendable {
                 return await group.next() ?? false
             }
             if !firstReading { logger.warning("no GPU reading at start (the HPC host does not answer yet); the GPU monitor keeps trying") }
-            services.append(.init(service: monitor))
+            services.append(.init(service: monitor, serviceName: "GPUMonitor"))
         }
         if config.metrics.enabled {
             let readiness = Readiness(store: store, runner: transports.runner, reachability: transports.reachability)
@@ -137,15 +140,16 @@ public struct Daemon: Sendable {
                                                  logger.info("serving /metrics, /healthz and /readyz on http://\(host):\(port)")
                                                  await onListening?(port)
                                              })
-            services.append(.init(service: app))
+            services.append(.init(service: app, serviceName: "HTTPServer"))
         }
         if let shutdown {
-            services.append(.init(service: ShutdownTrigger(fired: shutdown), successTerminationBehavior: .gracefullyShutdownGroup))
+            services.append(.init(service: ShutdownTrigger(fired: shutdown), successTerminationBehavior: .gracefullyShutdownGroup,
+                                  serviceName: "ShutdownTrigger"))
         }
         if exitWhenIdle {
             services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger,
                                                        otherWork: { await cleanup?.hasPendingWork() ?? false }),
-                                  successTerminationBehavior: .gracefullyShutdownGroup))
+                                  successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "IdleWatcher"))
         }
         var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         groupConfig.maximumGracefulShutdownDuration = .milliseconds(Int64(config.shutdownTimeoutSec * 1000))

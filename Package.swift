@@ -51,14 +51,18 @@ let package = Package(
             "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP", "MQITestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .executableTarget(name: "mqi", dependencies: [
             "MQIServices",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Fixtures, fakes and timing helpers shared by the tests (and mqi-bench).
         .target(name: "MQITestSupport", dependencies: [
-            "MQICore", "MQIStore", "MQIServices", "MQITransport",
+            "MQICore", "MQIStore", "MQIServices", "MQITransport", "MQIHTTP",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Hummingbird", package: "hummingbird"),
         ]),
         .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
         .testTarget(name: "MQITransportTests", dependencies: ["MQITransport", "MQICore", "MQITestSupport"]),

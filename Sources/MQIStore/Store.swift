@@ -5,7 +5,7 @@ import MQICore
 /// The communicator's durable state in one SQLite file (WAL): cases, their history, GPU
 /// reservations and the durable queues. Every method is one transaction; callers never see SQL.
 public struct Store: Sendable {
-    let pool: DatabasePool
+    package let pool: DatabasePool
     let now: @Sendable () -> Date
     /// Deliveries after which a message moves to the dead letters.
     public let maxDeliveries: Int

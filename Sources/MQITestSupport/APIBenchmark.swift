@@ -5,6 +5,7 @@ import FoundationNetworking
 import Hummingbird
 import Logging
 import MQICore
+import MQIHTTP
 import MQIStore
 
 /// How fast the API answers, measured over real HTTP on loopback (for `mqi-bench` and the tests).

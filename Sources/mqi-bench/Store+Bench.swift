@@ -1,22 +1,23 @@
 import Foundation
 import GRDB
 import MQICore
+import MQIStore
 
 /// Bulk operations for `mqi-bench` only: filling a database with a clinic's years of history and
-/// reading back what the daemon recorded. Not used by the daemon.
+/// reading back what the daemon recorded. They reach the store's database pool (`package` access).
 extension Store {
     /// One row of `case_events`, as the benchmark analyses it.
-    public struct BenchEvent: Sendable {
-        public var caseId: String
-        public var at: Date
-        public var event: String
-        public var status: String
-        public var step: String?
+    struct BenchEvent: Sendable {
+        var caseId: String
+        var at: Date
+        var event: String
+        var status: String
+        var step: String?
     }
 
     /// Inserts `count` finished cases (every `failedEvery`-th FAILED, the rest COMPLETED) with
     /// `eventsPerCase` history lines each, in ONE transaction. Case ids are `prefix` + a number.
-    public func benchInsertFinishedCases(count: Int, prefix: String = "HIST-", workflow: String, failedEvery: Int = 50,
+    func benchInsertFinishedCases(count: Int, prefix: String = "HIST-", workflow: String, failedEvery: Int = 50,
                                          eventsPerCase: Int = 6, start: Date = Date(timeIntervalSinceNow: -365 * 86_400)) async throws {
         try await pool.write { db in
             let insertCase = try db.makeStatement(sql: """
@@ -52,7 +53,7 @@ extension Store {
     }
 
     /// Every `case_events` row, in order.
-    public func benchEvents() async throws -> [BenchEvent] {
+    func benchEvents() async throws -> [BenchEvent] {
         try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT case_id, at, event, status, step FROM case_events ORDER BY id").map { row in
                 BenchEvent(caseId: row["case_id"], at: row["at"], event: row["event"], status: row["status"], step: row["step"])
@@ -61,7 +62,7 @@ extension Store {
     }
 
     /// `created_at` and `finished_at` of every case.
-    public func benchCaseTimes() async throws -> [String: (created: Date, finished: Date?, status: String)] {
+    func benchCaseTimes() async throws -> [String: (created: Date, finished: Date?, status: String)] {
         try await pool.read { db in
             var times: [String: (created: Date, finished: Date?, status: String)] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT case_id, created_at, finished_at, status FROM cases") {

@@ -77,7 +77,9 @@ struct FieldFaultTests {
             let outcome = try await executor.execute(run) { false }
             guard case .failed(let reason) = outcome else { Issue.record("\(label): expected an ended attempt, got \(outcome)"); continue }
             #expect(reason.contains("without recording an exit code"), "\(label): \(reason)")
-            #expect(Date().timeIntervalSince(started) < 5, "\(label): waited on an unrelated process")
+            // The unrelated process sleeps 30 s: adoption must not wait for it (a loaded 2-core
+            // machine has taken 5.4 s to answer).
+            #expect(Date().timeIntervalSince(started) < 20, "\(label): waited on an unrelated process")
             // Stop: not ours to signal.
             try await executor.stop(run)
             try await Task.sleep(for: .milliseconds(300))

@@ -184,7 +184,8 @@ struct MoquiProfileTests {
         let history = try await store.history("CASE-1")
         let failedAt = try #require(history.last { $0.status == .failed }?.at)
         let simStarted = try #require(history.first { $0.message.contains("starting run_moqui_sim") }?.at)
-        #expect(failedAt.timeIntervalSince(simStarted) < 3)
+        // (alone well under a second; the whole suite in parallel on 2 cores has taken 5 s)
+        #expect(failedAt.timeIntervalSince(simStarted) < 20)
     }
 
     @Test(.timeLimit(.minutes(1)))

@@ -32,18 +32,23 @@ let package = Package(
             "MQICore",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // Long-running services and their wiring.
+        // Every metric the communicator exports, on one Prometheus registry passed to whoever
+        // updates or serves it (the services, the HTTP endpoint).
+        .target(name: "MQIMetrics", dependencies: [
+            "MQICore", "MQIStore",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
+        // Long-running services and their wiring (the daemon also starts the HTTP endpoint).
         .target(name: "MQIServices", dependencies: [
-            "MQICore", "MQIStore", "MQITransport", "MQIHTTP",
+            "MQICore", "MQIStore", "MQITransport", "MQIMetrics", "MQIHTTP",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // The HTTP endpoint: /metrics, health probes (and later the API and dashboard).
         .target(name: "MQIHTTP", dependencies: [
-            "MQICore", "MQIStore", "MQITransport",
+            "MQICore", "MQIStore", "MQITransport", "MQIMetrics",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // `swift run -c release mqi-bench [--quick] [--json FILE]`: the performance figures.
@@ -59,7 +64,7 @@ let package = Package(
         ]),
         // Fixtures, fakes and timing helpers shared by the tests (and mqi-bench).
         .target(name: "MQITestSupport", dependencies: [
-            "MQICore", "MQIStore", "MQIServices", "MQITransport", "MQIHTTP",
+            "MQICore", "MQIStore", "MQIServices", "MQITransport", "MQIHTTP", "MQIMetrics",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -67,12 +72,12 @@ let package = Package(
         .testTarget(name: "MQICoreTests", dependencies: ["MQICore", "MQITestSupport"]),
         .testTarget(name: "MQITransportTests", dependencies: ["MQITransport", "MQICore", "MQITestSupport"]),
         .testTarget(name: "MQIHTTPTests", dependencies: [
-            "MQIHTTP", "MQIStore", "MQICore", "MQITestSupport",
+            "MQIHTTP", "MQIMetrics", "MQIStore", "MQICore", "MQITestSupport",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
         .testTarget(name: "MQIStoreTests", dependencies: ["MQIStore", "MQITestSupport"]),
         .testTarget(name: "MQIServicesTests", dependencies: [
-            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP", "MQITestSupport", "mqi",
+            "MQIServices", "MQIStore", "MQICore", "MQITransport", "MQIHTTP", "MQIMetrics", "MQITestSupport", "mqi",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

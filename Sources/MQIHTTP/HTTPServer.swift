@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import MQICore
+import MQIMetrics
 import MQIStore
 import NIOCore
 

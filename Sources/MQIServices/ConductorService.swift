@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import MQICore
-import MQIHTTP
+import MQIMetrics
 import MQIStore
 import ServiceLifecycle
 

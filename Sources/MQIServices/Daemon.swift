@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MQICore
 import MQIHTTP
+import MQIMetrics
 import MQIStore
 import MQITransport
 import ServiceLifecycle

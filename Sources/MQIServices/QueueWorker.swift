@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import MQICore
-import MQIHTTP
+import MQIMetrics
 import MQIStore
 import MQITransport
 
@@ -48,6 +48,8 @@ struct QueueWorker: Sendable {
             let message: ClaimedMessage?
             do {
                 message = try await store.claim(queue, kinds: kinds, owner: owner, leaseSec: leaseSec)
+            } catch is CancellationError {
+                break  // shutdown: not an error
             } catch {
                 logger.error("cannot claim from \(queue.rawValue): \(error)", metadata: ["queue": "\(queue.rawValue)"])
                 await doorbell.wait(upTo: idlePollSec)

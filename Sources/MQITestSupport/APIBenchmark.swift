@@ -6,6 +6,7 @@ import Hummingbird
 import Logging
 import MQICore
 import MQIHTTP
+import MQIMetrics
 import MQIStore
 
 /// How fast the API answers, measured over real HTTP on loopback (for `mqi-bench` and the tests).

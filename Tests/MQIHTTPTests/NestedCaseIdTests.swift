@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import MQICore
 import MQIHTTP
+import MQIMetrics
 import MQIStore
 import MQITestSupport
 import Testing

@@ -1,6 +1,6 @@
 import Foundation
 import MQICore
-import MQIHTTP
+import MQIMetrics
 import MQIStore
 import MQITestSupport
 import MQITransport

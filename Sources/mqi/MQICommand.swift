@@ -80,66 +80,7 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load()
-        let store = try Daemon.openStore(config)
-        let counts = try await store.statusCounts()
-        let gpus = try await store.gpus()
-        let depths = try await store.queueDepths()
-        let dead = try await store.deadLetters()
-        let daemon = PIDLock.holder(of: config.state.pidFile)
-        let hosts = try await store.hosts()
-        // Written by the daemon's scanner (`MarkerWaitList`); only with a ready marker.
-        let waitList = config.scanner.readyMarker == nil ? nil : MarkerWaitList.read(from: MarkerWaitList.path(database: config.state.database))
-        let waiting = waitList?.cases ?? []
-        let now = Date()
-        if json {
-            let object: [String: Any] = [
-                "daemon_running": daemon.running,
-                "daemon_pid": daemon.running ? daemon.pid.map { Int($0) } as Any : NSNull(),
-                "cases": Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, $0.value) }),
-                "gpus": gpus.map { ["gpu_id": $0.gpuId, "status": $0.status.rawValue, "reserved_by": $0.reservedBy as Any,
-                                    "draining_for": $0.drain?.caseId as Any, "drain_reason": $0.drain?.reason as Any] },
-                "hosts": hosts.map { ["host": $0.host, "reachable": $0.reachable, "since": isoDate($0.since), "reason": $0.reason as Any] },
-                "queues": Dictionary(uniqueKeysWithValues: depths.map { ($0.key.rawValue, $0.value) }),
-                "dead_letters": dead.count,
-                "waiting_for_marker": waiting.map { entry in
-                    ["case_id": entry.caseId, "since": isoDate(entry.since), "waited_min": Int(now.timeIntervalSince(entry.since) / 60),
-                     "overdue": waitList?.isOverdue(entry, now: now) ?? false] as [String: Any]
-                },
-            ]
-            try printJSON(object)
-            return
-        }
-        print("daemon: " + (daemon.running ? "running (PID \(daemon.pid.map(String.init) ?? "?"))" : "not running"))
-        print("cases:  " + CaseStatus.allCases.map { "\($0.rawValue) \(counts[$0] ?? 0)" }.joined(separator: "  "))
-        for host in hosts {
-            let seconds = Int(Date().timeIntervalSince(host.since))
-            print("hpc:    " + (host.reachable ? "\(host.host) reachable"
-                                              : "\(host.host) UNREACHABLE since \(isoDate(host.since)) (\(seconds) s): \(host.reason ?? "no answer"); work that needs it is paused"))
-        }
-        print("gpus:   " + (gpus.isEmpty ? "none" : gpus.map { gpu in
-            let holder = gpu.status == .draining ? " (\(gpu.holder ?? ""))" : gpu.reservedBy.map { " by \($0)" } ?? ""
-            return "\(gpu.gpuId): \(gpu.status.rawValue)\(holder)"
-        }.joined(separator: "  ")))
-        print("queues: " + QueueName.allCases.map { "\($0.rawValue) \(depths[$0] ?? 0)" }.joined(separator: "  ") + "  dead_letters \(dead.count)")
-        if let waitList, !waiting.isEmpty {
-            let asOf = daemon.running ? "" : " (as the daemon last saw it, \(isoDate(waitList.updatedAt)); it is not running)"
-            print("waiting for \(waitList.marker)\(asOf):")
-            for entry in waiting {
-                let minutes = Int(now.timeIntervalSince(entry.since) / 60)
-                let overdue = waitList.isOverdue(entry, now: now) ? "  OVER scanner.marker_timeout_min (\(MarkerWaitList.formatMinutes(waitList.timeoutMin)))" : ""
-                print("  \(entry.caseId)  since \(isoDate(entry.since)) (\(minutes) min)\(overdue)")
-            }
-        }
-        let active = try await store.cases(status: .processing, limit: 50) + (try await store.cases(status: .pendingResource, limit: 50))
-        if !active.isEmpty {
-            print("active:")
-            for summary in active {
-                let filled = summary.progress / 5
-                let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: 20 - filled)
-                let gpus = summary.gpuIds.isEmpty ? "" : " GPU \(summary.gpuIds.map(String.init).joined(separator: ","))"
-                print("  [\(bar)] \(String(format: "%3d", summary.progress))%  \(summary.caseId)  \(summary.status.rawValue) \(summary.workflowStep ?? "-")\(gpus)")
-            }
-        }
+        print(try await Reports.status(config: config, store: Daemon.openStore(config), json: json))
     }
 }
 
@@ -169,10 +110,10 @@ struct Cases: AsyncParsableCommand {
             }
             let cases = try await Daemon.openStore(config).cases(status: filter, limit: limit)
             if json {
-                print(try jsonText(cases))
+                print(try Reports.jsonText(cases))
                 return
             }
-            printTable(cases)
+            print(Reports.casesTable(cases))
         }
     }
 
@@ -184,51 +125,11 @@ struct Cases: AsyncParsableCommand {
 
         func run() async throws {
             let config = try options.load()
-            let store = try Daemon.openStore(config)
-            guard let summary = try await store.caseSummary(caseId) else {
+            guard let detail = try await Reports.caseDetail(caseId, store: Daemon.openStore(config), json: json) else {
                 printError("no case '\(caseId)'")
                 throw ExitCode(1)
             }
-            let history = try await store.history(caseId)
-            let planBeams = try await store.planBeams(caseId)
-            if json {
-                struct Detail: Encodable {
-                    var `case`: CaseSummary
-                    var planBeams: [CasePlanBeam]
-                    var history: [CaseHistoryEntry]
-                    enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history }
-                }
-                print(try jsonText(Detail(case: summary, planBeams: planBeams, history: history)))
-                return
-            }
-            print("case:     \(summary.caseId)")
-            print("status:   \(summary.status.rawValue)")
-            print("workflow: \(summary.workflow)  step: \(summary.workflowStep ?? "-")  attempt: \(summary.attempt)  progress: \(summary.progress)%")
-            print("gpus:     \(summary.gpuIds.isEmpty ? "-" : summary.gpuIds.map(String.init).joined(separator: ","))")
-            if summary.patientId != nil || !summary.beamNumbers.isEmpty {
-                print("patient:  \(summary.patientId ?? "-")  beams: \(summary.beamNumbers.map(String.init).joined(separator: ","))")
-            }
-            if !planBeams.isEmpty {
-                print("plan beams:")
-                for beam in planBeams {
-                    print("  beam \(beam.number)  \(beam.name.isEmpty ? "-" : beam.name)  \(beam.delivered ? "delivered" : "not delivered")")
-                }
-            }
-            if !summary.beams.isEmpty {
-                print("beam runs:")
-                for run in summary.beams {
-                    let gpus = run.gpuIds.isEmpty ? "" : "  GPU \(run.gpuIds.map(String.init).joined(separator: ","))"
-                    let times = [run.startedAt.map { "started \(isoDate($0))" }, run.finishedAt.map { "finished \(isoDate($0))" }].compactMap { $0 }
-                    print("  beam \(run.beam)  \(run.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))  attempt \(run.attempt)  \(run.progress)%\(gpus)"
-                          + (times.isEmpty ? "" : "  " + times.joined(separator: ", ")) + (run.error.map { "  error: \($0)" } ?? ""))
-                }
-            }
-            if let error = summary.error { print("error:    \(summary.failureClass.map { "[\($0.rawValue)] " } ?? "")\(error)") }
-            print("history:")
-            for entry in history {
-                let step = entry.step.map { " \($0)" + (entry.attempt.map { "#\($0)" } ?? "") } ?? ""
-                print("  \(isoDate(entry.at))  \(entry.status.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)) \(entry.event)\(step): \(entry.message)")
-            }
+            print(detail)
         }
     }
 
@@ -279,17 +180,10 @@ struct GPUs: AsyncParsableCommand {
         let config = try options.load()
         let gpus = try await Daemon.openStore(config).gpus()
         if json {
-            print(try jsonText(gpus))
+            print(try Reports.jsonText(gpus))
             return
         }
-        let header = ["GPU", "NAME", "STATUS", "RESERVED BY", "HEALTH", "UTIL", "MEMORY", "TEMP", "LAST SEEN"]
-        let rows = gpus.map { gpu -> [String] in
-            let memory = gpu.memoryUsedMB.map { used in "\(Int(used))/\(gpu.memoryTotalMB.map { String(Int($0)) } ?? "?") MiB" } ?? "-"
-            return [String(gpu.gpuId), gpu.name ?? "-", gpu.status.rawValue, gpu.holder ?? "-", gpu.health.rawValue,
-                    gpu.utilizationPercent.map { "\(Int($0))%" } ?? "-", memory,
-                    gpu.temperatureC.map { "\(Int($0)) C" } ?? "-", gpu.lastSeen.map(isoDate) ?? "never"]
-        }
-        printColumns(header, rows)
+        print(Reports.gpusTable(gpus))
     }
 }
 
@@ -370,7 +264,7 @@ struct Demo: AsyncParsableCommand {
         }
         let all = try await Daemon.openStore(config).cases().sorted { $0.caseId < $1.caseId }
         print("")
-        printTable(all)
+        print(Reports.casesTable(all))
         let completed = all.filter { $0.status == .completed }.count
         print("")
         print("\(completed) of \(all.count) case(s) COMPLETED in \(String(format: "%.1f", Date().timeIntervalSince(started))) s; results in \(config.conductor.resultsDir)")
@@ -379,49 +273,4 @@ struct Demo: AsyncParsableCommand {
             throw ExitCode(1)
         }
     }
-}
-
-// MARK: output
-
-func printTable(_ cases: [CaseSummary]) {
-    let header = ["CASE", "STATUS", "STEP", "PROGRESS", "GPUS", "DURATION", "ERROR"]
-    let rows = cases.map { summary -> [String] in
-        let end = summary.finishedAt ?? Date()
-        let duration = String(format: "%.1f s", end.timeIntervalSince(summary.createdAt))
-        return [summary.caseId, summary.status.rawValue, summary.workflowStep ?? "-", "\(summary.progress)%",
-                summary.gpuIds.isEmpty ? "-" : summary.gpuIds.map(String.init).joined(separator: ","), duration,
-                summary.error.map { String($0.prefix(60)).replacingOccurrences(of: "\n", with: " ") } ?? ""]
-    }
-    printColumns(header, rows)
-}
-
-func printColumns(_ header: [String], _ rows: [[String]]) {
-    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
-    for row in [header] + rows {
-        print(row.indices.map { $0 == row.count - 1 ? row[$0] : row[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
-            .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
-    }
-}
-
-/// ISO-8601 UTC with milliseconds. One format style for every date printed (creating a
-/// formatter per date made `cases list` spend most of its time in ICU).
-func isoDate(_ date: Date) -> String {
-    date.formatted(isoStyle)
-}
-
-let isoStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: TimeZone(identifier: "UTC")!)
-
-func jsonText<T: Encodable>(_ value: T) throws -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    encoder.dateEncodingStrategy = .custom { date, encoder in
-        var container = encoder.singleValueContainer()
-        try container.encode(isoDate(date))
-    }
-    return String(decoding: try encoder.encode(value), as: UTF8.self)
-}
-
-func printJSON(_ object: Any) throws {
-    let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-    print(String(decoding: data, as: UTF8.self))
 }

@@ -1,0 +1,52 @@
+import Foundation
+import MQICore
+import MQIStore
+
+extension Reports {
+    /// `mqi cases show`: one case with its plan beams, beam runs and history; JSON with `json`.
+    /// Nil when there is no such case.
+    public static func caseDetail(_ caseId: String, store: Store, json: Bool) async throws -> String? {
+        guard let summary = try await store.caseSummary(caseId) else { return nil }
+        let history = try await store.history(caseId)
+        let planBeams = try await store.planBeams(caseId)
+        if json {
+            struct Detail: Encodable {
+                var `case`: CaseSummary
+                var planBeams: [CasePlanBeam]
+                var history: [CaseHistoryEntry]
+                enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history }
+            }
+            return try jsonText(Detail(case: summary, planBeams: planBeams, history: history))
+        }
+        var lines: [String] = []
+        lines.append("case:     \(summary.caseId)")
+        lines.append("status:   \(summary.status.rawValue)")
+        lines.append("workflow: \(summary.workflow)  step: \(summary.workflowStep ?? "-")  attempt: \(summary.attempt)  progress: \(summary.progress)%")
+        lines.append("gpus:     \(summary.gpuIds.isEmpty ? "-" : summary.gpuIds.map(String.init).joined(separator: ","))")
+        if summary.patientId != nil || !summary.beamNumbers.isEmpty {
+            lines.append("patient:  \(summary.patientId ?? "-")  beams: \(summary.beamNumbers.map(String.init).joined(separator: ","))")
+        }
+        if !planBeams.isEmpty {
+            lines.append("plan beams:")
+            for beam in planBeams {
+                lines.append("  beam \(beam.number)  \(beam.name.isEmpty ? "-" : beam.name)  \(beam.delivered ? "delivered" : "not delivered")")
+            }
+        }
+        if !summary.beams.isEmpty {
+            lines.append("beam runs:")
+            for run in summary.beams {
+                let gpus = run.gpuIds.isEmpty ? "" : "  GPU \(run.gpuIds.map(String.init).joined(separator: ","))"
+                let times = [run.startedAt.map { "started \(isoDate($0))" }, run.finishedAt.map { "finished \(isoDate($0))" }].compactMap { $0 }
+                lines.append("  beam \(run.beam)  \(run.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))  attempt \(run.attempt)  \(run.progress)%\(gpus)"
+                             + (times.isEmpty ? "" : "  " + times.joined(separator: ", ")) + (run.error.map { "  error: \($0)" } ?? ""))
+            }
+        }
+        if let error = summary.error { lines.append("error:    \(summary.failureClass.map { "[\($0.rawValue)] " } ?? "")\(error)") }
+        lines.append("history:")
+        for entry in history {
+            let step = entry.step.map { " \($0)" + (entry.attempt.map { "#\($0)" } ?? "") } ?? ""
+            lines.append("  \(isoDate(entry.at))  \(entry.status.rawValue.padding(toLength: 16, withPad: " ", startingAt: 0)) \(entry.event)\(step): \(entry.message)")
+        }
+        return lines.joined(separator: "\n")
+    }
+}

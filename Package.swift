@@ -44,12 +44,18 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
-        // The HTTP endpoint: /metrics, health probes (and later the API and dashboard).
+        // The HTTP endpoint: /metrics, health probes, the API and the dashboard. The dashboard's
+        // static files (Resources/) are embedded in the code at build time, so the installed
+        // binary needs no resource bundle beside it.
         .target(name: "MQIHTTP", dependencies: [
             "MQICore", "MQIStore", "MQITransport", "MQIMetrics",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
+        ], resources: [
+            .embedInCode("Resources/dashboard.css"),
+            .embedInCode("Resources/dashboard.js"),
+            .embedInCode("Resources/favicon.svg"),
         ]),
         // `swift run -c release mqi-bench [--quick] [--json FILE]`: the performance figures.
         .executableTarget(name: "mqi-bench", dependencies: [

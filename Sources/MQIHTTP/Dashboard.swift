@@ -5,7 +5,8 @@ import MQIStore
 
 /// The operators' dashboard: server-rendered pages (they show the data without JavaScript) that
 /// `/assets/dashboard.js` keeps live from `/api/events`. Every value from the data is HTML-escaped.
-/// The CSP forbids inline scripts and styles, so all of it lives in `DashboardAssets`.
+/// The CSP forbids inline scripts and styles, so they are the files in `Resources/`, served from
+/// `DashboardAssets`.
 enum Dashboard {
     static let recentCount = 15
     static let pageSize = 50

@@ -43,6 +43,9 @@ let package = Package(
             "MQICore", "MQIStore", "MQITransport", "MQIMetrics", "MQIHTTP",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], resources: [
+            // The demo site's stand-in scripts and MOQUI template, embedded in the code at build time.
+            .embedInCode("Resources/demo"),
         ]),
         // The HTTP endpoint: /metrics, health probes, the API and the dashboard. The dashboard's
         // static files (Resources/) are embedded in the code at build time, so the installed

@@ -103,7 +103,7 @@ public struct DemoSite: Sendable {
         let simulator = site.path("bin/moquisim.sh")
         try writeScript(DemoScripts.interpreter, to: interpreter)
         try writeScript(DemoScripts.simulator, to: simulator)
-        let template = perBeam ? moquiTemplate.replacingOccurrences(of: "BeamNumbers {beam_numbers}", with: "BeamNumbers {beam_number}") : moquiTemplate
+        let template = perBeam ? DemoScripts.moquiTemplate.replacingOccurrences(of: "BeamNumbers {beam_numbers}", with: "BeamNumbers {beam_number}") : DemoScripts.moquiTemplate
         try Data(template.utf8).write(to: URL(fileURLWithPath: site.path("moqui_tps.in.tmpl")), options: .atomic)
         let nvidiaSMI = site.path("bin/nvidia-smi.sh")
         try writeScript(nvidiaSMIScript(gpus: gpus), to: nvidiaSMI)
@@ -254,38 +254,10 @@ public struct DemoSite: Sendable {
         """
     }
 
-    /// MOQUI's input file, rendered for each attempt after the GPU is reserved.
-    static let moquiTemplate = """
-        # moqui_tps.in, rendered by the MQI Communicator for each attempt (template: moqui_tps.in.tmpl)
-        GPUID {gpu_id}
-        RandomSeed -1932780356
-        UseAbsolutePath true
-        Verbosity 0
-        ParentDir {case_dir}
-        DicomDir {case_dir}
-        logFilePath {case_dir}/interpreted
-        OutputDir {result_dir}
-        OutputFormat dcm
-        SimulationType perBeam
-        BeamNumbers {beam_numbers}
-        ParticlesPerHistory 1
-        TotalParticles 100000
-
-        """
-
-    /// A stand-in for `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`: idle-looking GPUs.
+    /// A stand-in for `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`: idle-looking GPUs
+    /// (`Resources/demo/nvidia-smi.sh` with the demo's GPU ids in its `GPUS=` line).
     static func nvidiaSMIScript(gpus: [Int]) -> String {
-        let lines = gpus.map { id in
-            "echo \"\(id), GPU-00000000-0000-0000-0000-00000000000\(id % 10), DEMO STAND-IN GPU (not real), $(( $(od -An -N1 -tu1 /dev/urandom) % 40 )), $(( 100 + $(od -An -N1 -tu1 /dev/urandom) )), 81559, $(( 30 + $(od -An -N1 -tu1 /dev/urandom) % 15 ))\""
-        }
-        return """
-            #!/bin/sh
-            # STAND-IN for nvidia-smi, written by `mqi demo`: prints made-up telemetry for the demo's
-            # GPUs in the format of `nvidia-smi --query-gpu=index,uuid,name,utilization.gpu,memory.used,
-            # memory.total,temperature.gpu --format=csv,noheader,nounits`. No GPU is involved.
-            \(lines.joined(separator: "\n"))
-
-            """
+        DemoScripts.nvidiaSMI.replacingOccurrences(of: "\nGPUS=\"0 1\"\n", with: "\nGPUS=\"\(gpus.map(String.init).joined(separator: " "))\"\n")
     }
 
     /// `path` as one shell word: as is when it has only `[A-Za-z0-9_./-]`, else single-quoted.
@@ -381,280 +353,15 @@ public struct DemoSiteError: Error, Sendable, CustomStringConvertible {
     public var description: String { "demo site \(directory): \(message)" }
 }
 
-/// The demo's stand-ins for the log interpreter and MOQUI: POSIX sh (they run under dash), no
-/// python, no bash. They print what the real programs print and write files where they would.
+/// The demo's stand-ins for the log interpreter, MOQUI and nvidia-smi, and MOQUI's input template:
+/// the files in `Resources/demo/`, embedded in the code at build time (`.embedInCode` in
+/// Package.swift) so `mqi demo` needs no resource bundle. The scripts are POSIX sh (they run under
+/// dash), no python, no bash. They print what the real programs print and write files where they
+/// would.
 enum DemoScripts {
-    static let interpreter = #"""
-        #!/bin/sh
-        # =============================================================================
-        #  STAND-IN for the real MOQUI log interpreter -- written by `mqi demo`.
-        #  It interprets nothing: it walks the case layout (beam folders holding
-        #  PlanInfo.txt and NN_*.ptn layer logs), prints the lines the real
-        #  interpreter prints, writes small CSV files into <case-dir>/interpreted/
-        #  and exits 0 after about half a second.
-        #  Fails with exit status 2 and an "ERROR:" line when the case has no beam
-        #  folder with a PlanInfo.txt.
-        #  Usage: interpreter.sh --case-dir DIR [--gpu N]
-        # =============================================================================
-        set -u
-
-        # printf, not echo: dash's echo would mangle backslashes in case names and paths.
-        say() { printf '%s\n' "$*"; }
-
-        usage() {
-            say "ERROR: $1" >&2
-            say "usage: interpreter.sh --case-dir DIR [--gpu N]" >&2
-            exit 2
-        }
-
-        case_dir=
-        gpu=0
-        while [ $# -gt 0 ]; do
-            case $1 in
-                --case-dir) [ $# -ge 2 ] || usage "--case-dir needs a value"; case_dir=$2; shift 2 ;;
-                --case-dir=*) case_dir=${1#--case-dir=}; shift ;;
-                --gpu) [ $# -ge 2 ] || usage "--gpu needs a value"; gpu=$2; shift 2 ;;
-                --gpu=*) gpu=${1#--gpu=}; shift ;;
-                *) usage "unknown argument: $1" ;;
-            esac
-        done
-        [ -n "$case_dir" ] || usage "--case-dir is required"
-        [ -d "$case_dir" ] || { say "ERROR: case directory not found: $case_dir" >&2; exit 2; }
-
-        say "MQI log interpreter (demo stand-in) 1.0"
-        say "Case directory: $case_dir"
-        say "Using GPU $gpu${CUDA_VISIBLE_DEVICES:+ (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)}"
-        for plan in "$case_dir"/RP*.dcm; do
-            [ -f "$plan" ] && say "Reading RT plan ${plan##*/}"
-        done
-        sleep 0.2
-
-        beams=0
-        for beam_dir in "$case_dir"/*/; do
-            [ -f "${beam_dir}PlanInfo.txt" ] && beams=$((beams + 1))
-        done
-        if [ "$beams" -eq 0 ]; then
-            say "ERROR: no PlanInfo.txt found in any beam folder of $case_dir" >&2
-            exit 2
-        fi
-        say "Found $beams beam folder(s)"
-
-        out="$case_dir/interpreted"
-        mkdir -p "$out" || { say "ERROR: cannot create $out" >&2; exit 2; }
-        summary="$out/beams.csv"
-        say "beam_number,field_number,beam_name,layers,spots,source_folder" > "$summary"
-        total_layers=0
-        for beam_dir in "$case_dir"/*/; do
-            info="${beam_dir}PlanInfo.txt"
-            [ -f "$info" ] || continue
-            folder=${beam_dir%/}
-            folder=${folder##*/}
-            beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
-            [ -n "$beam" ] || { say "ERROR: $info has no DICOM_BEAM_NUMBER" >&2; exit 2; }
-            field=$(sed -n 's/^TCSC_FIELD_NUMBER,//p' "$info" | head -n 1 | tr -d '\r,')
-            name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r,')
-            say "Reading PlanInfo.txt for beam $beam ($name, TCSC field $field, folder $folder)"
-            csv="$out/beam${beam}_spots.csv"
-            say "layer,time_us,x_mm,y_mm,mu,energy_mev" > "$csv"
-            layers=0
-            for ptn in "${beam_dir}"*.ptn; do
-                [ -f "$ptn" ] || continue
-                layers=$((layers + 1))
-                grep -v '^#' "$ptn" | sed "s/^/$layers,/" >> "$csv"
-            done
-            spots=$(($(wc -l < "$csv") - 1))
-            say "Parsed $layers layers ($spots spots)"
-            say "Writing CSV $csv"
-            say "$beam,$field,$name,$layers,$spots,$folder" >> "$summary"
-            total_layers=$((total_layers + layers))
-            sleep 0.1
-        done
-        say "Writing CSV $summary"
-        sleep 0.1
-        say "Interpretation finished: $beams beam(s), $total_layers layers"
-        exit 0
-
-        """#
-
-    static let simulator = #"""
-        #!/bin/sh
-        # =============================================================================
-        #  STAND-IN for MOQUI, the GPU Monte Carlo dose engine -- written by `mqi demo`.
-        #  It simulates nothing: it prints MOQUI-like progress (GPUID, particle
-        #  upload, batch generation, "Total execution time:"), takes 1-3 s, and
-        #  writes one stand-in OUTDIR/RTDOSE_beam<n>.dcm per beam folder plus
-        #  OUTDIR/moqui_tps.in and OUTDIR/moqui_summary.txt.
-        #  Usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N]
-        #  Environment, for tests:
-        #    MQI_DEMO_LEDGER=FILE     append "<case_dir> <gpu> <start_ns> <end_ns>" per run
-        #    MQI_DEMO_FAIL_CASE=NAME  fail with "FATAL ERROR" (exit 3) for the case dir NAME
-        # =============================================================================
-        set -u
-
-        # printf, not echo: dash's echo would mangle backslashes in case names and paths.
-        say() { printf '%s\n' "$*"; }
-
-        usage() {
-            say "ERROR: $1" >&2
-            say "usage: moquisim.sh --case-dir DIR --out OUTDIR [--gpu N] [--beam N]" >&2
-            exit 2
-        }
-
-        case_dir=
-        out=
-        gpu=0
-        only_beam=
-        while [ $# -gt 0 ]; do
-            case $1 in
-                --case-dir) [ $# -ge 2 ] || usage "--case-dir needs a value"; case_dir=$2; shift 2 ;;
-                --case-dir=*) case_dir=${1#--case-dir=}; shift ;;
-                --out) [ $# -ge 2 ] || usage "--out needs a value"; out=$2; shift 2 ;;
-                --out=*) out=${1#--out=}; shift ;;
-                --gpu) [ $# -ge 2 ] || usage "--gpu needs a value"; gpu=$2; shift 2 ;;
-                --gpu=*) gpu=${1#--gpu=}; shift ;;
-                --beam) [ $# -ge 2 ] || usage "--beam needs a value"; only_beam=$2; shift 2 ;;
-                --beam=*) only_beam=${1#--beam=}; shift ;;
-                *) usage "unknown argument: $1" ;;
-            esac
-        done
-        [ -n "$case_dir" ] || usage "--case-dir is required"
-        [ -n "$out" ] || usage "--out is required"
-        case $gpu in
-            ''|*[!0-9]*) usage "--gpu must be a GPU number, not '$gpu'" ;;
-        esac
-        case $only_beam in
-            *[!0-9]*) usage "--beam must be a beam number, not '$only_beam'" ;;
-        esac
-        [ -d "$case_dir" ] || { say "ERROR: case directory not found: $case_dir" >&2; exit 2; }
-
-        start_ns=$(date +%s%N)
-        case_name=${case_dir%/}
-        case_name=${case_name##*/}
-
-        # One ledger line per run (tests count runs per case and how many overlapped).
-        record_run() {
-            if [ -n "${MQI_DEMO_LEDGER:-}" ]; then
-                printf '%s %s %s %s\n' "$case_dir" "$gpu" "$start_ns" "$(date +%s%N)" >> "$MQI_DEMO_LEDGER"
-            fi
-        }
-
-        beam_numbers=
-        beams=0
-        for beam_dir in "$case_dir"/*/; do
-            info="${beam_dir}PlanInfo.txt"
-            [ -f "$info" ] || continue
-            beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
-            [ -n "$beam" ] || beam=$((beams + 1))
-            [ -z "$only_beam" ] || [ "$beam" = "$only_beam" ] || continue
-            beams=$((beams + 1))
-            beam_numbers="${beam_numbers:+$beam_numbers,}$beam"
-        done
-        if [ "$beams" -eq 0 ]; then
-            say "ERROR: no beam folder with PlanInfo.txt${only_beam:+ for beam $only_beam} in $case_dir" >&2
-            exit 2
-        fi
-        mkdir -p "$out" || { say "ERROR: cannot create output directory $out" >&2; exit 2; }
-
-        particles=100000
-        batches=10
-        # The communicator renders moqui_tps.in into the case dir after reserving the GPU (the
-        # step's input_files). Like MOQUI, refuse to run on a GPU we were not given.
-        # (With --beam: one run per beam, its input file moqui_tps_<beam>.in.)
-        tps="$case_dir/moqui_tps${only_beam:+_$only_beam}.in"
-        if [ -f "$tps" ]; then
-            tps_gpu=$(sed -n 's/^GPUID *//p' "$tps" | head -n 1 | tr -d '\r ')
-            case ",${CUDA_VISIBLE_DEVICES:-$gpu}," in
-                *",$tps_gpu,"*) ;;
-                *) say "FATAL ERROR: moqui_tps.in asks for GPUID '$tps_gpu', but this run was given GPU(s) ${CUDA_VISIBLE_DEVICES:-$gpu}" >&2
-                   record_run
-                   exit 4 ;;
-            esac
-            say "Reading input parameters from $tps (GPUID $tps_gpu)"
-        fi
-        cat > "$out/moqui_tps${only_beam:+_$only_beam}.in" <<EOF
-        GPUID $gpu
-        RandomSeed -1932780356
-        UseAbsolutePath true
-        Verbosity 0
-        ParentDir $case_dir
-        DicomDir $case_dir
-        logFilePath $case_dir/interpreted
-        OutputDir $out
-        OutputFormat dcm
-        SimulationType perBeam
-        BeamNumbers $beam_numbers
-        ParticlesPerHistory 1
-        TotalParticles $particles
-        EOF
-
-        say "MOQUI Monte Carlo dose engine (demo STAND-IN: no physics is simulated)"
-        say "GPUID $gpu"
-        say "ParentDir $case_dir"
-        say "OutputDir $out"
-        say "BeamNumbers $beam_numbers"
-        if [ -d "$case_dir/interpreted" ]; then
-            say "Reading machine log data from $case_dir/interpreted"
-        else
-            say "WARNING: no interpreted log data in $case_dir/interpreted; using the plan only"
-        fi
-        sleep 0.1
-
-        # About 1.5 s of "simulation" per case, whatever the number of beams; 0.75 s per beam run.
-        total_ms=1500
-        [ -z "$only_beam" ] || total_ms=750
-        pause_ms=$((total_ms / (beams * batches)))
-        [ "$pause_ms" -ge 1 ] || pause_ms=1
-        pause=$(printf '%d.%03d' $((pause_ms / 1000)) $((pause_ms % 1000)))
-        done_batches=0
-
-        for beam_dir in "$case_dir"/*/; do
-            info="${beam_dir}PlanInfo.txt"
-            [ -f "$info" ] || continue
-            beam=$(sed -n 's/^DICOM_BEAM_NUMBER,//p' "$info" | head -n 1 | tr -cd '0-9')
-            [ -n "$beam" ] || beam=1
-            [ -z "$only_beam" ] || [ "$beam" = "$only_beam" ] || continue
-            name=$(sed -n 's/^BEAM_NAME,//p' "$info" | head -n 1 | tr -d '\r')
-            gantry=$(sed -n 's/^GANTRY_ANGLE,//p' "$info" | head -n 1 | tr -d '\r')
-            say "Beam $beam ($name, gantry $gantry deg)"
-            say "Uploading particles with batch.. : Particle count --> $particles with $batches batches"
-            if [ "${MQI_DEMO_FAIL_CASE:-}" = "$case_name" ]; then
-                say "FATAL ERROR: CUDA error: an illegal memory access was encountered (beam $beam, GPU $gpu) [demo fault injected by MQI_DEMO_FAIL_CASE]" >&2
-                record_run
-                exit 3
-            fi
-            # Batches are numbered across all beams of the case (a simplification of MOQUI,
-            # which counts per beam), so progress_pattern gives the case's progress.
-            k=1
-            while [ "$k" -le "$batches" ]; do
-                say "Generating particles for ($((done_batches + k)) of $((batches * beams)) batches)"
-                sleep "$pause"
-                k=$((k + 1))
-            done
-            done_batches=$((done_batches + batches))
-            dose="$out/RTDOSE_beam$beam.dcm"
-            {
-                dd if=/dev/zero bs=128 count=1 2>/dev/null
-                printf 'DICM'
-                printf 'MQI demo stand-in RTDOSE: beam %s, GPU %s, %s particles, not a real dose\n' "$beam" "$gpu" "$particles"
-            } > "$dose" || { say "ERROR: cannot write $dose" >&2; exit 2; }
-            say "Writing dose to $dose"
-        done
-
-        end_ns=$(date +%s%N)
-        elapsed_ms=$(((end_ns - start_ns) / 1000000))
-        elapsed=$(printf '%d.%03d' $((elapsed_ms / 1000)) $((elapsed_ms % 1000)))
-        {
-            say "MOQUI demo stand-in summary"
-            say "case_dir $case_dir"
-            say "gpu $gpu"
-            say "beams $beam_numbers"
-            say "particles_per_beam $particles"
-            say "batches_per_beam $batches"
-            say "total_execution_time_s $elapsed"
-        } > "$out/moqui_summary${only_beam:+_beam$only_beam}.txt"
-        record_run
-        say "Total execution time: $elapsed s"
-        exit 0
-
-        """#
+    static let interpreter = String(decoding: PackageResources.interpreter_sh, as: UTF8.self)
+    static let simulator = String(decoding: PackageResources.moquisim_sh, as: UTF8.self)
+    static let nvidiaSMI = String(decoding: PackageResources.nvidia_smi_sh, as: UTF8.self)
+    /// MOQUI's input file, rendered for each attempt after the GPU is reserved.
+    static let moquiTemplate = String(decoding: PackageResources.moqui_tps_in_tmpl, as: UTF8.self)
 }

@@ -5,7 +5,7 @@
   var LABELS = { NEW: "New", PROCESSING: "Processing", PENDING_RESOURCE: "Waiting for GPU", COMPLETED: "Completed", FAILED: "Failed", CANCELLED: "Cancelled" };
   var FINAL = { COMPLETED: 1, FAILED: 1, CANCELLED: 1 };
   var lastChange = body.dataset.renderedAt;
-  var source = null, retryDelay = 1000, everConnected = false, disconnected = false;
+  var source = null, retryDelay = 1000, disconnected = false;
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -341,7 +341,7 @@
     source = new EventSource("/api/events?since=" + encodeURIComponent(lastChange));
     source.addEventListener("hello", function () {
       var recovered = disconnected;
-      retryDelay = 1000; disconnected = false; everConnected = true;
+      retryDelay = 1000; disconnected = false;
       setConnection("live");
       if (window.console) console.info("mqi-dashboard: live" + (recovered ? " again (recovered)" : ""));
       if (recovered) resync();

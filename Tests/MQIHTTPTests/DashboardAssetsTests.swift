@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import MQITestSupport
 import Testing
 
 /// The dashboard's static files are the source of truth: what the binary serves is exactly the
@@ -23,5 +24,25 @@ import Testing
         #expect(reply.status == .ok)
         #expect(reply.headers[.contentType] == contentType)
         #expect(reply.body == expected)
+    }
+
+    @Test(.enabled(if: LintTools.node != nil, "node is not installed (Debian package `nodejs`); scripts/test installs it"))
+    func theScriptParses() throws {
+        let check = try LintTools.run(try #require(LintTools.node), ["--check", Self.resources.appendingPathComponent("dashboard.js").path])
+        #expect(check.status == 0, "node --check dashboard.js:\n\(check.output)")
+    }
+
+    /// eslint's recommended rules, for a browser script (the page has no build step: what is
+    /// in the file is what the browser runs).
+    @Test(.enabled(if: LintTools.eslint != nil && LintTools.node != nil, "eslint is not installed (Debian package `eslint`); scripts/test installs it"))
+    func theScriptPassesESLint() throws {
+        let temp = try TemporaryDirectory("mqi-eslint")
+        defer { temp.remove() }
+        let config = #"{ "root": true, "extends": "eslint:recommended", "env": { "browser": true }, "parserOptions": { "ecmaVersion": 2017 } }"#
+        try config.write(toFile: temp.file("eslintrc.json"), atomically: true, encoding: .utf8)
+        let lint = try LintTools.run(try #require(LintTools.eslint), [
+            "--no-eslintrc", "--config", temp.file("eslintrc.json"), Self.resources.appendingPathComponent("dashboard.js").path,
+        ])
+        #expect(lint.status == 0, "eslint dashboard.js:\n\(lint.output)")
     }
 }

@@ -37,4 +37,11 @@ struct DemoScriptFilesTests {
             ["13", "GPU-00000000-0000-0000-0000-000000000003", "DEMO STAND-IN GPU (not real)"],
         ])
     }
+
+    @Test(.enabled(if: LintTools.shellcheck != nil, "shellcheck is not installed (Debian package `shellcheck`); scripts/test installs it"))
+    func theScriptsPassShellcheck() throws {
+        let scripts = ["interpreter.sh", "moquisim.sh", "nvidia-smi.sh"].map { Self.resources.appendingPathComponent($0).path }
+        let check = try LintTools.run(try #require(LintTools.shellcheck), ["--shell=sh"] + scripts)
+        #expect(check.status == 0, "shellcheck:\n\(check.output)")
+    }
 }

@@ -249,8 +249,8 @@ struct MoquiProfileTests {
     @Test(.timeLimit(.minutes(1)))
     func progressMovesWhileTheEngineRuns() async throws {
         let (temp, config) = try Self.site("""
-            for k in 1 2 3 4; do echo "Generating particles for ($k of 4 batches)"; sleep 0.4; done
-            mkdir -p "$1"; echo dose > "$1/dose.txt"; echo "Total execution time: 1.6 s"
+            for k in 1 2 3 4 5 6 7 8; do echo "Generating particles for ($k of 8 batches)"; sleep 0.5; done
+            mkdir -p "$1"; echo dose > "$1/dose.txt"; echo "Total execution time: 4 s"
             """)
         defer { temp.remove() }
         let store = try Daemon.openStore(config)

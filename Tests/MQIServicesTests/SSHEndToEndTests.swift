@@ -109,8 +109,13 @@ struct SSHEndToEndTests {
         let server = try SSHServer()
         defer { server.stop(); server.remove() }
         try await server.start()
-        let (temp, config, ledger) = try Self.site(server, cases: 3)
+        let (temp, siteConfig, ledger) = try Self.site(server, cases: 3)
         defer { temp.remove() }
+        // A 6 s simulation: still running when the daemon is killed, even on a loaded machine.
+        var text = try String(contentsOfFile: siteConfig.sourcePath, encoding: .utf8)
+        text = text.replacingOccurrences(of: "MQI_DEMO_LEDGER=", with: "MQI_DEMO_SIM_MS=6000 MQI_DEMO_LEDGER=")
+        try text.write(toFile: siteConfig.sourcePath, atomically: true, encoding: .utf8)
+        let config = try ConfigLoader.load(path: siteConfig.sourcePath)
         let firstCase = DemoSite.caseID(1)
         let runDir = (config.conductor.uploadDir as NSString).appendingPathComponent(".mqi-runs/\(firstCase)/run_moqui_sim.1")
         let daemon = try MQIProcess(["run", "--config", config.sourcePath, "--log-format", "text"], output: temp.file("first.log"))

@@ -9,6 +9,7 @@
 #  Environment, for tests:
 #    MQI_DEMO_LEDGER=FILE     append "<case_dir> <gpu> <start_ns> <end_ns>" per run
 #    MQI_DEMO_FAIL_CASE=NAME  fail with "FATAL ERROR" (exit 3) for the case dir NAME
+#    MQI_DEMO_SIM_MS=N        simulate for about N ms per run (default 1500 per case, 750 per beam)
 # =============================================================================
 set -u
 
@@ -123,6 +124,7 @@ sleep 0.1
 # About 1.5 s of "simulation" per case, whatever the number of beams; 0.75 s per beam run.
 total_ms=1500
 [ -z "$only_beam" ] || total_ms=750
+total_ms=${MQI_DEMO_SIM_MS:-$total_ms}
 pause_ms=$((total_ms / (beams * batches)))
 [ "$pause_ms" -ge 1 ] || pause_ms=1
 pause=$(printf '%d.%03d' $((pause_ms / 1000)) $((pause_ms % 1000)))

@@ -17,20 +17,7 @@ public enum LintTools {
     /// module directories, so Debian's eslint also runs under a nodejs from another source
     /// (NodeSource's does not look there by itself).
     public static func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        let nodePath = (environment["NODE_PATH"].map { [$0] } ?? []) + ["/usr/share/nodejs", "/usr/lib/nodejs"]
-        environment["NODE_PATH"] = nodePath.joined(separator: ":")
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        let nodePath = (ProcessInfo.processInfo.environment["NODE_PATH"].map { [$0] } ?? []) + ["/usr/share/nodejs", "/usr/lib/nodejs"]
+        return try runProcess(tool, arguments, environment: ["NODE_PATH": nodePath.joined(separator: ":")])
     }
 }

@@ -7,18 +7,7 @@ import Testing
 struct DemoSiteTests {
     /// Runs `/bin/sh args...` with stdout and stderr together, as the RemoteExecutor does.
     static func sh(_ arguments: [String], environment extra: [String: String] = [:]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        try runProcess("/bin/sh", arguments, environment: extra)
     }
 
     static func contents(_ path: String) -> [String] {

@@ -49,18 +49,24 @@ public struct LocalStepExecutor: StepExecutor {
     /// `stopped` check comes after `pid`: a stop writes `stopped` first and reads `pid` second,
     /// so either the stop sees the pid and kills the group, or the wrapper sees `stopped` and
     /// does not run the command. Only shell built-ins: no extra process per step.
-    static let wrapper = #"""
-        d=$1 b= s=
-        read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
-        read -r s 2>/dev/null < /proc/$$/stat
-        mqi_identity() { shift 19; echo "$b $1" > "$d/identity"; }
-        [ -n "$s" ] && mqi_identity ${s##*) }
+    static let wrapper = recordIdentity + #"""
         echo $$ > "$1/pid" || exit 127
         if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code"; exit 143; fi
         /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
         code=$?
         echo $code > "$1/exit_code"
         exit $code
+        """#
+
+    /// The start of both wrappers (local and ssh): `$1` is the run directory; writes `identity`
+    /// as "<boot id> <start time of $$ in clock ticks>" with shell built-ins only.
+    static let recordIdentity = #"""
+        d=$1 b= s=
+        read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
+        read -r s 2>/dev/null < /proc/$$/stat
+        mqi_identity() { shift 19; echo "$b $1" > "$d/identity"; }
+        [ -n "$s" ] && mqi_identity ${s##*) }
+
         """#
 
     public func execute(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {

@@ -63,12 +63,7 @@ public struct SSHStepExecutor: StepExecutor {
     /// `$1` run dir, `$2` log, `$3` command; `$$` is the session (= process group) leader.
     /// `identity` (boot id and the leader's start time) is written before `pid`; `stopped` is
     /// checked after it (see `LocalStepExecutor.wrapper`, the same protocol).
-    static let wrapper = #"""
-        d=$1 b= s=
-        read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
-        read -r s 2>/dev/null < /proc/$$/stat
-        mqi_identity() { shift 19; echo "$b $1" > "$d/identity"; }
-        [ -n "$s" ] && mqi_identity ${s##*) }
+    static let wrapper = LocalStepExecutor.recordIdentity + #"""
         date +%s > "$1/started"
         echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid" || exit 127
         if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"; exit 143; fi

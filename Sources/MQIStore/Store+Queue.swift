@@ -2,6 +2,13 @@ import Foundation
 import GRDB
 import MQICore
 
+/// Which kinds of a queue's messages a worker claims.
+public enum KindFilter: Sendable {
+    case all
+    case only(MessageKind)
+    case except(MessageKind)
+}
+
 extension Store {
     /// Publishes messages in one transaction (used by tests and tools; the Conductor publishes
     /// through `conduct`, workers through `complete`).
@@ -82,6 +89,30 @@ extension Store {
         }
         ring(published)
         return claimed
+    }
+
+    /// Gives a message back after a transient failure (the HPC host unreachable, say) without
+    /// counting the delivery: an outage delays work, it never uses up a message's attempts.
+    public func postpone(_ message: ClaimedMessage, error: String, retryAfter: Double) async throws {
+        let availableAt = now().addingTimeInterval(retryAfter)
+        try await pool.write { db in try Self.giveBackUncounted(message, error: error, availableAt: availableAt, db: db) }
+        bell.ring(message.queue)
+    }
+
+    /// Gives a message back uncounted at a graceful shutdown (the work, e.g. a running step, is
+    /// adopted by the next daemon). Synchronous on purpose: it runs while the worker's task is
+    /// being cancelled, which must not cancel this write.
+    public func release(_ message: ClaimedMessage) throws {
+        try pool.write { db in try Self.giveBackUncounted(message, error: nil, availableAt: nil, db: db) }
+    }
+
+    /// Clears the lease of `message` (if this holder still has it) and takes back its delivery.
+    static func giveBackUncounted(_ message: ClaimedMessage, error: String?, availableAt: Date?, db: Database) throws {
+        try db.execute(sql: """
+            UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, last_error = coalesce(?, last_error),
+                available_at = coalesce(?, available_at), deliveries = max(0, deliveries - 1)
+            WHERE id = ? AND lease_owner = ? AND deliveries = ?
+            """, arguments: [error, availableAt, message.id, message.leaseOwner, message.deliveries])
     }
 
     /// Extends the lease of a message the worker still works on. False if the lease was lost.

@@ -2,13 +2,6 @@ import Foundation
 import GRDB
 import MQICore
 
-/// Which kinds of a queue's messages a worker claims.
-public enum KindFilter: Sendable {
-    case all
-    case only(MessageKind)
-    case except(MessageKind)
-}
-
 extension Store {
     /// The executor confirmed that no process of `(caseId, stepIndex, attempt)` is left: the GPUs
     /// draining for it become free and cases waiting for GPUs start, in one transaction with the
@@ -64,54 +57,6 @@ extension Store {
             } else if let replacing {
                 try db.execute(sql: "UPDATE gpu_resources SET drain_reason = NULL WHERE status = 'draining' AND drain_reason = ?",
                                arguments: [replacing])
-            }
-        }
-    }
-
-    /// Gives a message back after a transient failure (the HPC host unreachable, say) without
-    /// counting the delivery: an outage delays work, it never uses up a message's attempts.
-    public func postpone(_ message: ClaimedMessage, error: String, retryAfter: Double) async throws {
-        let now = now()
-        try await pool.write { db in
-            try db.execute(sql: """
-                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, last_error = ?, available_at = ?,
-                    deliveries = max(0, deliveries - 1)
-                WHERE id = ? AND lease_owner = ? AND deliveries = ?
-                """, arguments: [error, now.addingTimeInterval(retryAfter), message.id, message.leaseOwner, message.deliveries])
-        }
-        bell.ring(message.queue)
-    }
-
-    /// Gives a message back uncounted at a graceful shutdown (the work, e.g. a running step, is
-    /// adopted by the next daemon). Synchronous on purpose: it runs while the worker's task is
-    /// being cancelled, which must not cancel this write.
-    public func release(_ message: ClaimedMessage) throws {
-        try pool.write { db in
-            try db.execute(sql: """
-                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, deliveries = max(0, deliveries - 1)
-                WHERE id = ? AND lease_owner = ? AND deliveries = ?
-                """, arguments: [message.id, message.leaseOwner, message.deliveries])
-        }
-    }
-
-    // MARK: hosts
-
-    /// Records whether the HPC host answers (kept for `mqi status`, which runs in another process).
-    public func recordHost(_ state: HostState) async throws {
-        let now = now()
-        try await pool.write { db in
-            try db.execute(sql: """
-                INSERT INTO hosts (host, reachable, since, reason, updated_at) VALUES (?, ?, ?, ?, ?)
-                ON CONFLICT(host) DO UPDATE SET reachable = excluded.reachable, since = excluded.since, reason = excluded.reason,
-                    updated_at = excluded.updated_at
-                """, arguments: [state.host, state.reachable, state.since, state.reason, now])
-        }
-    }
-
-    public func hosts() async throws -> [HostState] {
-        try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM hosts ORDER BY host").map {
-                HostState(host: $0["host"], reachable: $0["reachable"], since: $0["since"], reason: $0["reason"])
             }
         }
     }

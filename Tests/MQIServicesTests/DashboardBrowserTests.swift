@@ -157,7 +157,22 @@ struct DashboardBrowserTests {
         let site = try DemoSite.create(at: temp.file("site"), cases: 1)
         var config = try ConfigLoader.load(path: site.configPath)
 
+        var restarting = false
+        // The port may still be held for a moment (the stopped daemon's listener closing, or,
+        // for the first pick, anything else on this machine): try again for a while.
         func start(_ config: Config) async throws -> (Task<Void, any Error>, Int, OneShot) {
+            var config = config
+            let deadline = Date().addingTimeInterval(30)
+            while true {
+                do {
+                    return try await startOnce(config)
+                } catch let error as TestSupportError where "\(error)".contains("Address already in use") && Date() < deadline {
+                    try await Task.sleep(for: .milliseconds(500))
+                    if !restarting { config.metrics.port = 20_000 + Int.random(in: 0..<9_000) }
+                }
+            }
+        }
+        func startOnce(_ config: Config) async throws -> (Task<Void, any Error>, Int, OneShot) {
             let port = Mutex<Int?>(nil)
             let failure = Mutex<String?>(nil)
             let stop = OneShot()
@@ -208,6 +223,7 @@ struct DashboardBrowserTests {
         #expect(await eventually(within: 20) { lines().contains { $0.contains("disconnected") } }, "the page did not notice: \(lines())")
 
         config.metrics.port = port
+        restarting = true
         let (second, _, secondStop) = try await start(config)
         defer { secondStop.fire() }
         #expect(await eventually(within: 30) { lines().contains { $0.contains("recovered") } }, "the page did not reconnect: \(lines())")

@@ -41,9 +41,11 @@ struct CaseDetail: Sendable, Encodable {
     var history: [CaseHistoryEntry]
     var log: LogExcerpt?
     var logs: [LogExcerpt]
+    /// The case's Slurm jobs (`hpc.executor: slurm`), oldest first; empty under the direct executor.
+    var jobs: [SchedulerJob]
 
     enum CodingKeys: String, CodingKey {
-        case `case`, planBeams = "plan_beams", steps, timeline, history, log, logs
+        case `case`, planBeams = "plan_beams", steps, timeline, history, log, logs, jobs
     }
 }
 
@@ -75,7 +77,8 @@ enum CaseTimeline {
             current = nil
         }
 
-        for entry in history where entry.event != "ignored" {
+        // Slurm's job states are about a job, not the case: they open or close no attempt.
+        for entry in history where entry.event != "ignored" && !entry.event.hasPrefix("slurm_") {
             let phase: String? = switch entry.status {
             case .processing: "running"
             case .pendingResource: "waiting_for_gpu"
@@ -171,6 +174,8 @@ extension APIContext {
             WorkflowStepInfo(name: $0.name, type: $0.type.rawValue, progress: $0.progress)
         }
         let planBeams = try await store.planBeams(caseId)
-        return CaseDetail(case: summary, planBeams: planBeams, steps: steps, timeline: timeline, history: history, log: tail, logs: available)
+        let jobs = try await store.schedulerJobs(caseId: caseId)
+        return CaseDetail(case: summary, planBeams: planBeams, steps: steps, timeline: timeline, history: history, log: tail, logs: available,
+                          jobs: jobs)
     }
 }

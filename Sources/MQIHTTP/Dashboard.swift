@@ -154,6 +154,7 @@ enum Dashboard {
                 <h1 class="case-id">\(escape(c.caseId))</h1>
                 \(badge(c.status))
               </div>
+              <p class="case-detail" id="case-detail"\(c.detail == nil ? " hidden" : "")>\(escape(c.detail ?? ""))</p>
               <div class="case-progress">\(progressBar(c.progress, status: c.status))</div>
               <dl class="facts">\(facts.map { "<div><dt>\($0.0)</dt><dd>\($0.1)</dd></div>" }.joined())</dl>
               <div class="error-box" id="case-error"\(c.error == nil ? " hidden" : "")>\(c.failureClass.map { "<strong>\(escape($0.rawValue)) failure:</strong> " } ?? "")<pre>\(escape(c.error ?? ""))</pre></div>
@@ -163,6 +164,10 @@ enum Dashboard {
             <section class="panel" id="beam-runs-panel"\(c.beams.isEmpty ? " hidden" : "")>
               <h2>Beam runs <span class="muted">one GPU run per delivered beam</span></h2>
               <div id="beam-runs">\(beamRunsTable(c.beams))</div>
+            </section>
+            <section class="panel" id="slurm-jobs-panel"\(detail.jobs.isEmpty ? " hidden" : "")>
+              <h2>Slurm jobs <span class="muted">the jobs the scheduler ran for this case's steps</span></h2>
+              <div id="slurm-jobs">\(schedulerJobsTable(detail.jobs))</div>
             </section>
             <section class="panel">
               <h2>Workflow</h2>
@@ -236,7 +241,7 @@ enum Dashboard {
             <tr data-case-id="\(escape(c.caseId))" data-status="\(c.status.rawValue)" data-initial-status="\(c.status.rawValue)" data-created-at="\(APIResponses.isoDate(c.createdAt))">\
             <td class="case-cell"><a href="/cases/\(StepLogs.pathEscaped(c.caseId))">\(escape(c.caseId))</a>\(c.error.map { "<div class=\"row-error\" title=\"\(escape($0))\">\(escape(String($0.prefix(120))))</div>" } ?? "")</td>\
             <td data-field="status">\(badge(c.status))</td>\
-            <td data-field="step">\(escape(c.workflowStep ?? "–"))</td>\
+            <td data-field="step">\(escape(c.workflowStep ?? "–"))\(c.detail.map { "<div class=\"row-detail\" data-field=\"detail\" title=\"\(escape($0))\">\(escape($0))</div>" } ?? "")</td>\
             <td data-field="progress">\(progressBar(c.progress, status: c.status))</td>\
             <td data-field="gpus">\(c.gpuIds.isEmpty ? "–" : c.gpuIds.map(String.init).joined(separator: ","))</td>\
             <td data-field="created">\(time(c.createdAt))</td>\
@@ -404,6 +409,19 @@ enum Dashboard {
                 + "<td>\(escape(run.error ?? ""))</td></tr>"
         }.joined()
         return "<table class=\"beam-runs\"><thead><tr><th class=\"num\">Beam</th><th>Status</th><th class=\"num\">Attempt</th><th class=\"num\">Progress</th><th>GPU</th><th>Started</th><th>Finished</th><th>Error</th></tr></thead><tbody>\(rows)</tbody></table>"
+    }
+
+    /// The Slurm jobs of a case: job id, step (and beam), attempt, state, reason, node, GPUs, times.
+    static func schedulerJobsTable(_ jobs: [SchedulerJob]) -> String {
+        let rows = jobs.map { job in
+            "<tr data-job-id=\"\(escape(job.jobId))\" data-job-state=\"\(escape(job.state))\"><td class=\"num\">\(escape(job.jobId))</td>"
+                + "<td>\(escape(job.step))\(job.beam.map { " · beam \($0)" } ?? "")</td><td class=\"num\">\(job.attempt)</td>"
+                + "<td><span class=\"job-state job-\(escape(job.state))\">\(escape(job.state))</span></td><td>\(escape(job.reason ?? ""))</td>"
+                + "<td>\(escape(job.node ?? "–"))</td><td>\(escape(job.gpus ?? "–"))</td>"
+                + "<td class=\"nowrap\">\(job.submittedAt.map(time) ?? "")</td><td class=\"nowrap\">\(job.startedAt.map(time) ?? "")</td>"
+                + "<td class=\"nowrap\">\(job.endedAt.map(time) ?? "")</td></tr>"
+        }.joined()
+        return "<table class=\"slurm-jobs\"><thead><tr><th class=\"num\">Job</th><th>Step</th><th class=\"num\">Attempt</th><th>State</th><th>Reason</th><th>Node</th><th>GPU</th><th>Submitted</th><th>Started</th><th>Ended</th></tr></thead><tbody>\(rows)</tbody></table>"
     }
 
     static func historyTable(_ history: [CaseHistoryEntry]) -> String {

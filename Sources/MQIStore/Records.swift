@@ -22,11 +22,14 @@ public struct CaseSummary: Sendable, Equatable, Codable {
     public var beamNumbers: [Int] = []
     /// The beam runs of the case's (latest) `for_each: beam` step; empty without one.
     public var beams: [BeamRun] = []
+    /// What the case waits for or runs on outside the communicator ("queued in Slurm:
+    /// Resources"); nil when there is nothing to say.
+    public var detail: String?
 
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", status, workflow, workflowStep = "workflow_step", progress, gpuIds = "gpu_ids"
         case attempt, error, createdAt = "created_at", updatedAt = "updated_at", startedAt = "started_at", finishedAt = "finished_at"
-        case failureClass = "failure_class", patientId = "patient_id", beamNumbers = "beam_numbers", beams
+        case failureClass = "failure_class", patientId = "patient_id", beamNumbers = "beam_numbers", beams, detail
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -47,6 +50,7 @@ public struct CaseSummary: Sendable, Equatable, Codable {
         try container.encode(patientId, forKey: .patientId)
         try container.encode(beamNumbers, forKey: .beamNumbers)
         try container.encode(beams, forKey: .beams)
+        try container.encode(detail, forKey: .detail)
     }
 }
 

@@ -216,7 +216,8 @@ extension Store {
                 error = ?, failure_class = ?, updated_at = ?,
                 started_at = CASE WHEN started_at IS NULL AND ? = 'PROCESSING' THEN ? ELSE started_at END,
                 finished_at = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN ? ELSE NULL END,
-                pending_since = CASE WHEN ? THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END
+                pending_since = CASE WHEN ? THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END,
+                detail = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') OR step_index IS NOT ? OR attempt IS NOT ? THEN NULL ELSE detail END
             WHERE case_id = ?
             """, arguments: [
                 state.status.rawValue, stepName, state.stepIndex, state.attempt, state.progress, encodeGPUs(state.gpuIds),
@@ -224,6 +225,8 @@ extension Store {
                 state.status.rawValue, now,
                 state.status.rawValue, now,
                 waits, entersWait, now,
+                // A finished case, another step or another attempt: what the scheduler said no longer holds.
+                state.status.rawValue, state.stepIndex, state.attempt,
                 state.caseId,
             ])
         for command in decision.commands { try insert(command, db: db, now: now) }
@@ -406,7 +409,7 @@ extension Store {
                     attempt: row["attempt"], error: row["error"], createdAt: row["created_at"], updatedAt: row["updated_at"],
                     startedAt: row["started_at"], finishedAt: row["finished_at"],
                     failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init(rawValue:)),
-                    patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""))
+                    patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""), detail: row["detail"])
     }
 }
 

@@ -181,6 +181,29 @@ public struct Store: Sendable {
                 ALTER TABLE gpu_resources ADD COLUMN drain_beam INTEGER;
                 """)
         }
+        migrator.registerMigration("v10-scheduler-jobs") { db in
+            // The Slurm jobs of step attempts (hpc.executor: slurm), and what the case waits for
+            // there ("queued in Slurm: Resources"). beam -1: a whole-case step.
+            try db.execute(sql: """
+                ALTER TABLE cases ADD COLUMN detail TEXT;
+                CREATE TABLE scheduler_jobs (
+                    case_id TEXT NOT NULL,
+                    step TEXT NOT NULL,
+                    beam INTEGER NOT NULL DEFAULT -1,
+                    attempt INTEGER NOT NULL,
+                    job_id TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    reason TEXT,
+                    gpus TEXT,
+                    node TEXT,
+                    submitted_at DATETIME,
+                    started_at DATETIME,
+                    ended_at DATETIME,
+                    updated_at DATETIME NOT NULL,
+                    PRIMARY KEY (case_id, step, beam, attempt)
+                );
+                """)
+        }
         return migrator
     }
 

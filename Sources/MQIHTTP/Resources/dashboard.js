@@ -61,7 +61,9 @@
   function fillRow(tr, c) {
     tr.dataset.status = c.status;
     replace(field(tr, "status"), badge(c.status));
-    field(tr, "step").textContent = c.workflow_step || "–";
+    var stepCell = field(tr, "step");
+    stepCell.textContent = c.workflow_step || "–";
+    if (c.detail) stepCell.appendChild(el("div", { "class": "row-detail", "data-field": "detail", title: c.detail }, c.detail));
     replace(field(tr, "progress"), progressBar(c.progress, c.status));
     field(tr, "gpus").textContent = c.gpu_ids.length ? c.gpu_ids.join(",") : "–";
     field(tr, "created").textContent = fmtTime(c.created_at);
@@ -103,6 +105,8 @@
     var oldBadge = head.querySelector(".case-title [data-role=badge]");
     if (oldBadge) oldBadge.replaceWith(badge(c.status));
     replace(head.querySelector(".case-progress"), progressBar(c.progress, c.status));
+    var detail = document.getElementById("case-detail");
+    if (detail) { detail.hidden = !c.detail; detail.textContent = c.detail || ""; }
     field(head, "step").textContent = c.workflow_step || "–";
     field(head, "attempt").textContent = "(attempt " + c.attempt + ")";
     field(head, "gpus").textContent = c.gpu_ids.length ? c.gpu_ids.join(", ") : "–";
@@ -131,6 +135,30 @@
       body.appendChild(tr);
     });
     table.appendChild(body);
+    box.textContent = ""; box.appendChild(table);
+  }
+  function renderJobs(jobs) {
+    var panel = document.getElementById("slurm-jobs-panel"), box = document.getElementById("slurm-jobs");
+    if (!panel || !box) return;
+    panel.hidden = !jobs.length;
+    var table = el("table", { "class": "slurm-jobs" }), head = el("tr"), tbody = el("tbody");
+    ["Job", "Step", "Attempt", "State", "Reason", "Node", "GPU", "Submitted", "Started", "Ended"].forEach(function (h, i) {
+      head.appendChild(el("th", (i === 0 || i === 2) ? { "class": "num" } : null, h));
+    });
+    var thead = el("thead"); thead.appendChild(head); table.appendChild(thead);
+    jobs.forEach(function (j) {
+      var tr = el("tr", { "data-job-id": j.job_id, "data-job-state": j.state });
+      tr.appendChild(el("td", { "class": "num" }, j.job_id));
+      tr.appendChild(el("td", null, j.step + (j.beam === null || j.beam === undefined ? "" : " · beam " + j.beam)));
+      tr.appendChild(el("td", { "class": "num" }, j.attempt));
+      var state = el("td"); state.appendChild(el("span", { "class": "job-state job-" + j.state }, j.state)); tr.appendChild(state);
+      tr.appendChild(el("td", null, j.reason || ""));
+      tr.appendChild(el("td", null, j.node || "–"));
+      tr.appendChild(el("td", null, j.gpus || "–"));
+      [j.submitted_at, j.started_at, j.ended_at].forEach(function (t) { tr.appendChild(el("td", { "class": "nowrap" }, t ? fmtTime(t) : "")); });
+      tbody.appendChild(tr);
+    });
+    table.appendChild(tbody);
     box.textContent = ""; box.appendChild(table);
   }
   function renderTimeline(attempts) {
@@ -199,7 +227,7 @@
     detailBusy = true;
     fetch("/api/cases/" + encodeURIComponent(head.dataset.caseId), { cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (d) { if (d) { applyCaseHead(d["case"]); renderTimeline(d.timeline); renderStepper(d); renderLog(d); } })
+      .then(function (d) { if (d) { applyCaseHead(d["case"]); renderJobs(d.jobs || []); renderTimeline(d.timeline); renderStepper(d); renderLog(d); } })
       .catch(function () {})
       .then(function () { detailBusy = false; if (detailAgain) { detailAgain = false; refreshDetail(); } });
   }

@@ -9,18 +9,21 @@ extension Reports {
         guard let summary = try await store.caseSummary(caseId) else { return nil }
         let history = try await store.history(caseId)
         let planBeams = try await store.planBeams(caseId)
+        let jobs = try await store.schedulerJobs(caseId: caseId)
         if json {
             struct Detail: Encodable {
                 var `case`: CaseSummary
                 var planBeams: [CasePlanBeam]
                 var history: [CaseHistoryEntry]
-                enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history }
+                var jobs: [SchedulerJob]
+                enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history, jobs }
             }
-            return try jsonText(Detail(case: summary, planBeams: planBeams, history: history))
+            return try jsonText(Detail(case: summary, planBeams: planBeams, history: history, jobs: jobs))
         }
         var lines: [String] = []
         lines.append("case:     \(summary.caseId)")
         lines.append("status:   \(summary.status.rawValue)")
+        if let detail = summary.detail { lines.append("detail:   \(detail)") }
         lines.append("workflow: \(summary.workflow)  step: \(summary.workflowStep ?? "-")  attempt: \(summary.attempt)  progress: \(summary.progress)%")
         lines.append("gpus:     \(summary.gpuIds.isEmpty ? "-" : summary.gpuIds.map(String.init).joined(separator: ","))")
         if summary.patientId != nil || !summary.beamNumbers.isEmpty {
@@ -40,6 +43,14 @@ extension Reports {
                 lines.append("  beam \(run.beam)  \(run.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))  attempt \(run.attempt)  \(run.progress)%\(gpus)"
                              + (times.isEmpty ? "" : "  " + times.joined(separator: ", ")) + (run.error.map { "  error: \($0)" } ?? ""))
             }
+        }
+        if !jobs.isEmpty {
+            lines.append("Slurm jobs:")
+            let rows = jobs.map { job -> [String] in
+                [job.jobId, job.step + (job.beam.map { "/beam \($0)" } ?? ""), String(job.attempt), job.state,
+                 job.reason ?? "-", job.node ?? "-", job.gpus ?? "-"]
+            }
+            lines += columns(["JOB", "STEP", "ATTEMPT", "STATE", "REASON", "NODE", "GPUS"], rows).split(separator: "\n").map { "  " + $0 }
         }
         if let error = summary.error { lines.append("error:    \(summary.failureClass.map { "[\($0.rawValue)] " } ?? "")\(error)") }
         lines.append("history:")

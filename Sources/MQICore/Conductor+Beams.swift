@@ -49,9 +49,9 @@ extension Conductor {
         var reserved: [Int] = []
         let nextProgress = index + 1 < workflow.steps.count ? workflow.steps[index + 1].progress : 100
         for position in next.beams.indices where next.beams[position].status == .waiting {
-            guard !othersWaiting, free.count >= max(1, step.gpuMin) || step.gpuCount == 0 else { break }
+            guard schedulerPlacesGPUs || (!othersWaiting && (free.count >= max(1, step.gpuMin) || step.gpuCount == 0)) else { break }
             var run = next.beams[position]
-            run.gpuIds = Array(free.prefix(step.gpuCount))
+            run.gpuIds = schedulerPlacesGPUs ? [] : Array(free.prefix(step.gpuCount))
             free.removeFirst(run.gpuIds.count)
             reserved += run.gpuIds
             run.status = .running

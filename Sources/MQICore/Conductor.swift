@@ -117,6 +117,9 @@ public struct Conductor: Sendable {
     public var downloadDir: String
     /// Backoff before a retryable step failure runs again (its ceiling, without jitter).
     public var retry: RetryPolicy
+    /// `hpc.executor: slurm`: Slurm places execute steps on GPUs, so no GPU id is reserved here;
+    /// a step's command sees the device ordinals of its job (0..N-1).
+    public var schedulerPlacesGPUs = false
 
     public init(workflows: [String: Workflow], uploadDir: String, downloadDir: String, retry: RetryPolicy = RetryPolicy()) {
         self.workflows = workflows
@@ -128,6 +131,7 @@ public struct Conductor: Sendable {
     public init(config: Config) {
         self.init(workflows: config.workflows, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir,
                   retry: config.retry)
+        schedulerPlacesGPUs = config.hpc.executor == .slurm
     }
 
     public func decide(_ state: CaseState, _ event: ConductorEvent, gpus: GPUAvailability) -> Decision {
@@ -280,7 +284,7 @@ public struct Conductor: Sendable {
         var reserve: [Int] = []
         var release: [Int] = []
 
-        if step.gpuCount == 0 {
+        if step.gpuCount == 0 || schedulerPlacesGPUs {
             release = state.gpuIds
             next.gpuIds = []
         } else if state.gpuIds.count >= step.gpuMin {
@@ -320,7 +324,13 @@ public struct Conductor: Sendable {
         case .download:
             return OutgoingMessage(kind: .downloadResults, body: body)
         case .execute:
-            var values = placeholderValues(state)
+            var rendering = state
+            if schedulerPlacesGPUs, step.gpuCount > 0 {
+                // Slurm picks the GPUs: the command addresses them as its job sees them.
+                body.gpuCount = step.gpuCount
+                rendering.gpuIds = Array(0..<step.gpuCount)
+            }
+            var values = placeholderValues(rendering)
             values["beam_number"] = beam.map(String.init) ?? ""
             body.command = step.command?.render(values)
             body.timeoutSec = step.timeoutSec

@@ -157,8 +157,43 @@ public enum TransportKind: String, Sendable, Equatable, CaseIterable {
     case ssh
 }
 
+/// `hpc.executor`: who places execute steps on GPUs. `direct` (the default): the communicator
+/// reserves ids from `hpc.gpus` and starts steps itself; `slurm`: it submits them to Slurm, which
+/// places them (no ids are reserved).
+public enum ExecutorKind: String, Sendable, Equatable, CaseIterable {
+    case direct
+    case slurm
+}
+
+/// `hpc.slurm`: how execute steps are submitted under `executor: slurm`.
+public struct SlurmConfig: Sendable, Equatable {
+    public var partition: String?
+    public var account: String?
+    public var qos: String?
+    /// Most jobs of this communicator in Slurm at once (queued + running).
+    public var maxJobs: Int
+    /// How often one `squeue` answers for all of this communicator's jobs.
+    public var pollIntervalSec: Double
+    /// More `sbatch` arguments, as given (`--mem=8G`).
+    public var extraArgs: [String]
+
+    public init(partition: String? = nil, account: String? = nil, qos: String? = nil, maxJobs: Int = 32, pollIntervalSec: Double = 5,
+                extraArgs: [String] = []) {
+        self.partition = partition
+        self.account = account
+        self.qos = qos
+        self.maxJobs = maxJobs
+        self.pollIntervalSec = pollIntervalSec
+        self.extraArgs = extraArgs
+    }
+}
+
 public struct HPCConfig: Sendable, Equatable {
     public var transport: TransportKind
+    /// `direct` (reserve GPU ids here) or `slurm` (Slurm places the steps).
+    public var executor: ExecutorKind = .direct
+    /// Settings of the Slurm executor (defaults when the section is absent).
+    public var slurm = SlurmConfig()
     /// GPU ids the communicator may reserve (discovered at start when `gpusAuto`).
     public var gpus: [Int]
     /// `hpc.gpus: auto`: discover the ids from nvidia-smi at start.

@@ -351,7 +351,7 @@ private final class ConfigParser {
     /// A step that can never start: it needs more GPUs than `hpc.gpus` lists (a list, not
     /// `auto`: discovered GPUs are checked at start). Under `{ min, max }` only `min` counts.
     func checkGPUDemands(_ hpc: HPCConfig) {
-        guard !hpc.gpusAuto, !hpc.gpus.isEmpty else { return }
+        guard hpc.executor == .direct, !hpc.gpusAuto, !hpc.gpus.isEmpty else { return }
         for demand in gpuDemands where demand.min > hpc.gpus.count {
             let asks = demand.isRange ? "needs at least \(demand.min) GPUs (min)" : "asks for \(demand.min) GPUs"
             fail(demand.node, demand.path, "\(asks) but hpc.gpus lists only \(hpc.gpus.count) (\(hpc.gpus.map(String.init).joined(separator: ", "))), so it could never start; list more GPUs in hpc.gpus or lower this step's gpus")
@@ -361,7 +361,7 @@ private final class ConfigParser {
     func hpc(_ top: Fields) -> HPCConfig {
         var config = HPCConfig(transport: .local, gpus: [0])
         guard let fields = mapping(top["hpc"], "hpc") else { return config }
-        defer { finish(fields, allowed: ["transport", "gpus", "ssh", "cleanup"]) }
+        defer { finish(fields, allowed: ["transport", "executor", "gpus", "ssh", "cleanup", "slurm"]) }
         if let transport = string(fields, "transport") {
             if let kind = TransportKind(rawValue: transport) {
                 config.transport = kind
@@ -376,6 +376,16 @@ private final class ConfigParser {
                 fail(fields["cleanup"], "hpc.cleanup", "unknown cleanup '\(cleanup)'; expected one of: \(RemoteCleanup.allCases.map(\.rawValue).joined(separator: ", "))")
             }
         }
+        if let executor = string(fields, "executor") {
+            if let kind = ExecutorKind(rawValue: executor) {
+                config.executor = kind
+            } else {
+                fail(fields["executor"], "hpc.executor", "unknown executor '\(executor)'; expected one of: \(ExecutorKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+        }
+        if let slurm = slurm(fields) { config.slurm = slurm }
+        // Under Slurm no GPU id is reserved here: hpc.gpus is optional (only the GPU monitor reads it).
+        if config.executor == .slurm, fields["gpus"] == nil { config.gpus = [] }
         if let node = fields["gpus"], !isNull(node) {
             if case .sequence(let sequence) = node {
                 var ids: [Int] = []
@@ -397,6 +407,30 @@ private final class ConfigParser {
             fail(fields.node, "hpc.ssh", "missing required section for transport ssh (hpc.ssh.host is required)")
         }
         return config
+    }
+
+    func slurm(_ hpc: Fields) -> SlurmConfig? {
+        guard let fields = mapping(hpc["slurm"], "hpc.slurm") else { return nil }
+        defer { finish(fields, allowed: ["partition", "account", "qos", "max_jobs", "poll_interval_sec", "extra_args"]) }
+        var extra: [String] = []
+        if let node = fields["extra_args"], !isNull(node) {
+            if case .sequence(let sequence) = node {
+                for (index, item) in sequence.enumerated() {
+                    guard case .scalar(let scalar) = item, scalar.string.hasPrefix("-") else {
+                        fail(item, "hpc.slurm.extra_args[\(index)]", "expected an sbatch option like --mem=8G, got \(describe(item))")
+                        continue
+                    }
+                    extra.append(scalar.string)
+                }
+            } else {
+                fail(node, "hpc.slurm.extra_args", "expected a list of sbatch options like [\"--mem=8G\"], got \(describe(node))")
+            }
+        }
+        return SlurmConfig(
+            partition: nonEmptyString(fields, "partition"), account: nonEmptyString(fields, "account"), qos: nonEmptyString(fields, "qos"),
+            maxJobs: integer(fields, "max_jobs", default: 32, min: 1),
+            pollIntervalSec: number(fields, "poll_interval_sec", default: 5, min: 0, exclusiveMin: true),
+            extraArgs: extra)
     }
 
     static let sshKeys = ["host", "port", "user", "identity_file", "known_hosts_file", "strict_host_key_checking",

@@ -63,6 +63,9 @@ public struct MessageBody: Sendable, Codable, Equatable {
     public var ended: Bool?
     /// The beam of a `for_each: beam` step's run (its command, its result, its stop).
     public var beam: Int?
+    /// Under `executor: slurm`: how many GPUs to ask Slurm for (`--gres=gpu:N`); no id is
+    /// reserved, and `gpuIds` stays empty.
+    public var gpuCount: Int?
 
     public init(caseId: String, stepIndex: Int? = nil, attempt: Int? = nil, step: String? = nil, gpuIds: [Int]? = nil,
                 command: String? = nil, timeoutSec: Double? = nil, reason: String? = nil) {
@@ -79,7 +82,7 @@ public struct MessageBody: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", stepIndex = "step_index", attempt, step, gpuIds = "gpu_ids", command
         case timeoutSec = "timeout_sec", reason, retryable, rules, progressTo = "progress_to", progressFrom = "progress_from"
-        case inputFiles = "input_files", ended, beam
+        case inputFiles = "input_files", ended, beam, gpuCount = "gpu_count"
     }
 
     /// The result event a worker publishes for this command.

@@ -65,7 +65,22 @@ public struct Daemon: Sendable {
             }
         }
         let metrics = self.metrics ?? MQIMetrics()
-        let transports = try Transports.make(config, logger: logger, onSSHConnectionOpened: { metrics.sshConnectionsOpened.increment() })
+        let opened = try Store.openRecovering(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
+        let store = opened.store
+        if let setAside = opened.setAside {
+            logger.error("the state database could not be used (\(opened.problem ?? "damaged")); it was set aside as \(setAside) and a new one was created; re-scanning \(config.scanner.localLogdata): cases with complete, verified results are recorded COMPLETED, all others run again",
+                         metadata: ["database": "\(config.state.database)", "set_aside": "\(setAside)"])
+        }
+        let transports = try Transports.make(config, logger: logger, onSSHConnectionOpened: { metrics.sshConnectionsOpened.increment() },
+                                             onSlurmReport: { [logger] run, report in
+            let job = SchedulerJob(caseId: run.caseId, step: run.step, beam: run.beam, attempt: run.attempt, jobId: report.jobId, state: report.state,
+                                   reason: report.reason, gpus: report.gpus, node: report.node)
+            do {
+                try await store.recordSchedulerJob(job)
+            } catch {
+                logger.warning("cannot record Slurm job \(report.jobId) (\(report.state)): \(error)", metadata: ["case_id": "\(run.caseId)"])
+            }
+        })
         var config = config
         if config.hpc.gpusAuto {
             guard let samples = await GPUMonitor.read(config.gpuMonitor.command, runner: transports.runner, logger: logger), !samples.isEmpty else {
@@ -73,12 +88,6 @@ public struct Daemon: Sendable {
             }
             config.hpc.gpus = samples.map(\.index).sorted()
             logger.info("discovered GPUs \(config.hpc.gpus) with nvidia-smi (hpc.gpus: auto)")
-        }
-        let opened = try Store.openRecovering(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
-        let store = opened.store
-        if let setAside = opened.setAside {
-            logger.error("the state database could not be used (\(opened.problem ?? "damaged")); it was set aside as \(setAside) and a new one was created; re-scanning \(config.scanner.localLogdata): cases with complete, verified results are recorded COMPLETED, all others run again",
-                         metadata: ["database": "\(config.state.database)", "set_aside": "\(setAside)"])
         }
         let reclaimed = try await store.reclaimLeases()
         if reclaimed > 0 { logger.info("took back \(reclaimed) message(s) left in progress by the previous run; their steps are adopted, not restarted") }
@@ -96,7 +105,8 @@ public struct Daemon: Sendable {
                   serviceName: "ConductorService"),
             .init(service: RemoteExecutorService(
                 store: store, executor: transports.executor, logsDir: config.state.logsDir,
-                concurrency: max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics,
+                // Under Slurm each claimed command is at most one job: max_jobs bounds them.
+                concurrency: config.hpc.executor == .slurm ? config.hpc.slurm.maxJobs : max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics,
                 reachability: transports.reachability),
                   serviceName: "RemoteExecutorService"),
             .init(service: FileTransferService(

@@ -107,6 +107,7 @@ public struct RemoteExecutorService: Service {
         var planned = StepRun(caseId: body.caseId, step: step, attempt: attempt, command: command, gpuIds: body.gpuIds ?? [],
                               timeoutSec: body.timeoutSec, logPath: "", inputFiles: body.inputFiles ?? [])
         planned.beam = beam
+        planned.gpuCount = body.gpuCount
         // `{step}.{attempt}.log`, or `{step}.{beam}.{attempt}.log` for a beam's run.
         let logPath = [logsDir, body.caseId, "\(planned.runName).\(attempt).log"].reduce("") { ($0 as NSString).appendingPathComponent($1) }
         planned.logPath = logPath
@@ -160,6 +161,9 @@ public struct RemoteExecutorService: Service {
         case .failed(let reason):
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")
             return body.result(.executionFailed, reason: reason, retryable: retryable(reason), ended: true)
+        case .interrupted(let reason):
+            logger.warning("\(step) attempt \(attempt) was interrupted after \(seconds) s: \(reason)")
+            return body.result(.executionFailed, reason: reason, retryable: true, ended: true)
         case .cancelled where watcher.failureLine != nil:
             let reason = "the engine reported a failure: \(watcher.failureLine!); its process group was killed"
             logger.warning("\(step) attempt \(attempt) failed after \(seconds) s: \(reason)")

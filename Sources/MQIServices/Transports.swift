@@ -22,7 +22,19 @@ public struct Transports: Sendable {
         self.reachability = reachability
     }
 
-    public static func make(_ config: Config, logger: Logger, onSSHConnectionOpened: @escaping @Sendable () -> Void = {}) throws -> Transports {
+    /// `onSlurmReport`: what the Slurm executor learns about a job (under `hpc.executor: slurm`).
+    public static func make(_ config: Config, logger: Logger, onSSHConnectionOpened: @escaping @Sendable () -> Void = {},
+                            onSlurmReport: @escaping @Sendable (StepRun, SlurmJobReport) async -> Void = { _, _ in }) throws -> Transports {
+        var transports = try direct(config, logger: logger, onSSHConnectionOpened: onSSHConnectionOpened)
+        if config.hpc.executor == .slurm {
+            // sbatch, squeue and scancel run where the transport runs commands.
+            transports.executor = SlurmStepExecutor(runner: transports.runner, uploadDir: config.conductor.uploadDir, config: config.hpc.slurm,
+                                                    instance: ProcessInfo.processInfo.hostName, logger: logger, onReport: onSlurmReport)
+        }
+        return transports
+    }
+
+    static func direct(_ config: Config, logger: Logger, onSSHConnectionOpened: @escaping @Sendable () -> Void) throws -> Transports {
         switch config.hpc.transport {
         case .local:
             return Transports(

@@ -30,7 +30,8 @@ public final class SSHServer: Sendable {
     /// (`mqihpc-tcsh` for `/usr/bin/tcsh`) whose login shell is `loginShell`, created if missing
     /// (`useradd -m`, unlocked for key login). The key file is readable by that account (sshd
     /// reads it as the user); what the account must write to, give it with `giveToUser(_:)`.
-    public init(loginShell: String? = nil) throws {
+    /// `extraConfig`: more sshd_config lines (e.g. `SetEnv SLURM_CONF=…` for the sessions).
+    public init(loginShell: String? = nil, extraConfig: String = "") throws {
         temp = try TemporaryDirectory("mqi-sshd")
         port = try Self.freePort()
         if let loginShell {
@@ -58,7 +59,7 @@ public final class SSHServer: Sendable {
             UseDNS no
             PrintMotd no
             PidFile \(temp.file("sshd.pid"))
-
+            \(extraConfig)
             """.write(toFile: configPath, atomically: true, encoding: .utf8)
         let hostKey = try String(contentsOfFile: hostKeyPath + ".pub", encoding: .utf8).split(separator: " ").prefix(2).joined(separator: " ")
         try "[127.0.0.1]:\(port) \(hostKey)\n".write(toFile: knownHostsPath, atomically: true, encoding: .utf8)

@@ -74,7 +74,7 @@ public struct LocalStepExecutor: StepExecutor {
         let files = FileManager.default
         if files.fileExists(atPath: runDir) {
             // Adopt: this attempt was started before (by this daemon before a restart).
-            if let code = Self.readExitCode(runDir) { return outcome(code, run) }
+            if let code = Self.readExitCode(runDir) { return StepOutcome.exited(code, run) }
             // Stopped (cancelled, failed, retried) before or while it ran: the stop kills what is left.
             if files.fileExists(atPath: runDir + "/stopped") { return .cancelled }
             if try await readPid(runDir, waitUpTo: 2) == nil {
@@ -121,7 +121,7 @@ public struct LocalStepExecutor: StepExecutor {
                 guard let code = Self.readExitCode(runDir) else {
                     return .failed(reason: "the command's process group ended without recording an exit code (killed by a signal?)")
                 }
-                return self.outcome(code, run)
+                return StepOutcome.exited(code, run)
             }
             group.addTask {
                 while true {
@@ -151,12 +151,6 @@ public struct LocalStepExecutor: StepExecutor {
             }
             return outcome
         }
-    }
-
-    func outcome(_ code: Int32, _ run: StepRun) -> StepOutcome {
-        if code == 0 { return .succeeded }
-        let tail = LogTail.lastLines(of: run.logPath, count: 10)
-        return .failed(reason: "exit status \(code)" + (tail.isEmpty ? "" : "; last output:\n\(tail)"))
     }
 
     /// Starts the wrapper in a new session; the returned signal fires when it exits.

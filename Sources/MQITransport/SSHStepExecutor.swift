@@ -214,7 +214,7 @@ public struct SSHStepExecutor: StepExecutor {
             switch result.state {
             case "exited":
                 try await drain(run, offset: &offset, size: result.logSize)
-                return outcome(result.exitCode ?? -1, run)
+                return StepOutcome.exited(result.exitCode ?? -1, run)
             case "dead":
                 try await drain(run, offset: &offset, size: result.logSize)
                 return .failed(reason: "the command's process group on \(connection.destination) ended without recording an exit code (killed by a signal?)")
@@ -308,12 +308,6 @@ public struct SSHStepExecutor: StepExecutor {
             throw TransportError("cannot mark \(what) stopped (\(runDirectory(run)) not writable): \(output.stderrText)")
         }
         throw TransportError("cannot stop \(what) (exit \(output.status)): \(text)\(output.stderrText)", transient: output.status == 255)
-    }
-
-    func outcome(_ code: Int32, _ run: StepRun) -> StepOutcome {
-        if code == 0 { return .succeeded }
-        let tail = LogTail.lastLines(of: run.logPath, count: 10)
-        return .failed(reason: "exit status \(code)" + (tail.isEmpty ? "" : "; last output:\n\(tail)"))
     }
 
     func append(_ data: Data, to path: String) -> Int {

@@ -16,6 +16,9 @@ public struct StepRun: Sendable, Equatable {
     public var inputFiles: [RenderedFile]
     /// The beam of a `for_each: beam` step's run.
     public var beam: Int?
+    /// Under a scheduler (Slurm): GPUs to ask for; `gpuIds` is empty, and the command sees the
+    /// device ordinals 0..N-1 of what the scheduler gave its job.
+    public var gpuCount: Int?
 
     /// The attempt's name in its run directory (`{step}.{attempt}`): the step, or `{step}.{beam}`.
     public var runName: String { beam.map { "\(step).\($0)" } ?? step }
@@ -40,16 +43,21 @@ public struct StepRun: Sendable, Equatable {
     }
 
     /// Environment the command runs with.
+    /// Under a scheduler `CUDA_VISIBLE_DEVICES` is left to it, and `MQI_GPU_IDS` holds ordinals.
     public var environment: [String: String] {
-        let ids = gpuIds.map(String.init).joined(separator: ",")
-        return [
+        let scheduled = gpuIds.isEmpty && (gpuCount ?? 0) > 0
+        let ordinals = scheduled ? Array(0..<(gpuCount ?? 0)) : gpuIds
+        let ids = ordinals.map(String.init).joined(separator: ",")
+        var environment = [
             "MQI_CASE_ID": caseId,
             "MQI_STEP": step,
             "MQI_ATTEMPT": String(attempt),
-            "MQI_GPU_ID": gpuIds.first.map(String.init) ?? "",
+            "MQI_GPU_ID": ordinals.first.map(String.init) ?? "",
             "MQI_GPU_IDS": ids,
-            "CUDA_VISIBLE_DEVICES": ids,
-        ].merging(beam.map { ["MQI_BEAM": String($0)] } ?? [:]) { $1 }
+        ]
+        if !scheduled { environment["CUDA_VISIBLE_DEVICES"] = ids }
+        if let beam { environment["MQI_BEAM"] = String(beam) }
+        return environment
     }
 }
 
@@ -57,7 +65,20 @@ public struct StepRun: Sendable, Equatable {
 public enum StepOutcome: Sendable, Equatable {
     case succeeded
     case failed(reason: String)
+    /// Ended by the infrastructure, not by its command (a node failure, a preemption): worth
+    /// another attempt.
+    case interrupted(reason: String)
     case cancelled
+}
+
+extension StepOutcome {
+    /// How an attempt whose command exited with `code` ended, for every executor: 0 succeeded;
+    /// anything else failed, with the exit status and the last lines of its log.
+    public static func exited(_ code: Int32, _ run: StepRun, cause: String? = nil) -> StepOutcome {
+        if code == 0 && cause == nil { return .succeeded }
+        let tail = LogTail.lastLines(of: run.logPath, count: 10)
+        return .failed(reason: (cause.map { "\($0), " } ?? "") + "exit status \(code)" + (tail.isEmpty ? "" : "; last output:\n\(tail)"))
+    }
 }
 
 /// Starts, adopts, waits for and cancels step attempts. An attempt whose run directory already

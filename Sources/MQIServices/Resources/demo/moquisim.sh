@@ -85,9 +85,14 @@ batches=10
 tps="$case_dir/moqui_tps${only_beam:+_$only_beam}.in"
 if [ -f "$tps" ]; then
     tps_gpu=$(sed -n 's/^GPUID *//p' "$tps" | head -n 1 | tr -d '\r ')
-    case ",${CUDA_VISIBLE_DEVICES:-$gpu}," in
+    given=${CUDA_VISIBLE_DEVICES:-$gpu}
+    if [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+        # Under Slurm a job addresses the GPUs it was given by ordinal (0..N-1), as CUDA does.
+        given=$(echo "$CUDA_VISIBLE_DEVICES" | awk -F, '{ for (i = 0; i < NF; i++) printf "%s%d", (i ? "," : ""), i }')
+    fi
+    case ",$given," in
         *",$tps_gpu,"*) ;;
-        *) say "FATAL ERROR: moqui_tps.in asks for GPUID '$tps_gpu', but this run was given GPU(s) ${CUDA_VISIBLE_DEVICES:-$gpu}" >&2
+        *) say "FATAL ERROR: moqui_tps.in asks for GPUID '$tps_gpu', but this run was given GPU(s) $given" >&2
            record_run
            exit 4 ;;
     esac

@@ -40,9 +40,14 @@ import Testing
         defer { temp.remove() }
         let config = #"{ "root": true, "extends": "eslint:recommended", "env": { "browser": true }, "parserOptions": { "ecmaVersion": 2017 } }"#
         try config.write(toFile: temp.file("eslintrc.json"), atomically: true, encoding: .utf8)
+        // The JSON formatter: Debian's default (stylish) one needs node modules that not every
+        // nodejs build finds (chalk under NodeSource's), while the rules run all the same.
         let lint = try LintTools.run(try #require(LintTools.eslint), [
-            "--no-eslintrc", "--config", temp.file("eslintrc.json"), Self.resources.appendingPathComponent("dashboard.js").path,
+            "--no-eslintrc", "--config", temp.file("eslintrc.json"), "--format", "json", Self.resources.appendingPathComponent("dashboard.js").path,
         ])
         #expect(lint.status == 0, "eslint dashboard.js:\n\(lint.output)")
+        let results = try JSONSerialization.jsonObject(with: Data(lint.output.utf8)) as? [[String: Any]]
+        let problems = (results ?? []).reduce(0) { $0 + (($1["errorCount"] as? Int) ?? 0) + (($1["warningCount"] as? Int) ?? 0) }
+        #expect(results?.count == 1 && problems == 0, "eslint dashboard.js:\n\(lint.output)")
     }
 }

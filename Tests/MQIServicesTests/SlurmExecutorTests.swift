@@ -23,9 +23,9 @@ struct SlurmExecutorTests {
         var shims: String { temp.file("shims") }
 
         init(maxJobs: Int = 32, seconds: Double = 1, timeoutSec: Int = 300, pollSec: Double = 0.5, gpus: Int = 1,
-             hpcYAML: String = "hpc: { transport: local, executor: slurm", root: String? = nil) throws {
+             hpcYAML: String = "hpc: { transport: local, executor: slurm", root: String? = nil, cluster: SlurmCluster? = nil) throws {
             temp = try TemporaryDirectory("mqi-slurm-site")
-            cluster = try SlurmCluster()
+            self.cluster = try cluster ?? SlurmCluster()
             try FileManager.default.createDirectory(atPath: temp.file("data"), withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: shims, withIntermediateDirectories: true)
             let step = temp.file("step.sh")
@@ -186,6 +186,43 @@ struct SlurmExecutorTests {
         }
         #expect(ids.count == 20)
         #expect(try await store.gpus().allSatisfy { $0.reservedBy == nil }, "a GPU id was reserved under Slurm")
+    }
+
+    /// The same over `transport: ssh`: sbatch, squeue and scancel run on the test sshd's side as
+    /// a plain account (bash login shell), whose jobs Slurm runs as that account.
+    @Test(.enabled(if: SSHServer.isAvailable, "sshd is not installed"), .timeLimit(.minutes(4)))
+    func overSSHTheJobsAreSubmittedOnTheHPCSide() async throws {
+        let cluster = try SlurmCluster()
+        defer { cluster.stop() }
+        let server = try SSHServer(loginShell: "/bin/bash", extraConfig: "SetEnv SLURM_CONF=\(cluster.confPath)")
+        defer { server.remove() }
+        try await server.start()
+        let hpcRoot = server.temp.file("hpc")
+        for directory in ["upload", "download"] {
+            try FileManager.default.createDirectory(atPath: hpcRoot + "/" + directory, withIntermediateDirectories: true)
+        }
+        try server.giveToUser(hpcRoot)
+        let ssh = "ssh: { host: 127.0.0.1, port: \(server.port), user: \(server.user), identity_file: \(ShellQuote.quote(server.userKeyPath)), known_hosts_file: \(ShellQuote.quote(server.knownHostsPath)), connect_timeout_sec: 5, max_new_connections_per_min: 30 }"
+        let site = try Site(seconds: 1, hpcYAML: "hpc: { transport: ssh, executor: slurm, \(ssh)", root: hpcRoot, cluster: cluster)
+        defer { site.temp.remove() }
+        // The jobs (run as the ssh account) read the step script and write the ledger.
+        chmod(site.temp.path, 0o755)
+        FileManager.default.createFile(atPath: site.ledger, contents: nil)
+        chmod(site.ledger, 0o666)
+        let names = (1...4).map { String(format: "SSH-%03d", $0) }
+        for name in names { try site.addCase(name) }
+        let daemon = try site.start("daemon")
+        defer { daemon.signal(SIGKILL) }
+        let store = try site.store()
+        let done = await eventually(within: 150) { ((try? await store.cases(status: .completed).count) ?? 0) == names.count }
+        let states = try await store.cases().map { "\($0.caseId) \($0.status) \($0.error ?? "")" }
+        #expect(done, "not all completed: \(states)\n\(daemon.output.suffix(3000))")
+        for name in names {
+            #expect(site.starts(name, "interpreter") == 1 && site.starts(name, "simulation") == 1, "\(name) ran a step twice or never")
+        }
+        let jobs = cluster.completedJobs().filter { $0.name.hasPrefix("mqi.") }
+        #expect(jobs.count == 8, "\(jobs)")
+        #expect(jobs.allSatisfy { $0.user.hasPrefix(server.user) }, "jobs not run as \(server.user): \(jobs.map(\.user))")
     }
 
     @Test(.timeLimit(.minutes(4)))

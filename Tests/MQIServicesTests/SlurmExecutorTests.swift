@@ -44,7 +44,8 @@ struct SlurmExecutorTests {
             // Without GPUs the commands cannot name one ({gpu_id} is a config error there).
             let gpuWord = gpus > 0 ? "{gpu_id}" : "none"
             let gpuKey = gpus > 0 ? "gpus: \(gpus)" : "gpu: false"
-            let hpc = hpcYAML.hasSuffix("}") ? hpcYAML : hpcYAML + ", slurm: { max_jobs: \(maxJobs), poll_interval_sec: \(pollSec) } }"
+            // `hpcYAML` is an open flow mapping: the slurm section closes it.
+            let hpc = hpcYAML + ", slurm: { max_jobs: \(maxJobs), poll_interval_sec: \(pollSec) } }"
             let upload = root.map { $0 + "/upload" } ?? "./hpc/upload"
             let download = root.map { $0 + "/download" } ?? "./hpc/download"
             try """

@@ -7,13 +7,13 @@ import Foundation
 struct MQIBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mqi-bench",
-        abstract: "Measure orchestration overhead, detection latency, GPU scheduling, scale and SSH figures.")
+        abstract: "Measure orchestration overhead, detection latency, GPU scheduling, scale, SSH, beam and Slurm figures.")
 
     @Flag(help: "Smaller runs (under 5 minutes): 200 cases for the orchestration figure, 20 for GPU scheduling.")
     var quick = false
     @Option(help: "Also write the figures as JSON to this file.")
     var json: String?
-    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams).")
+    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams, slurm; slurm skips itself without Slurm).")
     var only: String?
     @Flag(help: "Keep the temporary directories (for inspection).")
     var keep = false
@@ -21,7 +21,7 @@ struct MQIBench: AsyncParsableCommand {
     var mqi: String?
 
     func run() async throws {
-        let sections = Set((only ?? "orchestration,detection,gpu,scale,ssh,beams").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        let sections = Set((only ?? "orchestration,detection,gpu,scale,ssh,beams,slurm").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         let started = nowEpoch()
         var figures: [Figure] = []
         if sections.contains("orchestration") {
@@ -42,6 +42,9 @@ struct MQIBench: AsyncParsableCommand {
         }
         if sections.contains("beams") {
             figures += try await BeamBenchmark.run(beams: 4, gpus: 4, secondsPerBeam: 1, rounds: quick ? 3 : 5, keep: keep)
+        }
+        if sections.contains("slurm") {
+            figures += try await SlurmBenchmark.run(cases: quick ? 10 : 30, pollSec: 0.5, mqi: mqi, keep: keep)
         }
         let total = nowEpoch() - started
         print(Table.render(figures, title: "mqi-bench\(quick ? " --quick" : "") on \(ProcessInfo.processInfo.activeProcessorCount) cores, \(fmt(total)) s"))

@@ -100,4 +100,36 @@ public struct RunDirectories: Sendable, Equatable {
         }
 
         """#
+
+    /// The wrapper every direct executor (local and ssh) runs around a step's command, in a new
+    /// session: it records the attempt's identity, process group and exit code in the run directory.
+    /// `$1` run directory, `$2` log file, `$3` command. `$$` is the session (= process group) leader.
+    /// Each file is written by one `echo` (one write of a few bytes, newline last) with no `mv`
+    /// process: readers take a file only once it ends with its newline, so a file caught empty or
+    /// half-written reads as not there yet, exactly like the missing file before a rename.
+    ///
+    /// `identity` (boot id, the leader's start time in clock ticks) is written before `pid`, so a
+    /// pid is never taken for this attempt's after a reboot or once the pid is reused. The
+    /// `stopped` check comes after `pid`: a stop writes `stopped` first and reads `pid` second,
+    /// so either the stop sees the pid and kills the group, or the wrapper sees `stopped` and
+    /// does not run the command. Only shell built-ins: no extra process per step.
+    static let stepWrapper = recordIdentity + #"""
+        echo $$ > "$1/pid" || exit 127
+        if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code"; exit 143; fi
+        /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
+        code=$?
+        echo $code > "$1/exit_code"
+        exit $code
+        """#
+
+    /// The start of the wrapper: `$1` is the run directory; writes `identity`
+    /// as "<boot id> <start time of $$ in clock ticks>" with shell built-ins only.
+    static let recordIdentity = #"""
+        d=$1 b= s=
+        read -r b 2>/dev/null < /proc/sys/kernel/random/boot_id
+        read -r s 2>/dev/null < /proc/$$/stat
+        mqi_identity() { shift 19; echo "$b $1" > "$d/identity"; }
+        [ -n "$s" ] && mqi_identity ${s##*) }
+
+        """#
 }

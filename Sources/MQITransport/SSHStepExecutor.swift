@@ -6,8 +6,8 @@ import MQICore
 /// `{upload_dir}/.mqi-runs/{case_id}/{step}.{attempt}/` (`RunDirectories`, as `LocalStepExecutor`
 /// does locally; an attempt an older version started under `{case_id}/.mqi/` is adopted and
 /// stopped there): `pid` (the process group, the command runs under
-/// `setsid`, detached, so an SSH drop does not kill it), `started` (epoch seconds),
-/// `output.log` and, when it ends, `exit_code`. The run directory is created with `mkdir`, so
+/// `setsid`, detached, so an SSH drop does not kill it), `output.log` and, when it ends,
+/// `exit_code`, written by the same wrapper as the local executor's (`RunDirectories.stepWrapper`). The run directory is created with `mkdir`, so
 /// an attempt is started at most once: a redelivered or restarted attempt finds the directory
 /// and adopts it (running → wait; finished → read the exit code).
 ///
@@ -60,19 +60,6 @@ public struct SSHStepExecutor: StepExecutor {
 
     // MARK: - start
 
-    /// `$1` run dir, `$2` log, `$3` command; `$$` is the session (= process group) leader.
-    /// `identity` (boot id and the leader's start time) is written before `pid`; `stopped` is
-    /// checked after it (see `LocalStepExecutor.wrapper`, the same protocol).
-    static let wrapper = LocalStepExecutor.recordIdentity + #"""
-        date +%s > "$1/started"
-        echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid" || exit 127
-        if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"; exit 143; fi
-        /bin/sh -c "$3" > "$2" 2>&1 < /dev/null
-        code=$?
-        echo $code > "$1/exit_code.tmp" && mv "$1/exit_code.tmp" "$1/exit_code"
-        exit $code
-        """#
-
     func startScript(_ run: StepRun, replaceUnstarted: Bool) -> String {
         let runDir = ShellQuote.quote(runDirectory(run))
         let legacyDir = ShellQuote.quote(legacyRunDirectory(run))
@@ -97,7 +84,7 @@ public struct SSHStepExecutor: StepExecutor {
             mkdir -p -- \(runs) || exit 5
             if ! mkdir -- \(runDir) 2>/dev/null; then echo MQI-EXISTS; exit 0; fi
             \(inputs)cd \(caseDir) || exit 5
-            setsid -f env \(environment) /bin/sh -c \(ShellQuote.quote(Self.wrapper)) mqi-step \(runDir) \(runDir)/output.log \(ShellQuote.quote(run.command)) < /dev/null > /dev/null 2>&1 || { rm -rf -- \(runDir); echo MQI-SPAWNFAIL; exit 0; }
+            setsid -f env \(environment) /bin/sh -c \(ShellQuote.quote(RunDirectories.stepWrapper)) mqi-step \(runDir) \(runDir)/output.log \(ShellQuote.quote(run.command)) < /dev/null > /dev/null 2>&1 || { rm -rf -- \(runDir); echo MQI-SPAWNFAIL; exit 0; }
             echo MQI-STARTED
             """
     }
@@ -159,15 +146,15 @@ public struct SSHStepExecutor: StepExecutor {
     /// an older version kept the run dir (used when only it exists).
     static let pollScript = Self.liveness + #"""
         [ -d "$d" ] || [ ! -d "$4" ] || d=$4
-        if [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+        if [ -s "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
         elif [ ! -d "$d" ]; then st=missing
-        elif [ ! -f "$d/pid" ]; then if [ -f "$d/stopped" ]; then st=stopped; else st=nopid; fi
+        elif [ ! -s "$d/pid" ]; then if [ -f "$d/stopped" ]; then st=stopped; else st=nopid; fi
         elif alive "$(cat "$d/pid")"; then st=running
-        elif [ -f "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+        elif [ -s "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
         elif [ -f "$d/stopped" ]; then st=stopped
         else st=dead
         fi
-        now=$(date +%s); started=$(cat "$d/started" 2>/dev/null || echo "$now")
+        now=$(date +%s); started=$(cat "$d/started" 2>/dev/null || stat -c %Y "$d" 2>/dev/null || echo "$now")
         size=$(wc -c < "$d/output.log" 2>/dev/null || echo 0)
         echo "MQI $((now - started)) $size $st"
         if [ "$2" -lt "$size" ]; then tail -c +"$(($2 + 1))" "$d/output.log" | head -c "$3"; fi
@@ -284,7 +271,7 @@ public struct SSHStepExecutor: StepExecutor {
         [ -d "$d" ] || [ ! -d "$4" ] || d=$4
         [ -d "$d" ] || [ -d "$3" ] || { echo MQI-GONE; exit 0; }
         mkdir -p "$d" && : > "$d/stopped" || { echo MQI-CANNOT; exit 0; }
-        [ -f "$d/exit_code" ] && { echo MQI-GONE; exit 0; }
+        [ -s "$d/exit_code" ] && { echo MQI-GONE; exit 0; }
         pid=$(cat "$d/pid" 2>/dev/null) || { echo MQI-GONE; exit 0; }
         [ "$pid" -gt 1 ] 2>/dev/null || { echo MQI-GONE; exit 0; }
         ours "$pid" || { echo MQI-GONE; exit 0; }

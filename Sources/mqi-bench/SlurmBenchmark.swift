@@ -9,8 +9,8 @@ import Glibc
 #endif
 
 /// Section 7: `hpc.executor: slurm` on a private single-node Slurm (`scripts/slurm-cluster`, two
-/// fake GPUs). The real `mqi` binary runs cases of upload → no-op → no-op → download, one case at
-/// a time; a bash loop of raw `sbatch` runs the same no-ops on the same cluster in the same run,
+/// fake GPUs). The real `mqi` binary runs cases of upload → no-op → no-op (which leaves
+/// a result file for the download) → download, one case at a time; a bash loop of raw `sbatch` runs the same no-ops on the same cluster in the same run,
 /// waiting for each job's end with `squeue` at the communicator's poll interval. Both no-ops log
 /// their start and end (`date +%s%N`) to a ledger; the submission time is the moment just before
 /// `sbatch` ran (the communicator: the mtime of the run directory's `job.sh`, written right
@@ -128,7 +128,7 @@ enum SlurmBenchmark {
                 - { name: download_results,  type: download, progress: 90 }
             remote_commands:
               run_interpreter: \(yamlQuote(ledgerCommand(step: "a", ledger: ledger)))
-              run_moqui_sim: \(yamlQuote(ledgerCommand(step: "b", ledger: ledger)))
+              run_moqui_sim: \(yamlQuote(ledgerCommand(step: "b", ledger: ledger, tail: "mkdir -p {result_dir} && echo dose > {result_dir}/dose.txt")))
             retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
             metrics: { port: 0 }
             gpu_monitor: { enabled: false }

@@ -9,9 +9,9 @@ import Glibc
 #endif
 
 /// Section 7: `hpc.executor: slurm` on a private single-node Slurm (`scripts/slurm-cluster`, two
-/// fake GPUs). The real `mqi` binary runs cases of upload → no-op → no-op (which leaves
-/// a result file for the download) → download, one case at a time; a bash loop of raw `sbatch` runs the same no-ops on the same cluster in the same run,
-/// waiting for each job's end with `squeue` at the communicator's poll interval. Both no-ops log
+/// fake GPUs). The real `mqi` binary runs cases of upload → no-op → no-op (which leaves a result
+/// file for the download) → download, one case at a time; a bash loop of raw `sbatch` runs the
+/// same no-ops on the same cluster in the same run, waiting for each job's end with `squeue` at the communicator's poll interval. Both no-ops log
 /// their start and end (`date +%s%N`) to a ledger; the submission time is the moment just before
 /// `sbatch` ran (the communicator: the mtime of the run directory's `job.sh`, written right
 /// before its `sbatch`; the loop: `date +%s%N` right before its `sbatch`).

@@ -11,8 +11,9 @@ import MQICore
 /// an attempt is started at most once: a redelivered or restarted attempt finds the directory
 /// and adopts it (running → wait; finished → read the exit code).
 ///
-/// Each poll is one ssh call through the master: it returns the state and the log bytes not
-/// yet fetched, which are appended to `StepRun.logPath`. A lost connection does not abandon the
+/// Every poll interval, one ssh call through the master answers for all the attempts running on
+/// the host (`PollRounds`, `roundScript`): their states and the log bytes not yet fetched, which
+/// are appended to each `StepRun.logPath`. A lost connection does not abandon the
 /// step: polling continues (the connection backs off) for `unreachableGraceSec`, then the
 /// attempt is given back as a transient error and adopted on the next delivery.
 public struct SSHStepExecutor: StepExecutor {
@@ -22,6 +23,8 @@ public struct SSHStepExecutor: StepExecutor {
     public var killGraceSec: Double
     public var unreachableGraceSec: Double
     public var logger: Logger
+    /// The rounds that poll every running attempt on this host at once.
+    let board: PollRounds<Watch, PollResult>
 
     public init(connection: SSHConnection, uploadDir: String, pollInterval: Double = 1, killGraceSec: Double = 3,
                 unreachableGraceSec: Double = 300, logger: Logger) {
@@ -31,6 +34,7 @@ public struct SSHStepExecutor: StepExecutor {
         self.killGraceSec = killGraceSec
         self.unreachableGraceSec = unreachableGraceSec
         self.logger = logger
+        board = PollRounds(interval: pollInterval) { runs in try await Self.round(runs, connection: connection) }
     }
 
     var layout: RunDirectories { RunDirectories(uploadDir: uploadDir) }
@@ -132,7 +136,7 @@ public struct SSHStepExecutor: StepExecutor {
 
     // MARK: - poll
 
-    struct PollResult {
+    struct PollResult: Sendable {
         /// running, exited, dead (no exit code, process group gone), stopped (by a stop, nothing
         /// left running), nopid, missing
         var state: String
@@ -140,25 +144,82 @@ public struct SSHStepExecutor: StepExecutor {
         var elapsed: Double?
         var logSize: Int
         var chunk: Data
+        /// The log offset `chunk` starts at.
+        var logFrom: Int = 0
     }
 
     /// `$1` run dir, `$2` bytes of the log already fetched, `$3` most bytes to send, `$4` where
     /// an older version kept the run dir (used when only it exists).
-    static let pollScript = Self.liveness + #"""
+    static let pollScript = Self.liveness + Self.stateFunction + #"""
         [ -d "$d" ] || [ ! -d "$4" ] || d=$4
-        if [ -s "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
-        elif [ ! -d "$d" ]; then st=missing
-        elif [ ! -s "$d/pid" ]; then if [ -f "$d/stopped" ]; then st=stopped; else st=nopid; fi
-        elif alive "$(cat "$d/pid")"; then st=running
-        elif [ -s "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
-        elif [ -f "$d/stopped" ]; then st=stopped
-        else st=dead
-        fi
+        mqi_state
         now=$(date +%s); started=$(cat "$d/started" 2>/dev/null || stat -c %Y "$d" 2>/dev/null || echo "$now")
         size=$(wc -c < "$d/output.log" 2>/dev/null || echo 0)
         echo "MQI $((now - started)) $size $st"
         if [ "$2" -lt "$size" ]; then tail -c +"$(($2 + 1))" "$d/output.log" | head -c "$3"; fi
         """#
+
+    /// `mqi_state`: the state of the attempt in run dir `$d`, in `st` (see `PollResult.state`).
+    static let stateFunction = #"""
+        mqi_state() {
+          if [ -s "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+          elif [ ! -d "$d" ]; then st=missing
+          elif [ ! -s "$d/pid" ]; then if [ -f "$d/stopped" ]; then st=stopped; else st=nopid; fi
+          elif alive "$(cat "$d/pid")"; then st=running
+          elif [ -s "$d/exit_code" ]; then st="exited $(cat "$d/exit_code")"
+          elif [ -f "$d/stopped" ]; then st=stopped
+          else st=dead
+          fi
+        }
+
+        """#
+
+    /// One round for every watched attempt on this host (`PollRounds`): `$@` are triples of run
+    /// dir, bytes of its log already fetched, and where an older version kept the run dir. For
+    /// each, in order: `MQI <elapsed> <log size> <state> [code]`, then the log bytes from the
+    /// offset (at most `chunk`) in base64 on one line.
+    static let roundScript = Self.liveness + Self.stateFunction + #"""
+        now=$(date +%s)
+        echo MQI-ROUND
+        while [ $# -ge 3 ]; do
+          d=$1; o=$2
+          [ -d "$d" ] || [ ! -d "$3" ] || d=$3
+          mqi_state
+          started=$(cat "$d/started" 2>/dev/null || stat -c %Y "$d" 2>/dev/null || echo "$now")
+          size=$(($(wc -c < "$d/output.log" 2>/dev/null || echo 0)))
+          echo "MQI $((now - started)) $size $st"
+          if [ "$o" -lt "$size" ]; then tail -c +"$((o + 1))" "$d/output.log" | head -c MAXBYTES | base64 -w 0; fi
+          echo
+          shift 3
+        done
+        echo MQI-END
+        """#
+
+    struct Watch: Sendable {
+        var offset: Int
+        var legacyRunDirectory: String
+    }
+
+    /// One ssh session for all watched attempts; nil when it failed or its answer is garbled.
+    static func round(_ runs: [String: Watch], connection: SSHConnection) async throws -> [String: PollResult]? {
+        let ordered = runs.sorted { $0.key < $1.key }
+        var arguments: [String] = []
+        for (runDir, watch) in ordered { arguments += [runDir, String(min(watch.offset, Int(Int32.max))), watch.legacyRunDirectory] }
+        let output = try await connection.runScript(roundScript.replacingOccurrences(of: "MAXBYTES", with: String(chunk)), arguments: arguments, timeoutSec: 60)
+        let lines = output.stdoutText.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let begin = lines.firstIndex(of: "MQI-ROUND"), lines.contains("MQI-END") else { return nil }
+        var results: [String: PollResult] = [:]
+        var index = begin + 1
+        for (runDir, watch) in ordered {
+            guard index + 1 < lines.count else { return nil }
+            let header = lines[index].split(separator: " ")
+            guard header.count >= 4, header[0] == "MQI" else { return nil }
+            results[runDir] = PollResult(state: String(header[3]), exitCode: header.count > 4 ? Int32(header[4]) : nil, elapsed: Double(header[1]),
+                                         logSize: Int(header[2]) ?? 0, chunk: Data(base64Encoded: String(lines[index + 1])) ?? Data(), logFrom: watch.offset)
+            index += 2
+        }
+        return results
+    }
 
     func poll(_ run: StepRun, offset: Int) async throws -> PollResult {
         let output = try await connection.runScript(Self.pollScript, arguments: [runDirectory(run), String(min(offset, Int(Int32.max))), String(Self.chunk), legacyRunDirectory(run)],
@@ -173,7 +234,7 @@ public struct SSHStepExecutor: StepExecutor {
                                  transient: true)
         }
         return PollResult(state: String(header[3]), exitCode: header.count > 4 ? Int32(header[4]) : nil, elapsed: Double(header[1]),
-                          logSize: Int(header[2]) ?? 0, chunk: Data(output.stdout[output.stdout.index(after: newline)...]))
+                          logSize: Int(header[2]) ?? 0, chunk: Data(output.stdout[output.stdout.index(after: newline)...]), logFrom: offset)
     }
 
     // MARK: - supervise
@@ -181,10 +242,19 @@ public struct SSHStepExecutor: StepExecutor {
     func supervise(_ run: StepRun, shouldCancel: @escaping @Sendable () async -> Bool) async throws -> StepOutcome {
         var offset = Self.localSize(run.logPath)
         var unreachableSince: Date?
+        var generation = 0
+        let runDir = runDirectory(run)
+        defer { Task { [board] in await board.unwatch(runDir) } }
         while true {
             let result: PollResult
             do {
-                result = try await poll(run, offset: offset)
+                // One ssh session per round answers for every step running on this host.
+                let answer = try await board.next(runDir, Watch(offset: offset, legacyRunDirectory: legacyRunDirectory(run)), after: generation)
+                generation = answer.generation
+                guard let polled = answer.answer else {
+                    throw TransportError("cannot poll the steps on \(connection.destination) (the round's ssh session failed)", transient: true)
+                }
+                result = polled
                 if unreachableSince != nil {
                     logger.info("reached \(connection.destination) again; still supervising \(run.step) attempt \(run.attempt)", metadata: ["case_id": "\(run.caseId)"])
                 }
@@ -194,10 +264,9 @@ public struct SSHStepExecutor: StepExecutor {
                 unreachableSince = since
                 if Date().timeIntervalSince(since) > unreachableGraceSec { throw error }
                 logger.debug("cannot poll \(run.step) attempt \(run.attempt): \(error); the step keeps running remotely", metadata: ["case_id": "\(run.caseId)"])
-                try await Task.sleep(for: .seconds(pollInterval))
                 continue
             }
-            offset += append(result.chunk, to: run.logPath)
+            offset += append(result, at: offset, to: run.logPath)
             switch result.state {
             case "exited":
                 try await drain(run, offset: &offset, size: result.logSize)
@@ -224,7 +293,7 @@ public struct SSHStepExecutor: StepExecutor {
                 _ = try? await drainAfterKill(run, offset: &offset)
                 return decided
             }
-            try await Task.sleep(for: .seconds(pollInterval))
+            // The next round comes a poll interval after this one (PollRounds paces them).
         }
     }
 
@@ -295,6 +364,12 @@ public struct SSHStepExecutor: StepExecutor {
             throw TransportError("cannot mark \(what) stopped (\(runDirectory(run)) not writable): \(output.stderrText)")
         }
         throw TransportError("cannot stop \(what) (exit \(output.status)): \(text)\(output.stderrText)", transient: output.status == 255)
+    }
+
+    /// Appends the part of a poll's log bytes past `offset`; returns how many.
+    func append(_ result: PollResult, at offset: Int, to path: String) -> Int {
+        guard result.logFrom <= offset, result.logFrom + result.chunk.count > offset else { return 0 }
+        return append(Data(result.chunk.dropFirst(offset - result.logFrom)), to: path)
     }
 
     func append(_ data: Data, to path: String) -> Int {

@@ -46,7 +46,7 @@ public struct SlurmStepExecutor: StepExecutor {
     public var instance: String
     public var unreachableGraceSec: Double
     public var logger: Logger
-    let board: SlurmJobBoard
+    let board: PollRounds<SlurmJobBoard.Watch, SlurmJobSnapshot>
     let onReport: @Sendable (StepRun, SlurmJobReport) async -> Void
 
     public init(runner: any CommandRunner, uploadDir: String, config: SlurmConfig, instance: String, unreachableGraceSec: Double = 300,
@@ -58,7 +58,7 @@ public struct SlurmStepExecutor: StepExecutor {
         self.unreachableGraceSec = unreachableGraceSec
         self.logger = logger
         self.onReport = onReport
-        board = SlurmJobBoard(runner: runner, pollInterval: config.pollIntervalSec)
+        board = SlurmJobBoard.make(runner: runner, pollInterval: config.pollIntervalSec)
     }
 
     var layout: RunDirectories { RunDirectories(uploadDir: uploadDir) }
@@ -253,9 +253,9 @@ public struct SlurmStepExecutor: StepExecutor {
         let runDir = runDirectory(run)
         defer { Task { [board] in await board.unwatch(jobId) } }
         while true {
-            let answer = try await board.next(jobId: jobId, runDir: runDir, offset: offset, after: generation)
+            let answer = try await board.next(jobId, SlurmJobBoard.Watch(runDir: runDir, offset: offset), after: generation)
             generation = answer.generation
-            guard let snapshot = answer.snapshot else {
+            guard let snapshot = answer.answer else {
                 // squeue did not answer (the controller or the host is away): the job runs on.
                 let since = unreachableSince ?? Date()
                 unreachableSince = since
@@ -292,7 +292,9 @@ public struct SlurmStepExecutor: StepExecutor {
             }
             if let decided {
                 try await stop(run)
-                if let last = try? await board.readOnce(jobId: jobId, runDir: runDir, offset: offset) { offset += append(last, at: offset, to: run.logPath) }
+                if let last = try? await SlurmJobBoard.round([jobId: SlurmJobBoard.Watch(runDir: runDir, offset: offset)], runner: runner)?[jobId] {
+                    offset += append(last, at: offset, to: run.logPath)
+                }
                 await onReport(run, SlurmJobReport(jobId: jobId, state: "CANCELLED", reason: decided == .cancelled ? "cancelled by the communicator" : "timeout_sec",
                                                    gpus: snapshot.gpus, node: snapshot.node))
                 return decided
@@ -437,76 +439,20 @@ struct SlurmJobSnapshot: Sendable {
     var chunk: Data
 }
 
-/// Polls Slurm for every watched job at once: each round is one remote call that runs one
-/// `squeue` for this account and reads each watched job's run directory (exit code, GPUs,
-/// start, the log bytes not yet fetched).
-actor SlurmJobBoard {
-    struct Watch {
+/// Polls Slurm for every watched job at once (`PollRounds`): each round is one remote call that
+/// runs one `squeue` for this account and reads each watched job's run directory (exit code,
+/// GPUs, start, the log bytes not yet fetched).
+enum SlurmJobBoard {
+    struct Watch: Sendable {
         var runDir: String
         var offset: Int
     }
 
-    let runner: any CommandRunner
-    let pollInterval: Double
-    var watches: [String: Watch] = [:]
-    /// The latest round's snapshots (nil: squeue did not answer), and its number.
-    var latest: [String: SlurmJobSnapshot]?
-    var generation = 0
-    var polling: Task<Void, Never>?
-    /// Rounds run so far (for tests and the benchmark).
-    var rounds = 0
-
     /// Log bytes per job per round at most.
     static let chunk = 1 << 20
 
-    init(runner: any CommandRunner, pollInterval: Double) {
-        self.runner = runner
-        self.pollInterval = pollInterval
-    }
-
-    /// Waits for the first round after round `after` that covers the job; its snapshot (nil when
-    /// squeue did not answer in it) and the round's number.
-    func next(jobId: String, runDir: String, offset: Int, after wanted: Int) async throws -> (snapshot: SlurmJobSnapshot?, generation: Int) {
-        watches[jobId] = Watch(runDir: runDir, offset: offset)
-        startPolling()
-        while generation <= wanted || !covered.contains(jobId) {
-            try await Task.sleep(for: .milliseconds(50))
-            startPolling()
-        }
-        return (latest?[jobId], generation)
-    }
-
-    /// Jobs the latest round looked at.
-    var covered: Set<String> = []
-
-    func unwatch(_ jobId: String) {
-        watches[jobId] = nil
-    }
-
-    func startPolling() {
-        guard polling == nil else { return }
-        polling = Task { await self.poll() }
-    }
-
-    func poll() async {
-        var last = Date.distantPast
-        while !watches.isEmpty {
-            let wait = pollInterval - Date().timeIntervalSince(last)
-            if wait > 0 { try? await Task.sleep(for: .seconds(wait)) }
-            last = Date()
-            let jobs = watches
-            let result = try? await round(jobs)
-            rounds += 1
-            latest = result ?? nil
-            covered = Set(jobs.keys)
-            generation += 1
-        }
-        polling = nil
-    }
-
-    /// One job's snapshot now (after a cancel: the last log bytes).
-    func readOnce(jobId: String, runDir: String, offset: Int) async throws -> SlurmJobSnapshot? {
-        try await round([jobId: Watch(runDir: runDir, offset: offset)])?[jobId]
+    static func make(runner: any CommandRunner, pollInterval: Double) -> PollRounds<Watch, SlurmJobSnapshot> {
+        PollRounds(interval: pollInterval) { jobs in try await round(jobs, runner: runner) }
     }
 
     /// `$@`: triples of job id, run dir, log offset.
@@ -532,7 +478,7 @@ actor SlurmJobBoard {
         echo MQI-END
         """#
 
-    func round(_ jobs: [String: Watch]) async throws -> [String: SlurmJobSnapshot]? {
+    static func round(_ jobs: [String: Watch], runner: any CommandRunner) async throws -> [String: SlurmJobSnapshot]? {
         var arguments: [String] = []
         for (id, watch) in jobs.sorted(by: { $0.key < $1.key }) { arguments += [id, watch.runDir, String(watch.offset)] }
         let script = Self.roundScript.replacingOccurrences(of: "MAXBYTES", with: String(Self.chunk))

@@ -103,6 +103,49 @@ struct SSHTransportTests {
         await setup.finish()
     }
 
+    /// Eight steps running on one host cost one ssh session per poll interval, not one each.
+    @Test(.timeLimit(.minutes(2)))
+    func onePollSessionAnswersForEveryRunningStep() async throws {
+        let server = try SSHServer(extraConfig: "LogLevel DEBUG1")
+        try await server.start()
+        let temp = try TemporaryDirectory("mqi-ssh-rounds")
+        let connection = try SSHConnection(config: server.sshConfig(), retry: RetryPolicy(maxAttempts: 3, initialDelaySec: 0.2, maxDelaySec: 1),
+                                           logger: SSHTransportTests.quiet, reconnectPatienceSec: 5)
+        defer { server.remove(); temp.remove() }
+        let executor = SSHStepExecutor(connection: connection, uploadDir: temp.file("remote/upload"), pollInterval: 0.5, killGraceSec: 1,
+                                       logger: SSHTransportTests.quiet)
+        let runs = try (1...8).map { index in
+            try FileManager.default.createDirectory(atPath: temp.file("remote/upload/CASE-\(index)"), withIntermediateDirectories: true)
+            return StepRun(caseId: "CASE-\(index)", step: "sim", attempt: 1, command: "echo begin; sleep 5; echo done-\(index)", gpuIds: [index],
+                           timeoutSec: nil, logPath: temp.file("logs/CASE-\(index)/sim.1.log"))
+        }
+        // sshd logs each session channel it opens (through the master too) at DEBUG1.
+        func sessions() -> Int {
+            ((try? String(contentsOfFile: server.logPath, encoding: .utf8)) ?? "").components(separatedBy: "ctype session").count - 1
+        }
+        let outcomes = Task {
+            try await withThrowingTaskGroup(of: StepOutcome.self) { group in
+                for run in runs { group.addTask { try await executor.execute(run) { false } } }
+                return try await group.reduce(into: [StepOutcome]()) { $0.append($1) }
+            }
+        }
+        let runDirs = runs.map { RunDirectories(uploadDir: temp.file("remote/upload")).runDirectory(caseId: $0.caseId, step: "sim", attempt: 1) }
+        #expect(await eventually(within: 30) { runDirs.allSatisfy { FileManager.default.fileExists(atPath: $0 + "/pid") } }, "not every step started")
+        let before = sessions()
+        let window = 2.0
+        try await Task.sleep(for: .seconds(window))
+        let during = sessions() - before
+        let results = try await outcomes.value
+        print("8 running steps over ssh: \(during) ssh session(s) in \(window) s at poll_interval 0.5 s")
+        #expect(before > 0, "sshd logged no session: is LogLevel DEBUG1 in effect?")
+        #expect(during <= Int(window / 0.5) + 2, "\(during) sessions in \(window) s for 8 steps: not one per poll")
+        #expect(results.count == 8 && results.allSatisfy { $0 == .succeeded }, "\(results)")
+        for (index, run) in runs.enumerated() {
+            #expect(try String(contentsOfFile: run.logPath, encoding: .utf8) == "begin\ndone-\(index + 1)\n")
+        }
+        await connection.closeMaster()
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func aStepRunsDetachedAndIsAdoptedNotRunAgain() async throws {
         let setup = try await Setup()

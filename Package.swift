@@ -59,6 +59,8 @@ let package = Package(
             .embedInCode("Resources/dashboard.css"),
             .embedInCode("Resources/dashboard.js"),
             .embedInCode("Resources/favicon.svg"),
+            // The pages' markup: `{{name}}` placeholders filled by PageTemplate.
+            .embedInCode("Resources/templates"),
         ]),
         // `swift run -c release mqi-bench [--quick] [--json FILE]`: the performance figures.
         .executableTarget(name: "mqi-bench", dependencies: [

@@ -40,15 +40,14 @@ enum Dashboard {
             let (status, html) = try await body()
             return APIResponses.text(html, status: status, contentType: "text/html; charset=utf-8")
         } catch let error as APIError {
-            return APIResponses.text(layout(title: "Error", page: "error", tokenConfigured: false, renderedAt: Date(), body: """
-                <section class="panel"><h1>\(error.status.code) \(escape(error.status.reasonPhrase))</h1><p>\(escape(error.detail))</p>
-                <p><a href="/">Back to the overview</a></p></section>
-                """), status: error.status, contentType: "text/html; charset=utf-8")
+            return APIResponses.text(layout(title: "Error", page: "error", tokenConfigured: false, renderedAt: Date(), body: PageTemplate.error.render([
+                "heading": "\(error.status.code) \(escape(error.status.reasonPhrase))", "message": escape(error.detail),
+            ])), status: error.status, contentType: "text/html; charset=utf-8")
         } catch {
             context.logger.error("dashboard page failed: \(error)")
-            return APIResponses.text(layout(title: "Error", page: "error", tokenConfigured: false, renderedAt: Date(), body: """
-                <section class="panel"><h1>Internal error</h1><p>\(escape("\(error)"))</p></section>
-                """), status: .internalServerError, contentType: "text/html; charset=utf-8")
+            return APIResponses.text(layout(title: "Error", page: "error", tokenConfigured: false, renderedAt: Date(), body: PageTemplate.error.render([
+                "heading": "Internal error", "message": escape("\(error)"),
+            ])), status: .internalServerError, contentType: "text/html; charset=utf-8")
         }
     }
 
@@ -61,37 +60,15 @@ enum Dashboard {
         let recent = try await context.store.casesPage(limit: recentCount).cases
         let deadLetters = try await context.store.deadLetters(limit: 20)
         let tiles = CaseStatus.allCases.map { status in
-            """
-            <a class="tile status-\(status.rawValue)" href="/cases?status=\(status.rawValue)" data-count-status="\(status.rawValue)">\
-            <span class="tile-count">\(summary.counts[status.rawValue] ?? 0)</span><span class="tile-label">\(label(status))</span></a>
-            """
+            PageTemplate.statusTile.render(["status": status.rawValue, "count": "\(summary.counts[status.rawValue] ?? 0)", "label": label(status)])
         }.joined(separator: "\n")
-        let body = """
-            <div id="hpc-banner">\(hostBanner(summary.hosts, now: renderedAt))</div>
-            <section class="tiles" aria-label="Cases per status">
-            \(tiles)
-            </section>
-            <div class="grid-2">
-              <section class="panel">
-                <h2>Throughput, last 24 h</h2>
-                <div id="throughput" class="throughput">\(throughputChart(summary.throughput))</div>
-              </section>
-              <section class="panel">
-                <h2>Queues</h2>
-                \(queuesTable(summary))
-                <h3>Dead letters <span class="muted" id="dead-letter-count" data-dead-letters="\(summary.deadLetters)">(\(summary.deadLetters))</span></h3>
-                <div id="dead-letters">\(deadLetterList(deadLetters, tokenConfigured: tokenConfigured))</div>
-              </section>
-            </div>
-            <section class="panel">
-              <h2>GPUs</h2>
-              <div class="gpu-grid" id="gpus">\(gpus.isEmpty ? "<p class=\"muted\">No GPU configured.</p>" : gpus.map(gpuCard).joined(separator: "\n"))</div>
-            </section>
-            <section class="panel">
-              <h2>Latest cases <a class="more" href="/cases">all cases →</a></h2>
-              \(caseTable(recent, id: "recent-cases", empty: "No case yet: cases appear here when the scanner finds them."))
-            </section>
-            """
+        let body = PageTemplate.overview.render([
+            "hostBanners": hostBanner(summary.hosts, now: renderedAt), "tiles": tiles,
+            "throughput": throughputChart(summary.throughput), "queues": queuesTable(summary),
+            "deadLetterCount": "\(summary.deadLetters)", "deadLetters": deadLetterList(deadLetters, tokenConfigured: tokenConfigured),
+            "gpus": gpus.isEmpty ? "<p class=\"muted\">No GPU configured.</p>" : gpus.map(gpuCard).joined(separator: "\n"),
+            "recentCases": caseTable(recent, id: "recent-cases", empty: "No case yet: cases appear here when the scanner finds them."),
+        ])
         return (.ok, layout(title: "Overview", page: "overview", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
     }
 
@@ -107,21 +84,12 @@ enum Dashboard {
         var links: [String] = []
         if cursor != nil { links.append("<a class=\"button secondary\" href=\"\(listURL(status: status, query: query, cursor: nil))\">← Newest</a>") }
         if let next = page.nextCursor { links.append("<a class=\"button secondary\" id=\"older\" href=\"\(listURL(status: status, query: query, cursor: next))\">Older →</a>") }
-        let body = """
-            <section class="panel">
-              <h1>Cases</h1>
-              <form class="filters" method="get" action="/cases" role="search">
-                <label>Status <select name="status">\(options)</select></label>
-                <label class="grow">Search case id <input type="search" name="q" value="\(escape(query ?? ""))" placeholder="part of a case id" maxlength="200"></label>
-                <button type="submit">Apply</button>
-                \(status != nil || query != nil ? "<a class=\"button secondary\" href=\"/cases\">Clear</a>" : "")
-              </form>
-              <div id="case-list" data-status-filter="\(status?.rawValue ?? "")" data-query="\(escape(query ?? ""))" data-first-page="\(cursor == nil)">
-              \(caseTable(page.cases, id: "cases", empty: status == nil && query == nil ? "No case yet." : "No case matches these filters."))
-              </div>
-              <nav class="pager">\(links.joined(separator: " "))</nav>
-            </section>
-            """
+        let body = PageTemplate.cases.render([
+            "statusOptions": options, "query": escape(query ?? ""), "statusFilter": status?.rawValue ?? "", "firstPage": "\(cursor == nil)",
+            "clearLink": status != nil || query != nil ? "<a class=\"button secondary\" href=\"/cases\">Clear</a>" : "",
+            "caseTable": caseTable(page.cases, id: "cases", empty: status == nil && query == nil ? "No case yet." : "No case matches these filters."),
+            "pager": links.joined(separator: " "),
+        ])
         return (.ok, layout(title: "Cases", page: "cases", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
     }
 
@@ -129,124 +97,63 @@ enum Dashboard {
         let renderedAt = Date()
         guard let detail = try await context.caseDetail(caseId) else { throw APIError.notFound("There is no case '\(caseId)'.") }
         let c = detail.case
-        let actions = tokenConfigured ? """
-            <div class="actions" id="actions">
-              <button type="button" class="danger" data-action="cancel" data-case-id="\(escape(c.caseId))"\(c.status.isFinal ? " hidden" : "")>Cancel case</button>
-              <button type="button" data-action="retry" data-case-id="\(escape(c.caseId))"\(c.status == .failed || c.status == .cancelled ? "" : " hidden")>Retry case</button>
-            </div>
-            """ : """
-            <p class="muted small" id="actions-disabled">Retry and cancel are disabled: no API token is configured (set <code>http.token_file</code>).</p>
-            """
-        let facts: [(String, String)] = [
-            ("Workflow", escape(c.workflow)),
-            ("Step", "<span data-field=\"step\">\(escape(c.workflowStep ?? "–"))</span> <span class=\"muted\" data-field=\"attempt\">(attempt \(c.attempt))</span>"),
-            ("GPUs", "<span data-field=\"gpus\">\(c.gpuIds.isEmpty ? "–" : c.gpuIds.map(String.init).joined(separator: ", "))</span>"),
-            ("Patient", escape(c.patientId ?? "–")),
-            ("Beams", c.beamNumbers.isEmpty ? "–" : c.beamNumbers.map(String.init).joined(separator: ", ")),
-            ("Received", time(c.createdAt)),
-            ("Started", "<span data-field=\"started\">\(c.startedAt.map(time) ?? "–")</span>"),
-            ("Finished", "<span data-field=\"finished\">\(c.finishedAt.map(time) ?? "–")</span>"),
-        ]
-        let body = """
-            <nav class="crumbs"><a href="/cases">Cases</a> / <span>\(escape(c.caseId))</span></nav>
-            <section class="panel case-head" id="case" data-case-id="\(escape(c.caseId))" data-status="\(c.status.rawValue)" data-initial-status="\(c.status.rawValue)">
-              <div class="case-title">
-                <h1 class="case-id">\(escape(c.caseId))</h1>
-                \(badge(c.status))
-              </div>
-              <p class="case-detail" id="case-detail"\(c.detail == nil ? " hidden" : "")>\(escape(c.detail ?? ""))</p>
-              <div class="case-progress">\(progressBar(c.progress, status: c.status))</div>
-              <dl class="facts">\(facts.map { "<div><dt>\($0.0)</dt><dd>\($0.1)</dd></div>" }.joined())</dl>
-              <div class="error-box" id="case-error"\(c.error == nil ? " hidden" : "")>\(c.failureClass.map { "<strong>\(escape($0.rawValue)) failure:</strong> " } ?? "")<pre>\(escape(c.error ?? ""))</pre></div>
-              \(actions)
-            </section>
-            \(planBeamsPanel(detail.planBeams))
-            <section class="panel" id="beam-runs-panel"\(c.beams.isEmpty ? " hidden" : "")>
-              <h2>Beam runs <span class="muted">one GPU run per delivered beam</span></h2>
-              <div id="beam-runs">\(beamRunsTable(c.beams))</div>
-            </section>
-            <section class="panel" id="slurm-jobs-panel"\(detail.jobs.isEmpty ? " hidden" : "")>
-              <h2>Slurm jobs <span class="muted">the jobs the scheduler ran for this case's steps</span></h2>
-              <div id="slurm-jobs">\(schedulerJobsTable(detail.jobs))</div>
-            </section>
-            <section class="panel">
-              <h2>Workflow</h2>
-              <ol class="stepper" id="stepper">\(stepper(detail))</ol>
-              <h2>Step timeline</h2>
-              <div id="timeline">\(timelineTable(detail.timeline))</div>
-            </section>
-            <section class="panel">
-              <h2>Log <span class="muted" id="log-name">\(detail.log.map { "\(escape($0.step)) · attempt \($0.attempt)" } ?? "")</span>
-                <span class="live-dot" id="log-live" title="updates live while the step runs"></span></h2>
-              <pre class="log" id="log-tail" tabindex="0">\(escape((detail.log?.lines ?? []).joined(separator: "\n")))\(detail.log == nil ? "<span class=\"muted\">No step log yet.</span>" : "")</pre>
-              <p class="small" id="log-links">\(logLinks(detail.logs))</p>
-            </section>
-            <section class="panel">
-              <details><summary>History (\(detail.history.count) events)</summary>
-              <div id="history">\(historyTable(detail.history))</div></details>
-            </section>
-            """
+        let actions = tokenConfigured
+            ? PageTemplate.caseActions.render([
+                "caseId": escape(c.caseId), "cancelHidden": c.status.isFinal ? " hidden" : "",
+                "retryHidden": c.status == .failed || c.status == .cancelled ? "" : " hidden",
+            ])
+            : PageTemplate.caseActionsDisabled.render([:])
+        let body = PageTemplate.caseDetail.render([
+            "caseId": escape(c.caseId), "status": c.status.rawValue, "badge": badge(c.status),
+            "detailHidden": c.detail == nil ? " hidden" : "", "detail": escape(c.detail ?? ""),
+            "progress": progressBar(c.progress, status: c.status),
+            "workflow": escape(c.workflow), "step": escape(c.workflowStep ?? "–"), "attempt": "\(c.attempt)",
+            "gpus": c.gpuIds.isEmpty ? "–" : c.gpuIds.map(String.init).joined(separator: ", "),
+            "patient": escape(c.patientId ?? "–"),
+            "beams": c.beamNumbers.isEmpty ? "–" : c.beamNumbers.map(String.init).joined(separator: ", "),
+            "received": time(c.createdAt), "started": c.startedAt.map(time) ?? "–", "finished": c.finishedAt.map(time) ?? "–",
+            "errorHidden": c.error == nil ? " hidden" : "", "error": escape(c.error ?? ""),
+            "failureClass": c.failureClass.map { "<strong>\(escape($0.rawValue)) failure:</strong> " } ?? "",
+            "actions": actions, "planBeams": planBeamsPanel(detail.planBeams),
+            "beamRunsHidden": c.beams.isEmpty ? " hidden" : "", "beamRuns": beamRunsTable(c.beams),
+            "slurmJobsHidden": detail.jobs.isEmpty ? " hidden" : "", "slurmJobs": schedulerJobsTable(detail.jobs),
+            "steps": stepper(detail), "timeline": timelineTable(detail.timeline),
+            "logName": detail.log.map { "\(escape($0.step)) · attempt \($0.attempt)" } ?? "",
+            "logTail": escape((detail.log?.lines ?? []).joined(separator: "\n")) + (detail.log == nil ? "<span class=\"muted\">No step log yet.</span>" : ""),
+            "logLinks": logLinks(detail.logs), "historyCount": "\(detail.history.count)", "history": historyTable(detail.history),
+        ])
         return (.ok, layout(title: c.caseId, page: "case", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
     }
 
     // MARK: pieces
 
     static func layout(title: String, page: String, tokenConfigured: Bool, renderedAt: Date, body: String) -> String {
-        func nav(_ href: String, _ name: String, _ key: String) -> String {
-            "<a href=\"\(href)\"\(key == page ? " aria-current=\"page\"" : "")>\(name)</a>"
-        }
-        return """
-            <!DOCTYPE html>
-            <html lang="en">
-            <head>
-            <meta charset="utf-8">
-            <meta name="viewport" content="width=device-width, initial-scale=1">
-            <title>\(escape(title)) · MQI Communicator</title>
-            <link rel="icon" href="/favicon.ico">
-            <link rel="stylesheet" href="/assets/dashboard.css">
-            <script src="/assets/dashboard.js" defer></script>
-            </head>
-            <body data-page="\(page)" data-token-configured="\(tokenConfigured)" data-rendered-at="\(APIResponses.isoDate(renderedAt))" data-live-updates="0" data-connection="connecting">
-            <header class="topbar">
-              <div class="brand"><span class="logo" aria-hidden="true">◆</span> MQI Communicator <span class="muted">QA dose re-calculation</span></div>
-              <nav class="mainnav">\(nav("/", "Overview", "overview"))\(nav("/cases", "Cases", "cases"))</nav>
-              <div class="conn" id="conn" role="status"><span class="dot"></span><span id="conn-text">Connecting…</span></div>
-            </header>
-            <div class="banner" id="conn-banner" role="alert" hidden>
-              <strong>Disconnected from the MQI daemon.</strong> The figures on this page may be out of date. Reconnecting automatically…
-            </div>
-            <div class="toast" id="toast" role="status" hidden></div>
-            <main>
-            \(body)
-            </main>
-            <footer class="footer muted small">Page rendered \(time(renderedAt)) · live updates from <code>/api/events</code> · <a href="/metrics">metrics</a> · <a href="/api/summary">JSON API</a></footer>
-            </body>
-            </html>
-            """
+        PageTemplate.layout.render([
+            "title": escape(title), "page": page, "tokenConfigured": "\(tokenConfigured)",
+            "renderedAtISO": APIResponses.isoDate(renderedAt), "renderedAt": time(renderedAt), "body": body,
+            "overviewCurrent": page == "overview" ? " aria-current=\"page\"" : "",
+            "casesCurrent": page == "cases" ? " aria-current=\"page\"" : "",
+        ])
     }
 
     static func caseTable(_ cases: [CaseSummary], id: String, empty: String) -> String {
-        """
-        <table class="cases" id="\(id)">
-        <thead><tr><th>Case</th><th>Status</th><th>Step</th><th class="progress-col">Progress</th><th>GPU</th><th>Received</th><th>Duration</th></tr></thead>
-        <tbody>\(cases.map(caseRow).joined(separator: "\n"))</tbody>
-        </table>
-        <p class="muted empty"\(cases.isEmpty ? "" : " hidden")>\(escape(empty))</p>
-        """
+        PageTemplate.caseTable.render([
+            "id": id, "rows": cases.map(caseRow).joined(separator: "\n"),
+            "emptyHidden": cases.isEmpty ? "" : " hidden", "empty": escape(empty),
+        ])
     }
 
     static func caseRow(_ c: CaseSummary) -> String {
         let end = c.finishedAt ?? Date()
-        return """
-            <tr data-case-id="\(escape(c.caseId))" data-status="\(c.status.rawValue)" data-initial-status="\(c.status.rawValue)" data-created-at="\(APIResponses.isoDate(c.createdAt))">\
-            <td class="case-cell"><a href="/cases/\(StepLogs.pathEscaped(c.caseId))">\(escape(c.caseId))</a>\(c.error.map { "<div class=\"row-error\" title=\"\(escape($0))\">\(escape(String($0.prefix(120))))</div>" } ?? "")</td>\
-            <td data-field="status">\(badge(c.status))</td>\
-            <td data-field="step">\(escape(c.workflowStep ?? "–"))\(c.detail.map { "<div class=\"row-detail\" data-field=\"detail\" title=\"\(escape($0))\">\(escape($0))</div>" } ?? "")</td>\
-            <td data-field="progress">\(progressBar(c.progress, status: c.status))</td>\
-            <td data-field="gpus">\(c.gpuIds.isEmpty ? "–" : c.gpuIds.map(String.init).joined(separator: ","))</td>\
-            <td data-field="created">\(time(c.createdAt))</td>\
-            <td data-field="duration">\(duration(end.timeIntervalSince(c.createdAt)))</td></tr>
-            """
+        return PageTemplate.caseRow.render([
+            "caseId": escape(c.caseId), "casePath": StepLogs.pathEscaped(c.caseId), "status": c.status.rawValue,
+            "createdAtISO": APIResponses.isoDate(c.createdAt), "badge": badge(c.status), "step": escape(c.workflowStep ?? "–"),
+            "error": c.error.map { "<div class=\"row-error\" title=\"\(escape($0))\">\(escape(String($0.prefix(120))))</div>" } ?? "",
+            "detail": c.detail.map { "<div class=\"row-detail\" data-field=\"detail\" title=\"\(escape($0))\">\(escape($0))</div>" } ?? "",
+            "progress": progressBar(c.progress, status: c.status),
+            "gpus": c.gpuIds.isEmpty ? "–" : c.gpuIds.map(String.init).joined(separator: ","),
+            "created": time(c.createdAt), "duration": duration(end.timeIntervalSince(c.createdAt)),
+        ])
     }
 
     static func badge(_ status: CaseStatus) -> String {
@@ -271,26 +178,21 @@ enum Dashboard {
             "\(Int(used)) / \(gpu.memoryTotalMB.map { String(Int($0)) } ?? "?") MiB"
         } ?? "–"
         let memoryPercent = gpu.memoryUsedMB.flatMap { used in gpu.memoryTotalMB.map { $0 > 0 ? Int((used / $0 * 100).rounded()) : 0 } }
-        return """
-            <article class="gpu-card gpu-\(state.0)" data-gpu-id="\(gpu.gpuId)" data-gpu-state="\(state.0)">
-              <header><span class="gpu-id">GPU \(gpu.gpuId)</span><span class="pill pill-\(state.0)" data-field="state">\(state.1)</span></header>
-              <div class="gpu-name muted small" data-field="name">\(escape(gpu.name ?? "no telemetry yet"))</div>
-              <div class="meter-row"><span>Utilization</span><progress max="100" value="\(utilization ?? 0)" data-field="util-bar"></progress><span data-field="util">\(utilization.map { "\($0)%" } ?? "–")</span></div>
-              <div class="meter-row"><span>Memory</span><progress max="100" value="\(memoryPercent ?? 0)" data-field="mem-bar"></progress><span data-field="mem">\(memory)</span></div>
-              <div class="gpu-foot small"><span data-field="temp">\(gpu.temperatureC.map { "\(Int($0)) °C" } ?? "")</span>
-                <span data-field="holder">\(holderHTML(gpu))</span></div>
-            </article>
-            """
+        return PageTemplate.gpuCard.render([
+            "gpuId": "\(gpu.gpuId)", "state": state.0, "stateLabel": state.1, "name": escape(gpu.name ?? "no telemetry yet"),
+            "utilizationValue": "\(utilization ?? 0)", "utilization": utilization.map { "\($0)%" } ?? "–",
+            "memoryValue": "\(memoryPercent ?? 0)", "memory": memory,
+            "temperature": gpu.temperatureC.map { "\(Int($0)) °C" } ?? "", "holder": holderHTML(gpu),
+        ])
     }
 
     /// A warning for each HPC host that does not answer, saying since when.
     static func hostBanner(_ hosts: [HostState], now: Date) -> String {
         hosts.filter { !$0.reachable }.map { host in
-            """
-            <p class="banner banner-error" data-host="\(escape(host.host))">HPC host <b>\(escape(host.host))</b> unreachable since \
-            <time datetime="\(host.since.formatted(.iso8601))">\(host.since.formatted(.iso8601))</time> \
-            (\(Int(now.timeIntervalSince(host.since))) s): \(escape(host.reason ?? "no answer")). Work that needs it is paused; running steps keep running there.</p>
-            """
+            PageTemplate.hostBanner.render([
+                "host": escape(host.host), "since": host.since.formatted(.iso8601),
+                "seconds": "\(Int(now.timeIntervalSince(host.since)))", "reason": escape(host.reason ?? "no answer"),
+            ])
         }.joined(separator: "\n")
     }
 
@@ -314,13 +216,12 @@ enum Dashboard {
     static func deadLetterList(_ letters: [DeadLetter], tokenConfigured: Bool) -> String {
         guard !letters.isEmpty else { return "<p class=\"muted small\">None: every message was delivered.</p>" }
         return "<ul class=\"dead-letters\">" + letters.map { letter in
-            """
-            <li data-dead-letter-id="\(letter.id)"><div><strong>#\(letter.id)</strong> <code>\(letter.kind.rawValue)</code> → <code>\(letter.queue.rawValue)</code> \
-            for <a href="/cases/\(StepLogs.pathEscaped(letter.caseId))">\(escape(letter.caseId))</a> \
-            <span class="muted small">after \(letter.deliveries) deliveries, \(time(letter.deadAt))</span>\
-            \(tokenConfigured ? " <button type=\"button\" class=\"small-button\" data-action=\"replay\" data-dead-letter-id=\"\(letter.id)\">Replay</button>" : "")</div>\
-            <pre class="dl-error">\(escape(letter.error))</pre></li>
-            """
+            PageTemplate.deadLetter.render([
+                "id": "\(letter.id)", "kind": letter.kind.rawValue, "queue": letter.queue.rawValue,
+                "caseId": escape(letter.caseId), "casePath": StepLogs.pathEscaped(letter.caseId),
+                "deliveries": "\(letter.deliveries)", "deadAt": time(letter.deadAt), "error": escape(letter.error),
+                "replayButton": tokenConfigured ? " <button type=\"button\" class=\"small-button\" data-action=\"replay\" data-dead-letter-id=\"\(letter.id)\">Replay</button>" : "",
+            ])
         }.joined() + "</ul>"
     }
 
@@ -342,10 +243,10 @@ enum Dashboard {
             }
         }
         let completed = buckets.map(\.completed).reduce(0, +), failed = buckets.map(\.failed).reduce(0, +)
-        return """
-            <svg viewBox="0 0 \(width) \(height)" class="chart" role="img" aria-label="cases finished per hour"><line x1="0" x2="\(width)" y1="\(height - 16)" y2="\(height - 16)" class="baseline"></line>\(bars)</svg>
-            <p class="small"><span class="key key-completed"></span><strong data-field="completed-24h">\(completed)</strong> completed · <span class="key key-failed"></span><strong data-field="failed-24h">\(failed)</strong> failed in the last 24 h (max \(maxTotal)/h)</p>
-            """
+        return PageTemplate.throughput.render([
+            "width": "\(width)", "height": "\(height)", "baseline": "\(height - 16)", "bars": bars,
+            "completed": "\(completed)", "failed": "\(failed)", "maxTotal": "\(maxTotal)",
+        ])
     }
 
     static func stepper(_ detail: CaseDetail) -> String {
@@ -391,12 +292,7 @@ enum Dashboard {
             "<tr data-beam-number=\"\(beam.number)\" data-delivered=\"\(beam.delivered)\"><td class=\"num\">\(beam.number)</td><td>\(beam.name.isEmpty ? "<span class=\"muted\">–</span>" : escape(beam.name))</td>"
                 + "<td><span class=\"delivery \(beam.delivered ? "delivered" : "not-delivered")\">\(beam.delivered ? "delivered" : "not delivered")</span></td></tr>"
         }.joined()
-        return """
-            <section class="panel">
-              <h2>Plan beams <span class="muted">\(delivered) of \(beams.count) treatment beams delivered</span></h2>
-              <table class="plan-beams" id="plan-beams"><thead><tr><th class="num">Beam</th><th>Name</th><th>Delivery</th></tr></thead><tbody>\(rows)</tbody></table>
-            </section>
-            """
+        return PageTemplate.planBeams.render(["delivered": "\(delivered)", "total": "\(beams.count)", "rows": rows])
     }
 
     /// The runs of a `for_each: beam` step: beam, status, attempt, progress, GPU, times, error.

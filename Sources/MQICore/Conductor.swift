@@ -120,6 +120,8 @@ public struct Conductor: Sendable {
     /// `hpc.executor: slurm`: Slurm places execute steps on GPUs, so no GPU id is reserved here;
     /// a step's command sees the device ordinals of its job (0..N-1).
     public var schedulerPlacesGPUs = false
+    /// `conductor.results_dir`: where `type: local` steps run (`{results_dir}` = its `<case_id>`).
+    public var resultsDir = ""
 
     public init(workflows: [String: Workflow], uploadDir: String, downloadDir: String, retry: RetryPolicy = RetryPolicy()) {
         self.workflows = workflows
@@ -132,6 +134,7 @@ public struct Conductor: Sendable {
         self.init(workflows: config.workflows, uploadDir: config.conductor.uploadDir, downloadDir: config.conductor.downloadDir,
                   retry: config.retry)
         schedulerPlacesGPUs = config.hpc.executor == .slurm
+        resultsDir = config.conductor.resultsDir
     }
 
     public func decide(_ state: CaseState, _ event: ConductorEvent, gpus: GPUAvailability) -> Decision {
@@ -323,8 +326,9 @@ public struct Conductor: Sendable {
             return OutgoingMessage(kind: .uploadCase, body: body)
         case .download:
             return OutgoingMessage(kind: .downloadResults, body: body)
-        case .execute:
+        case .execute, .local:
             var rendering = state
+            if step.type == .local { body.local = true }
             if schedulerPlacesGPUs, step.gpuCount > 0 {
                 // Slurm picks the GPUs: the command addresses them as its job sees them.
                 body.gpuCount = step.gpuCount
@@ -365,6 +369,7 @@ public struct Conductor: Sendable {
             "download_dir": downloadDir,
             "case_dir": uploadDir + "/" + caseId,
             "result_dir": downloadDir + "/" + caseId,
+            "results_dir": resultsDir + "/" + caseId,
         ]
     }
 
@@ -372,10 +377,11 @@ public struct Conductor: Sendable {
     /// detached and may outlive the daemon's interest in them).
     func attemptStop(_ state: CaseState, beam: BeamRun? = nil) -> AttemptStop? {
         guard let index = state.stepIndex, let steps = workflows[state.workflow]?.steps, steps.indices.contains(index),
-              steps[index].type == .execute else { return nil }
+              steps[index].type.runsCommand else { return nil }
         let gpuIds = beam?.gpuIds ?? state.gpuIds
         var body = MessageBody(caseId: state.caseId, stepIndex: index, attempt: beam?.attempt ?? state.attempt, step: steps[index].name, gpuIds: gpuIds)
         body.beam = beam?.beam
+        if steps[index].type == .local { body.local = true }
         return AttemptStop(command: OutgoingMessage(kind: .stopAttempt, body: body), gpuIds: gpuIds)
     }
 

@@ -258,6 +258,12 @@ public enum StepType: String, Sendable, Equatable, Codable, CaseIterable {
     case upload
     case execute
     case download
+    /// An execute-like step that runs on the communicator's own machine, in
+    /// `results_dir/<case_id>`, after the results are there (post-processing, hand-over).
+    case local
+
+    /// Runs a command (`remote_commands.<name>`): execute and local steps.
+    public var runsCommand: Bool { self == .execute || self == .local }
 }
 
 /// One step of a workflow.

@@ -651,7 +651,7 @@ private final class ConfigParser {
                 }
                 guard let typeText = string(stepFields, "type", required: true) else { continue }
                 guard let type = StepType(rawValue: typeText) else {
-                    fail(stepFields["type"], "\(stepPath).type", "unknown step type '\(typeText)'; expected one of: upload, execute, download")
+                    fail(stepFields["type"], "\(stepPath).type", "unknown step type '\(typeText)'; expected one of: \(StepType.allCases.map(\.rawValue).joined(separator: ", "))")
                     continue
                 }
                 let progress = integer(stepFields, "progress", default: 0, min: 0, max: 100)
@@ -661,7 +661,13 @@ private final class ConfigParser {
                 }
                 let gpu = bool(stepFields, "gpu") ?? (type == .execute)
                 var gpus = gpu ? (min: 1, max: 1) : (min: 0, max: 0)
-                if let range = gpuRange(stepFields, "\(stepPath).gpus") {
+                if type == .local, gpu || stepFields["gpus"].map({ !isNull($0) }) == true {
+                    fail(stepFields["gpu"] ?? stepFields["gpus"], "\(stepPath).gpu", "a local step runs on the communicator's own machine and takes no HPC GPU; remove gpu/gpus")
+                }
+                if type == .local, !steps.contains(where: { $0.type == .download }) {
+                    fail(stepFields["type"], "\(stepPath).type", "a local step runs in results_dir/<case_id> once the results are there: put it after a download step")
+                }
+                if let range = type == .local ? nil : gpuRange(stepFields, "\(stepPath).gpus") {
                     if stepFields["gpu"].map({ !isNull($0) }) == true {
                         fail(stepFields["gpus"], "\(stepPath).gpus", "use either gpu or gpus, not both")
                     }
@@ -689,10 +695,10 @@ private final class ConfigParser {
                         step.forEachBeam = true
                     }
                 }
-                if type != .execute, step.rules != nil || !step.inputFiles.isEmpty {
-                    fail(item, stepPath, "progress/failure patterns and input_files apply to execute steps only")
+                if !type.runsCommand, step.rules != nil || !step.inputFiles.isEmpty {
+                    fail(item, stepPath, "progress/failure patterns and input_files apply to execute and local steps only")
                 }
-                if type == .execute {
+                if type.runsCommand {
                     if let command = remoteCommands[name] {
                         usedCommands.insert(name)
                         step.command = command.template
@@ -703,7 +709,7 @@ private final class ConfigParser {
                             fail(command.node, "remote_commands.\(name)", "uses {beam_number} but step '\(name)' has no for_each: beam")
                         }
                     } else if !brokenCommands.contains(name) {
-                        fail(item, "\(stepPath)", "execute step '\(name)' has no command: add remote_commands.\(name)")
+                        fail(item, "\(stepPath)", "\(type.rawValue) step '\(name)' has no command: add remote_commands.\(name)")
                     }
                 }
                 steps.append(step)
@@ -711,7 +717,7 @@ private final class ConfigParser {
             workflows[pair.key] = Workflow(name: pair.key, steps: steps)
         }
         for (name, command) in remoteCommands where !usedCommands.contains(name) {
-            fail(command.keyNode, "remote_commands.\(name)", "no execute step named '\(name)' in any workflow")
+            fail(command.keyNode, "remote_commands.\(name)", "no execute or local step named '\(name)' in any workflow")
         }
         return workflows
     }

@@ -66,6 +66,9 @@ public struct MessageBody: Sendable, Codable, Equatable {
     /// Under `executor: slurm`: how many GPUs to ask Slurm for (`--gres=gpu:N`); no id is
     /// reserved, and `gpuIds` stays empty.
     public var gpuCount: Int?
+    /// A `type: local` step's command (and its stop): it runs on the communicator's machine, in
+    /// `results_dir/<case_id>`, not through the transport.
+    public var local: Bool?
 
     public init(caseId: String, stepIndex: Int? = nil, attempt: Int? = nil, step: String? = nil, gpuIds: [Int]? = nil,
                 command: String? = nil, timeoutSec: Double? = nil, reason: String? = nil) {
@@ -82,7 +85,7 @@ public struct MessageBody: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case caseId = "case_id", stepIndex = "step_index", attempt, step, gpuIds = "gpu_ids", command
         case timeoutSec = "timeout_sec", reason, retryable, rules, progressTo = "progress_to", progressFrom = "progress_from"
-        case inputFiles = "input_files", ended, beam, gpuCount = "gpu_count"
+        case inputFiles = "input_files", ended, beam, gpuCount = "gpu_count", local
     }
 
     /// The result event a worker publishes for this command.
@@ -92,6 +95,7 @@ public struct MessageBody: Sendable, Codable, Equatable {
         body.ended = ended
         body.beam = beam
         if kind == .stopAttempt || kind == .attemptStopped { body.gpuIds = gpuIds }
+        if kind == .stopAttempt { body.local = local }
         return OutgoingMessage(kind: kind, body: body)
     }
 }

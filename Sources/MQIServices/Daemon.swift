@@ -107,7 +107,7 @@ public struct Daemon: Sendable {
                 store: store, executor: transports.executor, logsDir: config.state.logsDir,
                 // Under Slurm each claimed command is at most one job: max_jobs bounds them.
                 concurrency: config.hpc.executor == .slurm ? config.hpc.slurm.maxJobs : max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics,
-                reachability: transports.reachability),
+                reachability: transports.reachability, localExecutor: LocalStepExecutor(uploadDir: config.conductor.resultsDir)),
                   serviceName: "RemoteExecutorService"),
             .init(service: FileTransferService(
                 store: store, mover: transports.mover,

@@ -18,10 +18,13 @@ public struct RemoteExecutorService: Service {
     let metrics: MQIMetrics
     /// The HPC host's reachability: workers do not claim work while it is away.
     let reachability: HostReachability?
+    /// Runs `type: local` steps on this machine, in `results_dir/<case_id>`.
+    let localExecutor: any StepExecutor
 
     public init(store: Store, executor: any StepExecutor, logsDir: String, concurrency: Int, retry: RetryPolicy, logger: Logger, metrics: MQIMetrics,
-                reachability: HostReachability? = nil) {
+                reachability: HostReachability? = nil, localExecutor: (any StepExecutor)? = nil) {
         self.metrics = metrics
+        self.localExecutor = localExecutor ?? executor
         self.reachability = reachability
         self.store = store
         self.executor = executor
@@ -63,7 +66,7 @@ public struct RemoteExecutorService: Service {
         logger[metadataKey: "attempt"] = "\(attempt)"
         let started = Date()
         do {
-            try await executor.stop(.stopping(caseId: body.caseId, step: step, attempt: attempt, gpuIds: body.gpuIds ?? [], beam: body.beam))
+            try await executor(for: body).stop(.stopping(caseId: body.caseId, step: step, attempt: attempt, gpuIds: body.gpuIds ?? [], beam: body.beam))
         } catch {
             let reason = "stop not confirmed yet: \(error)"
             try? await store.noteDrainProblem(caseId: body.caseId, stepIndex: body.stepIndex, attempt: attempt, beam: body.beam, reason: reason)
@@ -73,6 +76,11 @@ public struct RemoteExecutorService: Service {
         let gpus = (body.gpuIds ?? []).map(String.init).joined(separator: ",")
         logger.info("\(step) attempt \(attempt) is stopped: no process of it is left\(gpus.isEmpty ? "" : "; GPU \(gpus) can be handed out") (\(String(format: "%.2f", Date().timeIntervalSince(started))) s)")
         return body.result(.attemptStopped)
+    }
+
+    /// The HPC's executor, or this machine's for a `type: local` step.
+    func executor(for body: MessageBody) -> any StepExecutor {
+        body.local == true ? localExecutor : executor
     }
 
     func handle(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
@@ -122,7 +130,7 @@ public struct RemoteExecutorService: Service {
         }
         let outcome: StepOutcome
         do {
-            outcome = try await executor.execute(run) {
+            outcome = try await executor(for: body).execute(run) {
                 if let progress = watcher.poll(), let stepIndex {
                     if let beam {
                         try? await store.updateBeamProgress(run.caseId, stepIndex: stepIndex, beam: beam, attempt: attempt, progress: progress)

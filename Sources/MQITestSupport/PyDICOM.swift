@@ -1,6 +1,7 @@
 import Foundation
 
-/// RT plans written by a real DICOM toolkit (pydicom), for testing the communicator's reader.
+/// RT plans and RT doses written by a real DICOM toolkit (pydicom), for testing the communicator's
+/// reader and the hand-over of results to a DICOM node.
 /// pydicom comes from the system's python3 when it has it (Debian `python3-pydicom`), else from
 /// a venv made once in the temporary directory with `pip install pydicom` (PyPI).
 public enum PyDICOM {
@@ -46,6 +47,39 @@ public enum PyDICOM {
         }
     }
 
+    /// One RT Dose object to write: a small dose grid of 32-bit unsigned values (no numpy
+    /// needed) with `DoseGridScaling`, referencing an ion plan; explicit VR little endian with a
+    /// file meta header, so DCMTK's `storescu` sends it as RT Dose Storage.
+    public struct Dose: Encodable, Sendable {
+        /// Relative to the directory the script is given, or absolute.
+        public var path: String
+        public var patientId: String
+        /// DoseSummationType: PLAN, or BEAM (then `beamNumber` is referenced).
+        public var summation: String
+        public var beamNumber: Int?
+        public var rows: Int
+        public var columns: Int
+        public var frames: Int
+        /// Seeds the pixel values, so two doses differ.
+        public var seed: Int
+
+        public init(path: String, patientId: String, summation: String = "PLAN", beamNumber: Int? = nil,
+                    rows: Int = 8, columns: Int = 6, frames: Int = 4, seed: Int = 1) {
+            self.path = path
+            self.patientId = patientId
+            self.summation = summation
+            self.beamNumber = beamNumber
+            self.rows = rows
+            self.columns = columns
+            self.frames = frames
+            self.seed = seed
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case path, patientId = "patient_id", summation, beamNumber = "beam_number", rows, columns, frames, seed
+        }
+    }
+
     /// A python3 that imports pydicom, or why there is none.
     public static let python: Result<String, TestSupportError> = setUp()
 
@@ -65,6 +99,26 @@ public enum PyDICOM {
         try script.write(toFile: work.file("write_plans.py"), atomically: true, encoding: .utf8)
         let (status, output) = try run([python, work.file("write_plans.py"), work.file("plans.json")], timeout: 120)
         guard status == 0 else { throw TestSupportError("pydicom could not write the plans (exit \(status)):\n\(output)") }
+    }
+
+    /// The command line that writes `doses` with pydicom when one more argument, the directory
+    /// relative paths resolve against, is appended: for a workflow step that writes its results
+    /// itself. The script and the doses' description are written into `directory`.
+    public static func doseCommand(_ doses: [Dose], scriptsIn directory: String) throws -> [String] {
+        let python = try python.get()
+        let spec = (directory as NSString).appendingPathComponent("doses.json")
+        let script = (directory as NSString).appendingPathComponent("write_doses.py")
+        try JSONEncoder().encode(doses).write(to: URL(fileURLWithPath: spec))
+        try doseScript.write(toFile: script, atomically: true, encoding: .utf8)
+        return [python, script, spec]
+    }
+
+    /// Writes the doses with pydicom, relative paths under `directory`.
+    public static func writeDoses(_ doses: [Dose], into directory: String) throws {
+        let work = try TemporaryDirectory("mqi-pydicom")
+        defer { work.remove() }
+        let (status, output) = try run(try doseCommand(doses, scriptsIn: work.path) + [directory], timeout: 120)
+        guard status == 0 else { throw TestSupportError("pydicom could not write the doses (exit \(status)):\n\(output)") }
     }
 
     static func setUp() -> Result<String, TestSupportError> {
@@ -183,5 +237,85 @@ public enum PyDICOM {
                 ds.save_as(spec["path"], enforce_file_format=True)
             else:
                 ds.save_as(spec["path"], write_like_original=False)
+        """#
+
+    static let doseScript = #"""
+        import json, os, random, struct, sys
+        import pydicom
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.sequence import Sequence
+        from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+        major = int(pydicom.__version__.split(".")[0])
+        base = sys.argv[2] if len(sys.argv) > 2 else "."
+        for spec in json.load(open(sys.argv[1])):
+            path = os.path.join(base, spec["path"])
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.2"  # RT Dose Storage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            if major < 3:
+                ds.is_little_endian = True
+                ds.is_implicit_VR = False
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.StudyDate = "20250424"
+            ds.StudyTime = "015014"
+            ds.AccessionNumber = ""
+            ds.Modality = "RTDOSE"
+            ds.Manufacturer = "MQI test"
+            ds.ReferringPhysicianName = ""
+            ds.PatientName = "Test^Patient"
+            ds.PatientID = spec["patient_id"]
+            ds.PatientBirthDate = ""
+            ds.PatientSex = ""
+            ds.StudyInstanceUID = generate_uid()
+            ds.SeriesInstanceUID = generate_uid()
+            ds.StudyID = "QA"
+            ds.SeriesNumber = 1
+            ds.InstanceNumber = 1
+            ds.FrameOfReferenceUID = generate_uid()
+            ds.PositionReferenceIndicator = ""
+            ds.ImagePositionPatient = [-10.0, -8.0, -6.0]
+            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            ds.PixelSpacing = [2.5, 2.5]
+            ds.SliceThickness = 3.0
+            rows, columns, frames = spec["rows"], spec["columns"], spec["frames"]
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.NumberOfFrames = frames
+            ds.FrameIncrementPointer = 0x3004000C  # GridFrameOffsetVector
+            ds.Rows = rows
+            ds.Columns = columns
+            ds.BitsAllocated = 32
+            ds.BitsStored = 32
+            ds.HighBit = 31
+            ds.PixelRepresentation = 0
+            ds.DoseUnits = "GY"
+            ds.DoseType = "PHYSICAL"
+            ds.DoseSummationType = spec["summation"]
+            ds.GridFrameOffsetVector = [3.0 * k for k in range(frames)]
+            ds.DoseGridScaling = "1.5e-05"
+            plan = Dataset()
+            plan.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.8"  # RT Ion Plan Storage
+            plan.ReferencedSOPInstanceUID = generate_uid()
+            if spec.get("beam_number") is not None:
+                beam = Dataset()
+                beam.ReferencedBeamNumber = spec["beam_number"]
+                group = Dataset()
+                group.ReferencedFractionGroupNumber = 1
+                group.ReferencedBeamSequence = Sequence([beam])
+                plan.ReferencedFractionGroupSequence = Sequence([group])
+            ds.ReferencedRTPlanSequence = Sequence([plan])
+            values = random.Random(spec["seed"])
+            ds.PixelData = b"".join(struct.pack("<I", values.randrange(0, 4000000)) for _ in range(rows * columns * frames))
+            if major >= 3:
+                ds.save_as(path, enforce_file_format=True)
+            else:
+                ds.save_as(path, write_like_original=False)
         """#
 }

@@ -14,7 +14,7 @@ public struct CommandTemplate: Sendable, Equatable, CustomStringConvertible {
 
     public static let knownPlaceholders: Set<String> = [
         "case_id", "gpu_id", "gpu_ids", "gpu_count", "upload_dir", "download_dir", "case_dir", "result_dir",
-        "results_dir", "patient_id", "beam_numbers", "beam_number"]
+        "results_dir", "delivery", "patient_id", "beam_numbers", "beam_number"]
 
     public let source: String
     public let pieces: [Piece]

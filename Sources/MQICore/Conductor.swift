@@ -370,6 +370,8 @@ public struct Conductor: Sendable {
             "case_dir": uploadDir + "/" + caseId,
             "result_dir": downloadDir + "/" + caseId,
             "results_dir": resultsDir + "/" + caseId,
+            // A follow-up job (`<case_id>#<delivery folder>`): its delivery folder.
+            "delivery": caseId.lastIndex(of: "#").map { String(caseId[caseId.index(after: $0)...]) } ?? "",
         ]
     }
 

@@ -126,6 +126,12 @@ public struct ScannerConfig: Sendable, Equatable {
     /// `scanner.marker_timeout_min`: a case that waits longer than this for its ready marker gets
     /// one WARNING and is listed by `mqi status`.
     public var markerTimeoutMin: Double
+    /// `scanner.fraction_window_min`: deliveries within this many minutes of a fraction's first
+    /// delivery belong to that fraction.
+    public var fractionWindowMin: Double = 60
+    /// `scanner.followup_workflow`: the workflow run once for each delivery folder that appears
+    /// in a case after it was registered (nil: such deliveries are only recorded).
+    public var followupWorkflow: String?
 
     public init(localLogdata: String, readyMarker: String?, quietPeriodSec: Double, rescanIntervalSec: Double, workflow: String,
                 caseLayout: CaseLayout = .any, caseDepth: Int = 1, markerTimeoutMin: Double = 60) {

@@ -312,7 +312,7 @@ private final class ConfigParser {
             return nil
         }
         defer { finish(fields, allowed: ["local_logdata", "ready_marker", "quiet_period_sec", "rescan_interval_sec", "workflow", "case_layout",
-                                                   "case_depth", "marker_timeout_min"]) }
+                                                   "case_depth", "marker_timeout_min", "fraction_window_min", "followup_workflow"]) }
         let logdata = path(fields, "local_logdata", required: true)
         let marker = nonEmptyString(fields, "ready_marker")
         if let marker, marker.contains("/") {
@@ -335,8 +335,20 @@ private final class ConfigParser {
         }
         let depth = integer(fields, "case_depth", default: 1, min: 1, max: 8)
         let markerTimeout = number(fields, "marker_timeout_min", default: 60, min: 0, exclusiveMin: true)
-        return ScannerConfig(localLogdata: logdata, readyMarker: marker, quietPeriodSec: quiet, rescanIntervalSec: rescan, workflow: workflow,
-                             caseLayout: layout, caseDepth: depth, markerTimeoutMin: markerTimeout)
+        var config = ScannerConfig(localLogdata: logdata, readyMarker: marker, quietPeriodSec: quiet, rescanIntervalSec: rescan, workflow: workflow,
+                                   caseLayout: layout, caseDepth: depth, markerTimeoutMin: markerTimeout)
+        config.fractionWindowMin = number(fields, "fraction_window_min", default: 60, min: 0, exclusiveMin: true)
+        if let followup = nonEmptyString(fields, "followup_workflow") {
+            if !workflows.isEmpty, workflows[followup] == nil {
+                fail(fields["followup_workflow"], "scanner.followup_workflow",
+                     "no workflow named '\(followup)'; defined: \(workflows.keys.sorted().joined(separator: ", "))")
+            } else if layout != .moqui {
+                fail(fields["followup_workflow"], "scanner.followup_workflow",
+                     "follow-up deliveries are the PlanInfo.txt folders of case_layout: moqui; set scanner.case_layout: moqui")
+            }
+            config.followupWorkflow = followup
+        }
+        return config
     }
 
     func state(_ top: Fields) -> StateConfig {

@@ -43,9 +43,11 @@ struct CaseDetail: Sendable, Encodable {
     var logs: [LogExcerpt]
     /// The case's Slurm jobs (`hpc.executor: slurm`), oldest first; empty under the direct executor.
     var jobs: [SchedulerJob]
+    /// The case's delivery folders grouped into fractions, with their follow-up jobs.
+    var fractions: [FractionRecord]
 
     enum CodingKeys: String, CodingKey {
-        case `case`, planBeams = "plan_beams", steps, timeline, history, log, logs, jobs
+        case `case`, planBeams = "plan_beams", steps, timeline, history, log, logs, jobs, fractions
     }
 }
 
@@ -175,7 +177,8 @@ extension APIContext {
         }
         let planBeams = try await store.planBeams(caseId)
         let jobs = try await store.schedulerJobs(caseId: caseId)
+        let fractions = try await store.fractions(caseId: caseId, windowMin: config.scanner.fractionWindowMin)
         return CaseDetail(case: summary, planBeams: planBeams, steps: steps, timeline: timeline, history: history, log: tail, logs: available,
-                          jobs: jobs)
+                          jobs: jobs, fractions: fractions)
     }
 }

@@ -26,7 +26,9 @@ public final class CaseScanner: Service, Sendable {
     let hasVerifiedResults: @Sendable (String) async -> Bool
     /// Where the cases waiting for their ready marker are written (`MarkerWaitList`); nil: nowhere.
     let waitListPath: String?
-    private let state = Mutex(ScanState())
+    /// Where a follow-up job's upload is put together (the plan and its delivery folder).
+    let followupsDir: String?
+    let state = Mutex(ScanState())
     private let watcher = Mutex<DirectoryWatcher?>(nil)
     let wake = Doorbell()
 
@@ -40,11 +42,19 @@ public final class CaseScanner: Service, Sendable {
         var waiting: [String: MarkerWaitList.Entry] = [:]
         var waitListLoaded = false
         var waitListWritten: [MarkerWaitList.Entry]?
+        /// Registered cases (case_layout: moqui): the modification time their directory had when
+        /// its delivery folders were last looked at, and the folders recorded for each.
+        var caseTimes: [String: Date] = [:]
+        var recordedDeliveries: [String: Set<String>] = [:]
+        /// Registered cases with a new delivery folder not quiet long enough yet.
+        var settlingDeliveries: Set<String> = []
+        var knownPaths: [Candidate] = []
     }
 
     public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(),
                 hasVerifiedResults: @escaping @Sendable (String) async -> Bool = { _ in false }, waitListPath: String? = nil,
-                now: @escaping @Sendable () -> Date = { Date() }) {
+                followupsDir: String? = nil, now: @escaping @Sendable () -> Date = { Date() }) {
+        self.followupsDir = followupsDir
         self.hasVerifiedResults = hasVerifiedResults
         self.waitListPath = waitListPath
         self.metrics = metrics
@@ -140,6 +150,7 @@ public final class CaseScanner: Service, Sendable {
                         registered += 1
                         metrics.casesReceived.increment()
                         logger.info("new case found", metadata: ["case_id": "\(name)"])
+                        await recordInitialDeliveries(name, path: path)
                     }
                     state.withLock {
                         $0.known.insert(name)
@@ -161,10 +172,11 @@ public final class CaseScanner: Service, Sendable {
         let present = Set(candidates.map(\.id))
         let (settling, waiting) = state.withLock { state in
             // Forget cases whose directory is gone (or that were registered).
-            state.settling = state.settling.filter { present.contains($0.key) }
+            state.settling = state.settling.filter { present.contains($0.key) || $0.key.contains("\u{0}") }
             state.waiting = state.waiting.filter { present.contains($0.key) }
             return (state.settling.count, state.waiting.count)
         }
+        if let soon = await scanDeliveries(now: now) { nextCheck = min(nextCheck ?? soon, soon) }
         saveWaitList(now: now)
         return ScanResult(registered: registered, settling: settling, nextCheck: nextCheck, waitingForMarker: waiting)
     }
@@ -179,6 +191,8 @@ public final class CaseScanner: Service, Sendable {
         let watcher = self.watcher.withLock { $0 }
         let files = FileManager.default
         var found: [Candidate] = []
+        var known: [Candidate] = []
+        defer { state.withLock { $0.knownPaths = known } }
         func walk(_ directory: String, prefix: String, level: Int) throws {
             let names: [String]
             do {
@@ -190,7 +204,10 @@ public final class CaseScanner: Service, Sendable {
             }
             for name in names {
                 let id = prefix.isEmpty ? name : prefix + "/" + name
-                if level == depth, state.withLock({ $0.known.contains(id) }) { continue }
+                if level == depth, state.withLock({ $0.known.contains(id) }) {
+                    known.append(Candidate(id: id, path: (directory as NSString).appendingPathComponent(name)))
+                    continue
+                }
                 if let problem = Self.invalidName(name) {
                     warnOnce(id, "skipping \(Self.printable(id)) in \(root): \(problem)")
                     continue
@@ -292,9 +309,13 @@ public final class CaseScanner: Service, Sendable {
         if let marker = config.readyMarker {
             return FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(marker)) ? .ready : .waitingForMarker
         }
-        // Quiet period: the tree's signature (files, bytes, newest mtime) must stay the same for
-        // the whole period, and the newest mtime must be that old. A copy that preserves old
-        // timestamps is still caught by the unchanged-signature rule.
+        return quietReadiness(name, path: path, now: now)
+    }
+
+    /// Quiet period: the tree's signature (files, bytes, newest mtime) must stay the same for
+    /// the whole period, and the newest mtime must be that old. A copy that preserves old
+    /// timestamps is still caught by the unchanged-signature rule.
+    func quietReadiness(_ name: String, path: String, now: Date) -> Readiness {
         let signature = CaseSignature(path)
         let quiet = config.quietPeriodSec
         return state.withLock { state -> Readiness in

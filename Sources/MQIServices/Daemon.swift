@@ -95,10 +95,12 @@ public struct Daemon: Sendable {
         if !freed.isEmpty { logger.warning("freed GPU reservation(s) \(freed) held by no running case") }
 
         let conductor = Conductor(config: config)
+        // Follow-up jobs' uploads (the plan and one delivery folder), beside the database.
+        let followupsDir = ((config.state.database as NSString).deletingLastPathComponent as NSString).appendingPathComponent("followups")
         let resultsDir = config.conductor.resultsDir
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,
                                   hasVerifiedResults: { caseId in await ResultManifest.check((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
-                                  waitListPath: MarkerWaitList.path(database: config.state.database))
+                                  waitListPath: MarkerWaitList.path(database: config.state.database), followupsDir: followupsDir)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "CaseScanner"),
             .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics),
@@ -109,11 +111,14 @@ public struct Daemon: Sendable {
                 concurrency: config.hpc.executor == .slurm ? config.hpc.slurm.maxJobs : max(4, config.hpc.gpus.count * 2), retry: config.retry, logger: logger, metrics: metrics,
                 reachability: transports.reachability, localExecutor: LocalStepExecutor(uploadDir: config.conductor.resultsDir)),
                   serviceName: "RemoteExecutorService"),
-            .init(service: FileTransferService(
-                store: store, mover: transports.mover,
-                localLogdata: config.scanner.localLogdata, readyMarker: config.scanner.readyMarker, resultsDir: config.conductor.resultsDir, concurrency: 2,
-                retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability),
-                  serviceName: "FileTransferService"),
+            .init(service: {
+                var transfers = FileTransferService(
+                    store: store, mover: transports.mover,
+                    localLogdata: config.scanner.localLogdata, readyMarker: config.scanner.readyMarker, resultsDir: config.conductor.resultsDir, concurrency: 2,
+                    retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability)
+                transfers.followupsDir = followupsDir
+                return transfers
+            }(), serviceName: "FileTransferService"),
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore, serviceName: "SystemdNotifier"),
         ]
         services.append(.init(service: RetentionService(retention: Retention(config: config.retention, logsDir: config.state.logsDir, store: store), logger: logger),

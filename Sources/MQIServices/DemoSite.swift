@@ -152,37 +152,46 @@ public struct DemoSite: Sendable {
         let firstBeamTime = Date(timeIntervalSince1970: 1_745_459_414 + Double(seed % 2_592_000))
         for beam in stride(from: 1, through: beams, by: 1) {
             let time = firstBeamTime.addingTimeInterval(Double((beam - 1) * 420 + Int(seed % 97)))
-            let beamDir = (caseDir as NSString).appendingPathComponent(beamFolderName(time))
-            try fm.createDirectory(atPath: beamDir, withIntermediateDirectories: true)
-            let layers = 5 + Int((seed &+ UInt32(beam) &* 3) % 4)
-            let gantry = [0, 45, 90, 135, 180, 225, 270, 315][Int((seed &+ UInt32(beam) &* 2) % 8)]
-            let topEnergy = 150.0 + Double(seed % 40) + Double(beam) * 2.5
-            let planInfo = """
-                DICOM_PATIENT_ID,\(patientID)
-                DICOM_PLAN_UID,\(planUID)
-                DICOM_BEAM_NUMBER,\(beam)
-                TCSC_FIELD_NUMBER,\(beam)
-                BEAM_NAME,Field \(beam)
-                TREATMENT_MACHINE,G1
-                GANTRY_ANGLE,\(gantry).0
-                COUCH_ANGLE,0.0
-                SNOUT_POSITION,\(String(format: "%.1f", 300.0 + Double(seed % 120)))
-                RANGE_SHIFTER,NONE
-                NUMBER_OF_ENERGY_LAYERS,\(layers)
-                DELIVERY_START,\(beamFolderName(time))
-
-                """
-            try Data(planInfo.utf8).write(to: URL(fileURLWithPath: (beamDir as NSString).appendingPathComponent("PlanInfo.txt")))
-            for layer in 1...layers {
-                let energy = topEnergy - Double(layer - 1) * 4.5
-                let file = String(format: "%02d_%.2fMeV.ptn", layer, energy)
-                try Data(layerLog(layer: layer, energy: energy, seed: seed &+ UInt32(beam * 31 + layer)).utf8)
-                    .write(to: URL(fileURLWithPath: (beamDir as NSString).appendingPathComponent(file)))
-            }
+            try writeDelivery(in: caseDir, beam: beam, at: time, patientID: patientID, planUID: planUID, seed: seed)
         }
         if let marker {
             try Data().write(to: URL(fileURLWithPath: (caseDir as NSString).appendingPathComponent(marker)))
         }
+    }
+
+    /// One delivery folder (named by its start `time`) of beam `beam` in `caseDir`: `PlanInfo.txt`
+    /// and 5–8 `NN_*.ptn` layer logs. Returns the folder's name.
+    @discardableResult
+    public static func writeDelivery(in caseDir: String, beam: Int, at time: Date, patientID: String, planUID: String, seed: UInt32) throws -> String {
+        let fm = FileManager.default
+        let beamDir = (caseDir as NSString).appendingPathComponent(beamFolderName(time))
+        try fm.createDirectory(atPath: beamDir, withIntermediateDirectories: true)
+        let layers = 5 + Int((seed &+ UInt32(beam) &* 3) % 4)
+        let gantry = [0, 45, 90, 135, 180, 225, 270, 315][Int((seed &+ UInt32(beam) &* 2) % 8)]
+        let topEnergy = 150.0 + Double(seed % 40) + Double(beam) * 2.5
+        let planInfo = """
+            DICOM_PATIENT_ID,\(patientID)
+            DICOM_PLAN_UID,\(planUID)
+            DICOM_BEAM_NUMBER,\(beam)
+            TCSC_FIELD_NUMBER,\(beam)
+            BEAM_NAME,Field \(beam)
+            TREATMENT_MACHINE,G1
+            GANTRY_ANGLE,\(gantry).0
+            COUCH_ANGLE,0.0
+            SNOUT_POSITION,\(String(format: "%.1f", 300.0 + Double(seed % 120)))
+            RANGE_SHIFTER,NONE
+            NUMBER_OF_ENERGY_LAYERS,\(layers)
+            DELIVERY_START,\(beamFolderName(time))
+
+            """
+        try Data(planInfo.utf8).write(to: URL(fileURLWithPath: (beamDir as NSString).appendingPathComponent("PlanInfo.txt")))
+        for layer in 1...layers {
+            let energy = topEnergy - Double(layer - 1) * 4.5
+            let file = String(format: "%02d_%.2fMeV.ptn", layer, energy)
+            try Data(layerLog(layer: layer, energy: energy, seed: seed &+ UInt32(beam * 31 + layer)).utf8)
+                .write(to: URL(fileURLWithPath: (beamDir as NSString).appendingPathComponent(file)))
+        }
+        return beamFolderName(time)
     }
 
     // MARK: - pieces

@@ -14,6 +14,8 @@ public struct FileTransferService: Service {
     let localLogdata: String
     let readyMarker: String?
     let resultsDir: String
+    /// Where the scanner puts follow-up jobs' uploads together (nil: no follow-ups).
+    var followupsDir: String?
     let concurrency: Int
     let retry: RetryPolicy
     let logger: Logger
@@ -44,6 +46,31 @@ public struct FileTransferService: Service {
         }
     }
 
+    /// The upload of a follow-up job (`<case_id>#<delivery>`), put together by the scanner; nil
+    /// for a case.
+    func followupDirectory(_ caseId: String) -> String? {
+        guard let followupsDir, caseId.contains("#") else { return nil }
+        let path = (followupsDir as NSString).appendingPathComponent(caseId)
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+
+    /// Moves a follow-up job's downloaded results to `results_dir/<case_id>/deliveries/<delivery>`
+    /// (replacing an earlier copy), beside the case's own results, which stay as they are.
+    func placeFollowupResults(_ jobId: String) throws {
+        guard let hash = jobId.lastIndex(of: "#") else { return }
+        let files = FileManager.default
+        let downloaded = (resultsDir as NSString).appendingPathComponent(jobId)
+        let deliveries = ((resultsDir as NSString).appendingPathComponent(String(jobId[..<hash])) as NSString).appendingPathComponent("deliveries")
+        let target = (deliveries as NSString).appendingPathComponent(String(jobId[jobId.index(after: hash)...]))
+        do {
+            try files.createDirectory(atPath: deliveries, withIntermediateDirectories: true)
+            if files.fileExists(atPath: target) { try files.removeItem(atPath: target) }
+            try files.moveItem(atPath: downloaded, toPath: target)
+        } catch {
+            throw TransportError("cannot move the results of follow-up \(jobId) to \(target): \(error.localizedDescription)", transient: true)
+        }
+    }
+
     func handle(_ message: ClaimedMessage) async throws -> OutgoingMessage? {
         let body = message.body
         guard let state = try await store.caseState(body.caseId), state.status == .processing,
@@ -63,7 +90,8 @@ public struct FileTransferService: Service {
             let done: MessageKind
             switch message.kind {
             case .uploadCase:
-                let caseDir = (localLogdata as NSString).appendingPathComponent(body.caseId)
+                // A follow-up job uploads what the scanner put together for it (plan + delivery).
+                let caseDir = followupDirectory(body.caseId) ?? (localLogdata as NSString).appendingPathComponent(body.caseId)
                 // Refuse empty cases and symlinks out of the case before anything is sent.
                 try CaseInspection.check(caseDir, ignoring: Set([readyMarker].compactMap { $0 }))
                 report = try await mover.upload(caseId: body.caseId, from: caseDir)
@@ -71,6 +99,7 @@ public struct FileTransferService: Service {
             case .downloadResults:
                 try FileManager.default.createDirectory(atPath: resultsDir, withIntermediateDirectories: true)
                 report = try await mover.download(caseId: body.caseId, into: resultsDir)
+                if followupDirectory(body.caseId) != nil { try placeFollowupResults(body.caseId) }
                 done = .resultsDownloadCompleted
             default:
                 return body.result(.fileTransferFailed, reason: "\(message.kind.rawValue) is not a file transfer")

@@ -204,6 +204,24 @@ public struct Store: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v11-deliveries") { db in
+            // Each delivery folder of a registered case (scanner.fraction_window_min groups them
+            // into fractions): those found at registration are the case's own; later ones are
+            // follow-ups, each run once by scanner.followup_workflow as the job `job_id`.
+            try db.execute(sql: """
+                CREATE TABLE deliveries (
+                    case_id TEXT NOT NULL,
+                    folder TEXT NOT NULL,
+                    started_at DATETIME NOT NULL,
+                    beam INTEGER,
+                    followup BOOLEAN NOT NULL,
+                    job_id TEXT,
+                    recorded_at DATETIME NOT NULL,
+                    PRIMARY KEY (case_id, folder)
+                );
+                CREATE INDEX deliveries_due ON deliveries(followup, job_id);
+                """)
+        }
         return migrator
     }
 

@@ -64,7 +64,7 @@ public enum Commands {
     public static func showCase(configPath: String, caseId: String, json: Bool) async throws -> Int32 {
         try await exitStatus {
             let config = try loadConfig(configPath)
-            guard let detail = try await Reports.caseDetail(caseId, store: Daemon.openStore(config), json: json) else {
+            guard let detail = try await Reports.caseDetail(caseId, store: Daemon.openStore(config), json: json, fractionWindowMin: config.scanner.fractionWindowMin) else {
                 printError("no case '\(caseId)'")
                 throw Failure(status: 1)
             }

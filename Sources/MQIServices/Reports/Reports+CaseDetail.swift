@@ -5,20 +5,23 @@ import MQIStore
 extension Reports {
     /// `mqi cases show`: one case with its plan beams, beam runs and history; JSON with `json`.
     /// Nil when there is no such case.
-    public static func caseDetail(_ caseId: String, store: Store, json: Bool) async throws -> String? {
+    /// `fractionWindowMin`: `scanner.fraction_window_min`, which groups the deliveries.
+    public static func caseDetail(_ caseId: String, store: Store, json: Bool, fractionWindowMin: Double = 60) async throws -> String? {
         guard let summary = try await store.caseSummary(caseId) else { return nil }
         let history = try await store.history(caseId)
         let planBeams = try await store.planBeams(caseId)
         let jobs = try await store.schedulerJobs(caseId: caseId)
+        let fractions = try await store.fractions(caseId: caseId, windowMin: fractionWindowMin)
         if json {
             struct Detail: Encodable {
                 var `case`: CaseSummary
                 var planBeams: [CasePlanBeam]
                 var history: [CaseHistoryEntry]
                 var jobs: [SchedulerJob]
-                enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history, jobs }
+                var fractions: [FractionRecord]
+                enum CodingKeys: String, CodingKey { case `case`, planBeams = "plan_beams", history, jobs, fractions }
             }
-            return try jsonText(Detail(case: summary, planBeams: planBeams, history: history, jobs: jobs))
+            return try jsonText(Detail(case: summary, planBeams: planBeams, history: history, jobs: jobs, fractions: fractions))
         }
         var lines: [String] = []
         lines.append("case:     \(summary.caseId)")
@@ -42,6 +45,17 @@ extension Reports {
                 let times = [run.startedAt.map { "started \(isoDate($0))" }, run.finishedAt.map { "finished \(isoDate($0))" }].compactMap { $0 }
                 lines.append("  beam \(run.beam)  \(run.status.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0))  attempt \(run.attempt)  \(run.progress)%\(gpus)"
                              + (times.isEmpty ? "" : "  " + times.joined(separator: ", ")) + (run.error.map { "  error: \($0)" } ?? ""))
+            }
+        }
+        if !fractions.isEmpty {
+            lines.append("fractions:")
+            for fraction in fractions {
+                lines.append("  fraction \(fraction.number)  \(fraction.complete ? "complete" : "incomplete")" + (fraction.anomaly.map { "  ANOMALY: \($0)" } ?? ""))
+                for delivery in fraction.deliveries {
+                    let job = delivery.jobId.map { "  follow-up \($0) \(delivery.jobStatus?.rawValue ?? "-")" }
+                        ?? (delivery.followup ? "  follow-up (not started)" : "")
+                    lines.append("    \(delivery.folder)  \(isoDate(delivery.start))  beam \(delivery.beam.map(String.init) ?? "-")\(job)")
+                }
             }
         }
         if !jobs.isEmpty {

@@ -66,7 +66,7 @@ enum Dashboard {
             "hostBanners": hostBanner(summary.hosts, now: renderedAt), "tiles": tiles,
             "throughput": throughputChart(summary.throughput), "queues": queuesTable(summary),
             "deadLetterCount": "\(summary.deadLetters)", "deadLetters": deadLetterList(deadLetters, tokenConfigured: tokenConfigured),
-            "gpus": gpus.isEmpty ? "<p class=\"muted\">No GPU configured.</p>" : gpus.map(gpuCard).joined(separator: "\n"),
+            "gpus": gpus.isEmpty ? PageTemplate.gpusEmpty.render([:]) : gpus.map(gpuCard).joined(separator: "\n"),
             "recentCases": caseTable(recent, id: "recent-cases", empty: "No case yet: cases appear here when the scanner finds them."),
         ])
         return (.ok, layout(title: "Overview", page: "overview", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
@@ -78,15 +78,15 @@ enum Dashboard {
         let query = request.queryParameter("q")
         let cursor = request.queryParameter("cursor")
         let page = try await context.store.casesPage(status: status, query: query, limit: pageSize, cursor: cursor)
-        let options = (["<option value=\"\">All statuses</option>"] + CaseStatus.allCases.map { s in
-            "<option value=\"\(s.rawValue)\"\(s == status ? " selected" : "")>\(label(s))</option>"
-        }).joined()
+        let options = PageTemplate.statusOptionAll.render([:]) + CaseStatus.allCases.map { s in
+            PageTemplate.statusOption.render(["value": s.rawValue, "selected": s == status ? " selected" : "", "label": label(s)])
+        }.joined()
         var links: [String] = []
-        if cursor != nil { links.append("<a class=\"button secondary\" href=\"\(listURL(status: status, query: query, cursor: nil))\">← Newest</a>") }
-        if let next = page.nextCursor { links.append("<a class=\"button secondary\" id=\"older\" href=\"\(listURL(status: status, query: query, cursor: next))\">Older →</a>") }
+        if cursor != nil { links.append(PageTemplate.pagerNewest.render(["href": listURL(status: status, query: query, cursor: nil)])) }
+        if let next = page.nextCursor { links.append(PageTemplate.pagerOlder.render(["href": listURL(status: status, query: query, cursor: next)])) }
         let body = PageTemplate.cases.render([
             "statusOptions": options, "query": escape(query ?? ""), "statusFilter": status?.rawValue ?? "", "firstPage": "\(cursor == nil)",
-            "clearLink": status != nil || query != nil ? "<a class=\"button secondary\" href=\"/cases\">Clear</a>" : "",
+            "clearLink": status != nil || query != nil ? PageTemplate.clearFilters.render([:]) : "",
             "caseTable": caseTable(page.cases, id: "cases", empty: status == nil && query == nil ? "No case yet." : "No case matches these filters."),
             "pager": links.joined(separator: " "),
         ])
@@ -113,13 +113,13 @@ enum Dashboard {
             "beams": c.beamNumbers.isEmpty ? "–" : c.beamNumbers.map(String.init).joined(separator: ", "),
             "received": time(c.createdAt), "started": c.startedAt.map(time) ?? "–", "finished": c.finishedAt.map(time) ?? "–",
             "errorHidden": c.error == nil ? " hidden" : "", "error": escape(c.error ?? ""),
-            "failureClass": c.failureClass.map { "<strong>\(escape($0.rawValue)) failure:</strong> " } ?? "",
+            "failureClass": c.failureClass.map { PageTemplate.failureClass.render(["failureClass": escape($0.rawValue)]) } ?? "",
             "actions": actions, "planBeams": planBeamsPanel(detail.planBeams),
             "beamRunsHidden": c.beams.isEmpty ? " hidden" : "", "beamRuns": beamRunsTable(c.beams),
             "slurmJobsHidden": detail.jobs.isEmpty ? " hidden" : "", "slurmJobs": schedulerJobsTable(detail.jobs),
             "steps": stepper(detail), "timeline": timelineTable(detail.timeline),
             "logName": detail.log.map { "\(escape($0.step)) · attempt \($0.attempt)" } ?? "",
-            "logTail": escape((detail.log?.lines ?? []).joined(separator: "\n")) + (detail.log == nil ? "<span class=\"muted\">No step log yet.</span>" : ""),
+            "logTail": escape((detail.log?.lines ?? []).joined(separator: "\n")) + (detail.log == nil ? PageTemplate.logEmpty.render([:]) : ""),
             "logLinks": logLinks(detail.logs), "historyCount": "\(detail.history.count)", "history": historyTable(detail.history),
         ])
         return (.ok, layout(title: c.caseId, page: "case", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
@@ -131,8 +131,8 @@ enum Dashboard {
         PageTemplate.layout.render([
             "title": escape(title), "page": page, "tokenConfigured": "\(tokenConfigured)",
             "renderedAtISO": APIResponses.isoDate(renderedAt), "renderedAt": time(renderedAt), "body": body,
-            "overviewCurrent": page == "overview" ? " aria-current=\"page\"" : "",
-            "casesCurrent": page == "cases" ? " aria-current=\"page\"" : "",
+            "overviewCurrent": page == "overview" ? PageTemplate.navCurrent.render([:]) : "",
+            "casesCurrent": page == "cases" ? PageTemplate.navCurrent.render([:]) : "",
         ])
     }
 
@@ -148,8 +148,8 @@ enum Dashboard {
         return PageTemplate.caseRow.render([
             "caseId": escape(c.caseId), "casePath": StepLogs.pathEscaped(c.caseId), "status": c.status.rawValue,
             "createdAtISO": APIResponses.isoDate(c.createdAt), "badge": badge(c.status), "step": escape(c.workflowStep ?? "–"),
-            "error": c.error.map { "<div class=\"row-error\" title=\"\(escape($0))\">\(escape(String($0.prefix(120))))</div>" } ?? "",
-            "detail": c.detail.map { "<div class=\"row-detail\" data-field=\"detail\" title=\"\(escape($0))\">\(escape($0))</div>" } ?? "",
+            "error": c.error.map { PageTemplate.rowError.render(["error": escape($0), "shortError": escape(String($0.prefix(120)))]) } ?? "",
+            "detail": c.detail.map { PageTemplate.rowDetail.render(["detail": escape($0)]) } ?? "",
             "progress": progressBar(c.progress, status: c.status),
             "gpus": c.gpuIds.isEmpty ? "–" : c.gpuIds.map(String.init).joined(separator: ","),
             "created": time(c.createdAt), "duration": duration(end.timeIntervalSince(c.createdAt)),
@@ -157,12 +157,12 @@ enum Dashboard {
     }
 
     static func badge(_ status: CaseStatus) -> String {
-        "<span class=\"badge status-\(status.rawValue)\" data-role=\"badge\">\(label(status))</span>"
+        PageTemplate.badge.render(["status": status.rawValue, "label": label(status)])
     }
 
     static func progressBar(_ progress: Int, status: CaseStatus) -> String {
         let value = min(100, max(0, progress))
-        return "<span class=\"progress status-\(status.rawValue)\"><progress max=\"100\" value=\"\(value)\">\(value)%</progress><span class=\"pct\">\(value)%</span></span>"
+        return PageTemplate.progress.render(["status": status.rawValue, "value": "\(value)"])
     }
 
     static func gpuCard(_ gpu: GPUResource) -> String {
@@ -198,31 +198,34 @@ enum Dashboard {
 
     /// The case holding the GPU, or the attempt a draining GPU waits for (and why, if stuck).
     static func holderHTML(_ gpu: GPUResource) -> String {
-        func link(_ caseId: String) -> String { "<a href=\"/cases/\(StepLogs.pathEscaped(caseId))\">\(escape(caseId))</a>" }
         if let drain = gpu.drain {
-            return "Waits for \(link(drain.caseId))\(drain.attempt.map { " attempt \($0)" } ?? "") to stop"
-                + (drain.reason.map { " <span class=\"drain-reason\" data-field=\"drain-reason\">\(escape($0))</span>" } ?? "")
+            return PageTemplate.gpuHolderDrain.render([
+                "caseId": escape(drain.caseId), "casePath": StepLogs.pathEscaped(drain.caseId),
+                "attempt": drain.attempt.map { " attempt \($0)" } ?? "",
+                "reason": drain.reason.map { PageTemplate.gpuDrainReason.render(["reason": escape($0)]) } ?? "",
+            ])
         }
-        return gpu.reservedBy.map { "Case \(link($0))" } ?? "<span class=\"muted\">no case</span>"
+        return gpu.reservedBy.map { PageTemplate.gpuHolderCase.render(["caseId": escape($0), "casePath": StepLogs.pathEscaped($0)]) }
+            ?? PageTemplate.gpuHolderNone.render([:])
     }
 
     static func queuesTable(_ summary: OverviewSummary) -> String {
         let rows = QueueName.allCases.map { queue in
-            "<tr data-queue=\"\(queue.rawValue)\"><td><code>\(queue.rawValue)</code></td><td class=\"num\" data-field=\"depth\">\(summary.queues[queue.rawValue] ?? 0)</td></tr>"
+            PageTemplate.queueRow.render(["queue": queue.rawValue, "depth": "\(summary.queues[queue.rawValue] ?? 0)"])
         }.joined()
-        return "<table class=\"queues\" id=\"queues\"><thead><tr><th>Queue</th><th class=\"num\">Messages</th></tr></thead><tbody>\(rows)</tbody></table>"
+        return PageTemplate.queuesTable.render(["rows": rows])
     }
 
     static func deadLetterList(_ letters: [DeadLetter], tokenConfigured: Bool) -> String {
-        guard !letters.isEmpty else { return "<p class=\"muted small\">None: every message was delivered.</p>" }
-        return "<ul class=\"dead-letters\">" + letters.map { letter in
+        guard !letters.isEmpty else { return PageTemplate.deadLettersEmpty.render([:]) }
+        return PageTemplate.deadLetters.render(["items": letters.map { letter in
             PageTemplate.deadLetter.render([
                 "id": "\(letter.id)", "kind": letter.kind.rawValue, "queue": letter.queue.rawValue,
                 "caseId": escape(letter.caseId), "casePath": StepLogs.pathEscaped(letter.caseId),
                 "deliveries": "\(letter.deliveries)", "deadAt": time(letter.deadAt), "error": escape(letter.error),
-                "replayButton": tokenConfigured ? " <button type=\"button\" class=\"small-button\" data-action=\"replay\" data-dead-letter-id=\"\(letter.id)\">Replay</button>" : "",
+                "replayButton": tokenConfigured ? PageTemplate.deadLetterReplay.render(["id": "\(letter.id)"]) : "",
             ])
-        }.joined() + "</ul>"
+        }.joined()])
     }
 
     /// 24 hourly bars, completed (stacked with failed and cancelled), as inline SVG.
@@ -236,10 +239,13 @@ enum Dashboard {
             for (count, kind) in [(bucket.completed, "completed"), (bucket.failed, "failed"), (bucket.cancelled, "cancelled")] where count > 0 {
                 let h = max(2, Double(count) / Double(maxTotal) * Double(height - 30))
                 y -= h
-                bars += "<rect class=\"bar-\(kind)\" x=\"\(x)\" y=\(String(format: "\"%.1f\"", y)) width=\"14\" height=\(String(format: "\"%.1f\"", h))><title>\(hourLabel(bucket.hour)): \(count) \(kind)</title></rect>"
+                bars += PageTemplate.throughputBar.render([
+                    "kind": kind, "x": "\(x)", "y": String(format: "%.1f", y), "height": String(format: "%.1f", h),
+                    "hour": hourLabel(bucket.hour), "count": "\(count)",
+                ])
             }
             if index % 6 == 0 {
-                bars += "<text x=\"\(x)\" y=\"\(height - 2)\" class=\"axis\">\(hourLabel(bucket.hour))</text>"
+                bars += PageTemplate.throughputAxis.render(["x": "\(x)", "y": "\(height - 2)", "hour": hourLabel(bucket.hour)])
             }
         }
         let completed = buckets.map(\.completed).reduce(0, +), failed = buckets.map(\.failed).reduce(0, +)
@@ -265,23 +271,23 @@ enum Dashboard {
                     }
                 }
             }
-            return "<li class=\"step step-\(state)\"><span class=\"step-name\">\(escape(step.name))</span><span class=\"step-type muted small\">\(escape(step.type))</span></li>"
+            return PageTemplate.step.render(["state": state, "name": escape(step.name), "type": escape(step.type)])
         }.joined()
     }
 
     static func timelineTable(_ attempts: [StepAttempt]) -> String {
-        guard !attempts.isEmpty else { return "<p class=\"muted\">No step has started yet.</p>" }
+        guard !attempts.isEmpty else { return PageTemplate.timelineEmpty.render([:]) }
         let longest = max(0.001, attempts.map(\.durationSec).max() ?? 1)
         let rows = attempts.map { a in
-            """
-            <tr class="outcome-\(a.outcome)"><td>\(escape(a.step))</td><td class="num">\(a.attempt)</td><td>\(a.phase == "waiting_for_gpu" ? "Waiting for GPU" : "Run")</td>\
-            <td>\(time(a.startedAt))</td><td>\(a.endedAt.map(time) ?? "–")</td>\
-            <td class="num">\(duration(a.durationSec))</td>\
-            <td class="bar-cell"><meter min="0" max="\(String(format: "%.3f", longest))" value="\(String(format: "%.3f", a.durationSec))"></meter></td>\
-            <td><span class="outcome">\(escape(a.outcome.replacingOccurrences(of: "_", with: " ")))</span></td></tr>
-            """
+            PageTemplate.timelineRow.render([
+                "outcome": escape(a.outcome), "step": escape(a.step), "attempt": "\(a.attempt)",
+                "phase": a.phase == "waiting_for_gpu" ? "Waiting for GPU" : "Run",
+                "started": time(a.startedAt), "ended": a.endedAt.map(time) ?? "–", "duration": duration(a.durationSec),
+                "longest": String(format: "%.3f", longest), "seconds": String(format: "%.3f", a.durationSec),
+                "outcomeLabel": escape(a.outcome.replacingOccurrences(of: "_", with: " ")),
+            ])
         }.joined()
-        return "<table class=\"timeline\"><thead><tr><th>Step</th><th class=\"num\">Attempt</th><th>Phase</th><th>Started</th><th>Ended</th><th class=\"num\">Duration</th><th></th><th>Outcome</th></tr></thead><tbody>\(rows)</tbody></table>"
+        return PageTemplate.timelineTable.render(["rows": rows])
     }
 
     /// The RT plan's treatment beams (number, name, delivered or not); nothing when no plan was read.
@@ -289,8 +295,11 @@ enum Dashboard {
         guard !beams.isEmpty else { return "" }
         let delivered = beams.filter(\.delivered).count
         let rows = beams.map { beam in
-            "<tr data-beam-number=\"\(beam.number)\" data-delivered=\"\(beam.delivered)\"><td class=\"num\">\(beam.number)</td><td>\(beam.name.isEmpty ? "<span class=\"muted\">–</span>" : escape(beam.name))</td>"
-                + "<td><span class=\"delivery \(beam.delivered ? "delivered" : "not-delivered")\">\(beam.delivered ? "delivered" : "not delivered")</span></td></tr>"
+            PageTemplate.planBeamRow.render([
+                "number": "\(beam.number)", "delivered": "\(beam.delivered)",
+                "name": beam.name.isEmpty ? PageTemplate.planBeamUnnamed.render([:]) : escape(beam.name),
+                "deliveryClass": beam.delivered ? "delivered" : "not-delivered", "delivery": beam.delivered ? "delivered" : "not delivered",
+            ])
         }.joined()
         return PageTemplate.planBeams.render(["delivered": "\(delivered)", "total": "\(beams.count)", "rows": rows])
     }
@@ -298,37 +307,44 @@ enum Dashboard {
     /// The runs of a `for_each: beam` step: beam, status, attempt, progress, GPU, times, error.
     static func beamRunsTable(_ runs: [BeamRun]) -> String {
         let rows = runs.map { run in
-            "<tr data-beam=\"\(run.beam)\" data-beam-status=\"\(run.status.rawValue)\"><td class=\"num\">\(run.beam)</td><td>\(escape(run.status.rawValue))</td>"
-                + "<td class=\"num\">\(run.attempt)</td><td class=\"num\">\(run.progress)%</td>"
-                + "<td>\(run.gpuIds.isEmpty ? "–" : run.gpuIds.map(String.init).joined(separator: ","))</td>"
-                + "<td class=\"nowrap\">\(run.startedAt.map(time) ?? "")</td><td class=\"nowrap\">\(run.finishedAt.map(time) ?? "")</td>"
-                + "<td>\(escape(run.error ?? ""))</td></tr>"
+            PageTemplate.beamRunRow.render([
+                "beam": "\(run.beam)", "status": run.status.rawValue, "statusLabel": escape(run.status.rawValue),
+                "attempt": "\(run.attempt)", "progress": "\(run.progress)",
+                "gpus": run.gpuIds.isEmpty ? "–" : run.gpuIds.map(String.init).joined(separator: ","),
+                "started": run.startedAt.map(time) ?? "", "finished": run.finishedAt.map(time) ?? "", "error": escape(run.error ?? ""),
+            ])
         }.joined()
-        return "<table class=\"beam-runs\"><thead><tr><th class=\"num\">Beam</th><th>Status</th><th class=\"num\">Attempt</th><th class=\"num\">Progress</th><th>GPU</th><th>Started</th><th>Finished</th><th>Error</th></tr></thead><tbody>\(rows)</tbody></table>"
+        return PageTemplate.beamRunsTable.render(["rows": rows])
     }
 
     /// The Slurm jobs of a case: job id, step (and beam), attempt, state, reason, node, GPUs, times.
     static func schedulerJobsTable(_ jobs: [SchedulerJob]) -> String {
         let rows = jobs.map { job in
-            "<tr data-job-id=\"\(escape(job.jobId))\" data-job-state=\"\(escape(job.state))\"><td class=\"num\">\(escape(job.jobId))</td>"
-                + "<td>\(escape(job.step))\(job.beam.map { " · beam \($0)" } ?? "")</td><td class=\"num\">\(job.attempt)</td>"
-                + "<td><span class=\"job-state job-\(escape(job.state))\">\(escape(job.state))</span></td><td>\(escape(job.reason ?? ""))</td>"
-                + "<td>\(escape(job.node ?? "–"))</td><td>\(escape(job.gpus ?? "–"))</td>"
-                + "<td class=\"nowrap\">\(job.submittedAt.map(time) ?? "")</td><td class=\"nowrap\">\(job.startedAt.map(time) ?? "")</td>"
-                + "<td class=\"nowrap\">\(job.endedAt.map(time) ?? "")</td></tr>"
+            PageTemplate.slurmJobRow.render([
+                "jobId": escape(job.jobId), "state": escape(job.state), "step": escape(job.step),
+                "beam": job.beam.map { " · beam \($0)" } ?? "", "attempt": "\(job.attempt)", "reason": escape(job.reason ?? ""),
+                "node": escape(job.node ?? "–"), "gpus": escape(job.gpus ?? "–"),
+                "submitted": job.submittedAt.map(time) ?? "", "started": job.startedAt.map(time) ?? "", "ended": job.endedAt.map(time) ?? "",
+            ])
         }.joined()
-        return "<table class=\"slurm-jobs\"><thead><tr><th class=\"num\">Job</th><th>Step</th><th class=\"num\">Attempt</th><th>State</th><th>Reason</th><th>Node</th><th>GPU</th><th>Submitted</th><th>Started</th><th>Ended</th></tr></thead><tbody>\(rows)</tbody></table>"
+        return PageTemplate.slurmJobsTable.render(["rows": rows])
     }
 
     static func historyTable(_ history: [CaseHistoryEntry]) -> String {
-        "<table class=\"history\"><tbody>" + history.map { entry in
-            "<tr><td class=\"nowrap\">\(time(entry.at))</td><td>\(badge(entry.status))</td><td><code>\(escape(entry.event))</code></td><td>\(escape(entry.step ?? ""))\(entry.attempt.map { " #\($0)" } ?? "")</td><td>\(escape(entry.message))</td></tr>"
-        }.joined() + "</tbody></table>"
+        let rows = history.map { entry in
+            PageTemplate.historyRow.render([
+                "at": time(entry.at), "badge": badge(entry.status), "event": escape(entry.event),
+                "step": escape(entry.step ?? ""), "attempt": entry.attempt.map { " #\($0)" } ?? "", "message": escape(entry.message),
+            ])
+        }.joined()
+        return PageTemplate.historyTable.render(["rows": rows])
     }
 
     static func logLinks(_ logs: [LogExcerpt]) -> String {
         guard !logs.isEmpty else { return "" }
-        return "Whole logs: " + logs.map { "<a href=\"\(escape($0.url))\">\(escape($0.step)) #\($0.attempt)</a>" }.joined(separator: " · ")
+        return PageTemplate.logLinks.render(["links": logs.map { log in
+            PageTemplate.logLink.render(["url": escape(log.url), "step": escape(log.step), "attempt": "\(log.attempt)"])
+        }.joined(separator: " · ")])
     }
 
     static func listURL(status: CaseStatus?, query: String?, cursor: String?) -> String {

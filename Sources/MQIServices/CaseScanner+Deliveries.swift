@@ -12,12 +12,26 @@ import MQIStore
 extension CaseScanner {
     var tracksDeliveries: Bool { config.caseLayout == .moqui }
 
+    /// How often every registered case's folders are looked at again.
+    static let fullDeliveryLookSec: Double = 300
+
     /// The delivery folders of a case directory now, sorted.
     static func deliveryFolders(_ path: String) -> [String] {
         let files = FileManager.default
         return ((try? files.contentsOfDirectory(atPath: path)) ?? []).filter { name in
             !name.hasPrefix(".") && files.fileExists(atPath: ((path as NSString).appendingPathComponent(name) as NSString).appendingPathComponent("PlanInfo.txt"))
         }.sorted()
+    }
+
+    /// The other (non-hidden) folders of a case directory.
+    static func otherFolders(_ path: String, besides deliveries: [String]) -> [String] {
+        let files = FileManager.default
+        let skip = Set(deliveries)
+        return ((try? files.contentsOfDirectory(atPath: path)) ?? []).filter { name in
+            var isDirectory: ObjCBool = false
+            return !name.hasPrefix(".") && !skip.contains(name)
+                && files.fileExists(atPath: (path as NSString).appendingPathComponent(name), isDirectory: &isDirectory) && isDirectory.boolValue
+        }
     }
 
     /// Records the deliveries a case was registered with: its own, not follow-ups.
@@ -45,7 +59,15 @@ extension CaseScanner {
     func scanDeliveries(now: Date) async -> Double? {
         guard tracksDeliveries else { return nil }
         var nextCheck: Double?
-        let known = state.withLock { $0.knownPaths }
+        let known = state.withLock { state -> [Candidate] in
+            // Every few minutes each registered case is looked into again, whatever its
+            // directory's time says (a folder that became a delivery long after it was made).
+            if now.timeIntervalSince(state.deliveriesLookedAt) >= Self.fullDeliveryLookSec {
+                state.caseTimes = [:]
+                state.deliveriesLookedAt = now
+            }
+            return state.knownPaths
+        }
         for candidate in known {
             let (id, path) = (candidate.id, candidate.path)
             guard let modified = Self.modificationTime(path) else { continue }
@@ -67,6 +89,15 @@ extension CaseScanner {
                 continue
             }
             var waiting = false
+            // A folder that is not a delivery (yet) but changed lately may be one being written
+            // (its PlanInfo.txt comes after the folder): look again until it is quiet.
+            for folder in Self.otherFolders(path, besides: folders) {
+                let newest = CaseSignature((path as NSString).appendingPathComponent(folder)).newest
+                if now.timeIntervalSince(newest) < max(config.quietPeriodSec * 2, 10) {
+                    waiting = true
+                    nextCheck = min(nextCheck ?? 1, 1)
+                }
+            }
             for folder in folders where !recorded!.contains(folder) {
                 let key = id + "\u{0}" + folder
                 switch quietReadiness(key, path: (path as NSString).appendingPathComponent(folder), now: now) {

@@ -49,6 +49,7 @@ public final class CaseScanner: Service, Sendable {
         /// Registered cases with a new delivery folder not quiet long enough yet.
         var settlingDeliveries: Set<String> = []
         var knownPaths: [Candidate] = []
+        var deliveriesLookedAt = Date.distantPast
     }
 
     public init(config: ScannerConfig, store: Store, logger: Logger, metrics: MQIMetrics = MQIMetrics(),

@@ -27,7 +27,7 @@ struct FractionTests {
                           Self.delivery("day2-b1", minutes: 1440, beam: 1), Self.delivery("day1-b1", minutes: 0, beam: 1)]
         let fractions = Fraction.group(deliveries, planBeams: [1, 2], windowMin: 60)
         #expect(fractions.map { $0.deliveries.map(\.folder) } == [["day1-b1", "day1-b2"], ["day2-b1", "day2-b2"]])
-        #expect(fractions.allSatisfy(\.complete))
+        #expect(fractions.allSatisfy { $0.complete })
         #expect(fractions.allSatisfy { $0.anomaly == nil })
     }
 

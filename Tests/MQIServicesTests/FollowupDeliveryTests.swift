@@ -55,7 +55,7 @@ struct FollowupDeliveryTests {
         #expect(initial.count == 2 && initial.allSatisfy { !$0.followup }, "\(initial)")
         let simulations = try await store.history(Self.caseId).filter { $0.message.contains("starting run_moqui_sim") }.count
 
-        // The second fraction, a day later: one beam now (the other comes in a moment).
+        // The second fraction, a day later: one beam now (the others after a restart).
         let caseDir = (config.scanner.localLogdata as NSString).appendingPathComponent(Self.caseId)
         let plan = try #require(try FileManager.default.contentsOfDirectory(atPath: caseDir).first { $0.hasPrefix("RP") })
         let planUID = String(plan.dropFirst(3).dropLast(4))
@@ -75,25 +75,31 @@ struct FollowupDeliveryTests {
         try FileManager.default.moveItem(atPath: caseDir + "/notes.txt", toPath: caseDir + "/notes-renamed.txt")
         try FileManager.default.createDirectory(atPath: caseDir + "/scratch", withIntermediateDirectories: true)
 
-        // kill -9 and a restart: nothing runs again; the second beam of day 2 gets its follow-up.
+        // kill -9 and a restart: nothing runs again; day 2's other beams get their follow-ups.
         daemon.signal(SIGKILL)
         _ = await daemon.wait(upTo: 10)
         daemon = try MQIProcess(["run", "--config", site.configPath, "--log-format", "text"], output: temp.file("daemon-2.log"))
         let second = try DemoSite.writeDelivery(in: caseDir, beam: 2, at: day2.addingTimeInterval(420), patientID: "DEMO-001", planUID: planUID, seed: 7)
+        let third = try DemoSite.writeDelivery(in: caseDir, beam: 3, at: day2.addingTimeInterval(840), patientID: "DEMO-001", planUID: planUID, seed: 7)
         let secondJob = Store.followupJobId(caseId: Self.caseId, folder: second)
-        #expect(await eventually(within: 60) { (try? await store.caseSummary(secondJob))??.status == .completed }, "\(daemon.output.suffix(3000))")
+        let thirdJob = Store.followupJobId(caseId: Self.caseId, folder: third)
+        #expect(await eventually(within: 60) {
+            let second = (try? await store.caseSummary(secondJob))??.status
+            let third = (try? await store.caseSummary(thirdJob))??.status
+            return second == .completed && third == .completed
+        }, "\(daemon.output.suffix(3000))")
         try await Task.sleep(for: .seconds(3))
 
         let ledger = try String(contentsOfFile: temp.file("followups.txt"), encoding: .utf8).split(separator: "\n").map(String.init)
-        #expect(ledger.sorted() == [jobId, secondJob].sorted(), "each follow-up once: \(ledger)")
+        #expect(ledger.sorted() == [jobId, secondJob, thirdJob].sorted(), "each follow-up once: \(ledger)")
         let cases = try await store.cases().map(\.caseId).sorted()
-        #expect(cases == [Self.caseId, jobId, secondJob].sorted(), "noise started something: \(cases)")
+        #expect(cases == [Self.caseId, jobId, secondJob, thirdJob].sorted(), "noise started something: \(cases)")
         let after = try await store.history(Self.caseId).filter { $0.message.contains("starting run_moqui_sim") }.count
         #expect(after == simulations, "the case's simulation ran again")
-        // Two fractions, both complete, the day-2 deliveries with their jobs.
+        // Two fractions: day 1 gave 2 of the plan's 3 treatment beams, day 2 all three, with their jobs.
         let fractions = try await store.fractions(caseId: Self.caseId, windowMin: 60)
-        #expect(fractions.map(\.complete) == [true, true], "\(fractions)")
-        #expect(fractions.last?.deliveries.map(\.jobId) == [jobId, secondJob])
+        #expect(fractions.map(\.complete) == [false, true], "\(fractions)")
+        #expect(fractions.last?.deliveries.map(\.jobId) == [jobId, secondJob, thirdJob])
         #expect(fractions.last?.deliveries.allSatisfy { $0.jobStatus == .completed } == true)
         // `cases show` lists them.
         let shown = try runProcess(try mqiExecutable(), ["cases", "show", Self.caseId, "--config", site.configPath])

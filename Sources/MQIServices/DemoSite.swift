@@ -113,6 +113,23 @@ public struct DemoSite: Sendable {
     }
 
     /// The id of the `number`-th demo case: `DEMO-001_1.2.840.113619.2.55.3.1`, zero-padded so ids sort.
+    /// The case ids of a local_logdata tree `depth` levels deep, sorted.
+    public static func caseIDs(in localLogdata: String, depth: Int) throws -> [String] {
+        var ids: [String] = [""]
+        for _ in 0..<depth {
+            ids = try ids.flatMap { prefix -> [String] in
+                let directory = prefix.isEmpty ? localLogdata : (localLogdata as NSString).appendingPathComponent(prefix)
+                return try FileManager.default.contentsOfDirectory(atPath: directory).filter { !$0.hasPrefix(".") }.compactMap { name in
+                    var isDirectory: ObjCBool = false
+                    let path = (directory as NSString).appendingPathComponent(name)
+                    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else { return nil }
+                    return prefix.isEmpty ? name : prefix + "/" + name
+                }
+            }
+        }
+        return ids.sorted()
+    }
+
     public static func caseID(_ number: Int, width: Int = 3) -> String {
         let padded = String(repeating: "0", count: max(0, width - String(number).count)) + String(number)
         return "DEMO-\(padded)_1.2.840.113619.2.55.3.\(number)"
@@ -194,6 +211,28 @@ public struct DemoSite: Sendable {
         return beamFolderName(time)
     }
 
+    /// Writes a later fraction into a demo case: each of its delivery folders again, `days`
+    /// later (same beams, plan and patient). Returns the new folders' names.
+    @discardableResult
+    public static func addFraction(toCase caseDir: String, daysLater days: Int = 1) throws -> [String] {
+        let files = FileManager.default
+        var written: [String] = []
+        for folder in try files.contentsOfDirectory(atPath: caseDir).sorted() {
+            guard let delivery = Delivery.read(folder: folder, in: caseDir), let beam = delivery.beam,
+                  let text = try? String(contentsOfFile: "\(caseDir)/\(folder)/PlanInfo.txt", encoding: .utf8) else { continue }
+            var values: [String: String] = [:]
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: ",", maxSplits: 1).map(String.init)
+                if parts.count == 2 { values[parts[0]] = parts[1] }
+            }
+            let time = delivery.start.addingTimeInterval(Double(days) * 86_400)
+            guard !files.fileExists(atPath: (caseDir as NSString).appendingPathComponent(beamFolderName(time))) else { continue }
+            written.append(try writeDelivery(in: caseDir, beam: beam, at: time, patientID: values["DICOM_PATIENT_ID"] ?? "",
+                                             planUID: values["DICOM_PLAN_UID"] ?? "", seed: stableSeed(folder)))
+        }
+        return written
+    }
+
     // MARK: - pieces
 
     func path(_ relative: String) -> String {
@@ -218,6 +257,7 @@ public struct DemoSite: Sendable {
           quiet_period_sec: 2
           rescan_interval_sec: 30
           workflow: default_qa
+          followup_workflow: delivery_check   # runs once per delivery folder that arrives later (a later fraction)
           case_layout: moqui          # refuse cases without RP*.dcm, PlanInfo.txt and *.ptn before upload\(perBeam ? "\n  case_depth: 3               # <room>/<patient>/<study>: G1/DEMO-001/1.2.840.113619.2.55.3.1" : "")
         state:
           database: ./var/mqi.sqlite
@@ -247,8 +287,14 @@ public struct DemoSite: Sendable {
               input_files:
                 - { path: "{case_dir}/moqui_tps\(perBeam ? "_{beam_number}" : "").in", template: moqui_tps.in.tmpl }
             - { name: download_results,  type: download, progress: 90 }
+          # A later fraction's delivery: a stand-in for a log-vs-plan check, once per delivery folder.
+          delivery_check:
+            - { name: upload_delivery,   type: upload,   progress: 10 }
+            - { name: check_delivery,    type: execute,  progress: 50, gpu: false }
+            - { name: download_check,    type: download, progress: 90 }
         # Stand-ins for the real log interpreter and MOQUI (see the comments at the top of each script).
         remote_commands:
+          check_delivery:  "mkdir -p {result_dir} && ls {case_dir}/{delivery} > {result_dir}/delivery_check.txt"
           run_interpreter: "\(interpreterCommand)"
           run_moqui_sim:   "\(simulatorCommand)"
         retry: { max_attempts: 3, initial_delay_sec: 1, max_delay_sec: 60, multiplier: 2 }

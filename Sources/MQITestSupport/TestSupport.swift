@@ -148,3 +148,12 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
+
+/// Runs blocking work (a child process to its end, a cluster's start script) on a thread of its
+/// own, so an async test does not hold one of the few cooperative threads (one per core) that
+/// every other test running beside it needs.
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}

@@ -219,7 +219,7 @@ let badConfigs: [BadConfig] = [
     BadConfig(name: "remote command for a step that does not exist",
               lines: validBase + [#"  run_moqui: "/opt/mqi/moquisim {case_dir}""#],
               keyPath: "remote_commands.run_moqui", line: 10, column: 3,
-              message: "no execute step named 'run_moqui' in any workflow"),
+              message: "no execute or local step named 'run_moqui' in any workflow"),
     BadConfig(name: "{gpu_id} in a step with gpu: false",
               lines: scanner + ["workflows:", "  default_qa:", upload,
                                 "    - { name: run_interpreter, type: execute, progress: 30, gpu: false }"] + commands,

@@ -13,7 +13,7 @@ struct SlurmExecutorTests {
     /// Four steps: upload, the interpreter (1 GPU), the simulation (1 GPU), download. Each
     /// execute step logs its start (with its Slurm job id and CUDA_VISIBLE_DEVICES) and end to a
     /// ledger, and sleeps the seconds in the case's `secs` file (default `seconds`).
-    struct Site {
+    struct Site: Sendable {
         let temp: TemporaryDirectory
         let cluster: SlurmCluster
         var config: String { temp.file("config.yaml") }
@@ -85,8 +85,9 @@ struct SlurmExecutorTests {
                                   environment: cluster.environment.merging(["PATH": path]) { $1 })
         }
 
-        func cli(_ arguments: [String]) throws -> (status: Int32, output: String) {
-            try runProcess(try mqiExecutable(), arguments + ["--config", config])
+        func cli(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+            let (executable, config) = (try mqiExecutable(), config)
+            return try await offPool { try runProcess(executable, arguments + ["--config", config]) }
         }
 
         struct Line {
@@ -126,8 +127,9 @@ struct SlurmExecutorTests {
         }
 
         /// The communicator's jobs Slurm knows now (all states): id, name, state.
-        func squeue() -> [(id: String, name: String, state: String)] {
-            guard let result = try? runProcess("/usr/bin/env", ["squeue", "-h", "--states=all", "-o", "%i|%j|%T"], environment: cluster.environment),
+        func squeue() async -> [(id: String, name: String, state: String)] {
+            let environment = cluster.environment
+            guard let result = try? await offPool({ try runProcess("/usr/bin/env", ["squeue", "-h", "--states=all", "-o", "%i|%j|%T"], environment: environment) }),
                   result.status == 0 else { return [] }
             return result.output.split(separator: "\n").compactMap { line in
                 let p = line.split(separator: "|").map(String.init)
@@ -145,7 +147,7 @@ struct SlurmExecutorTests {
     static func sample(_ site: Site, until done: @escaping @Sendable () async -> Bool) async -> (most: Int, samples: Int) {
         var most = 0, samples = 0
         while await !done() {
-            let jobs = site.squeue().filter { active.contains($0.state) }
+            let jobs = await site.squeue().filter { active.contains($0.state) }
             most = max(most, jobs.count)
             samples += 1
             try? await Task.sleep(for: .milliseconds(200))
@@ -155,7 +157,7 @@ struct SlurmExecutorTests {
 
     @Test(.timeLimit(.minutes(4)))
     func tenCasesRunOnceEachAndSlurmPlacesThem() async throws {
-        let site = try Site(maxJobs: 3, seconds: 1)
+        let site = try await offPool { try Site(maxJobs: 3, seconds: 1) }
         defer { site.cluster.stop(); site.temp.remove() }
         let names = (1...10).map { String(format: "SLURM-%03d", $0) }
         for name in names { try site.addCase(name) }
@@ -193,7 +195,7 @@ struct SlurmExecutorTests {
     /// a plain account (bash login shell), whose jobs Slurm runs as that account.
     @Test(.enabled(if: SSHServer.isAvailable, "sshd is not installed"), .timeLimit(.minutes(4)))
     func overSSHTheJobsAreSubmittedOnTheHPCSide() async throws {
-        let cluster = try SlurmCluster()
+        let cluster = try await offPool { try SlurmCluster() }
         defer { cluster.stop() }
         let server = try SSHServer(loginShell: "/bin/bash", extraConfig: "SetEnv SLURM_CONF=\(cluster.confPath)")
         defer { server.remove() }
@@ -204,7 +206,7 @@ struct SlurmExecutorTests {
         }
         try server.giveToUser(hpcRoot)
         let ssh = "ssh: { host: 127.0.0.1, port: \(server.port), user: \(server.user), identity_file: \(ShellQuote.quote(server.userKeyPath)), known_hosts_file: \(ShellQuote.quote(server.knownHostsPath)), connect_timeout_sec: 5, max_new_connections_per_min: 30 }"
-        let site = try Site(seconds: 1, hpcYAML: "hpc: { transport: ssh, executor: slurm, \(ssh)", root: hpcRoot, cluster: cluster)
+        let site = try await offPool { try Site(seconds: 1, hpcYAML: "hpc: { transport: ssh, executor: slurm, \(ssh)", root: hpcRoot, cluster: cluster) }
         defer { site.temp.remove() }
         // The jobs (run as the ssh account) read the step script and write the ledger.
         chmod(site.temp.path, 0o755)
@@ -228,7 +230,7 @@ struct SlurmExecutorTests {
 
     @Test(.timeLimit(.minutes(4)))
     func killMinusNineTwiceWhileJobsAreQueuedAndRunningSubmitsNothingTwice() async throws {
-        let site = try Site(seconds: 2)
+        let site = try await offPool { try Site(seconds: 2) }
         defer { site.cluster.stop(); site.temp.remove() }
         let names = (1...8).map { String(format: "KILL-%03d", $0) }
         for name in names { try site.addCase(name) }
@@ -237,7 +239,7 @@ struct SlurmExecutorTests {
         for round in 1...2 {
             // Wait until Slurm holds a running and a queued job of ours, then kill -9.
             let busy = await eventually(within: 60) {
-                let jobs = site.squeue()
+                let jobs = await site.squeue()
                 return jobs.contains { $0.state == "RUNNING" } && jobs.contains { $0.state == "PENDING" }
             }
             #expect(busy, "round \(round): never saw a running and a queued job")
@@ -261,7 +263,7 @@ struct SlurmExecutorTests {
 
     @Test(.timeLimit(.minutes(3)))
     func aCrashRightAfterSbatchBeforeTheIdIsRecordedSubmitsNothingTwice() async throws {
-        let site = try Site(seconds: 1)
+        let site = try await offPool { try Site(seconds: 1) }
         defer { site.cluster.stop(); site.temp.remove() }
         // An sbatch that, the first time, lets the job be queued, then kills the daemon and the
         // script that ran it before it can write the job id down.
@@ -300,7 +302,7 @@ struct SlurmExecutorTests {
 
     @Test(.timeLimit(.minutes(4)))
     func scancelFromOutsideCancelFromTheCLIAndTimeoutSayWhatHappened() async throws {
-        let site = try Site(seconds: 0.2, timeoutSec: 15)
+        let site = try await offPool { try Site(seconds: 0.2, timeoutSec: 15) }
         defer { site.cluster.stop(); site.temp.remove() }
         try site.addCase("OUTSIDE", seconds: 60)
         try site.addCase("OPERATOR", seconds: 60)
@@ -316,9 +318,10 @@ struct SlurmExecutorTests {
         let slowNow = try await store.caseSummary("SLOW")
         #expect(queued, "SLOW never showed as queued in Slurm: \(String(describing: slowNow))")
         let outside = try #require(try await store.schedulerJobs(caseId: "OUTSIDE").last)
-        let scancel = try runProcess("/usr/bin/env", ["scancel", outside.jobId], environment: site.cluster.environment)
+        let (jobId, environment) = (outside.jobId, site.cluster.environment)
+        let scancel = try await offPool { try runProcess("/usr/bin/env", ["scancel", jobId], environment: environment) }
         #expect(scancel.status == 0, "\(scancel.output)")
-        let cancel = try site.cli(["cases", "cancel", "OPERATOR"])
+        let cancel = try await site.cli(["cases", "cancel", "OPERATOR"])
         #expect(cancel.status == 0, "\(cancel.output)")
         #expect(await eventually(within: 30) {
             let outside = (try? await store.caseSummary("OUTSIDE"))??.status
@@ -328,18 +331,20 @@ struct SlurmExecutorTests {
         let failed = try #require(try await store.caseSummary("OUTSIDE"))
         #expect(failed.error?.contains("cancelled in Slurm") == true, "\(failed.error ?? "")")
         let operatorJob = try #require(try await store.schedulerJobs(caseId: "OPERATOR").last)
-        #expect(await eventually(within: 30) { !site.squeue().contains { $0.id == operatorJob.jobId && Self.active.contains($0.state) } },
-                "the cancelled case's job is still in squeue: \(site.squeue())")
+        let jobGone = await eventually(within: 30) { await !site.squeue().contains { $0.id == operatorJob.jobId && Self.active.contains($0.state) } }
+        let queueNow = await site.squeue()
+        #expect(jobGone, "the cancelled case's job is still in squeue: \(queueNow)")
         // SLOW runs over its 15 s timeout.
         #expect(await eventually(within: 60) { ((try? await store.caseSummary("SLOW"))??.status) == .failed })
         let slow = try #require(try await store.caseSummary("SLOW"))
         #expect(slow.error?.contains("TIMEOUT") == true, "\(slow.error ?? "")")
-        #expect(!site.squeue().contains { Self.active.contains($0.state) }, "jobs left in Slurm: \(site.squeue())")
+        let left = await site.squeue().filter { Self.active.contains($0.state) }
+        #expect(left.isEmpty, "jobs left in Slurm: \(left)")
     }
 
     @Test(.timeLimit(.minutes(4)))
     func onePollAsksSlurmOnceForTwentyJobs() async throws {
-        let site = try Site(seconds: 8, pollSec: 1, gpus: 0)
+        let site = try await offPool { try Site(seconds: 8, pollSec: 1, gpus: 0) }
         defer { site.cluster.stop(); site.temp.remove() }
         // A squeue that counts its runs.
         let realSqueue = try #require(["/usr/bin/squeue", "/usr/local/bin/squeue"].first { FileManager.default.isExecutableFile(atPath: $0) })
@@ -354,11 +359,13 @@ struct SlurmExecutorTests {
         for name in names { try site.addCase(name) }
         let daemon = try site.start("daemon")
         defer { daemon.signal(SIGKILL) }
-        #expect(await eventually(within: 60) { site.squeue().filter { Self.active.contains($0.state) }.count >= 20 }, "20 jobs never were in flight: \(site.squeue())")
+        let twenty = await eventually(within: 60) { await site.squeue().filter { Self.active.contains($0.state) }.count >= 20 }
+        let queued = await site.squeue()
+        #expect(twenty, "20 jobs never were in flight: \(queued)")
         let before = ((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "").split(separator: "\n").count
         let window = 5.0
         try await Task.sleep(for: .seconds(window))
-        let inFlight = site.squeue().filter { Self.active.contains($0.state) }.count
+        let inFlight = await site.squeue().filter { Self.active.contains($0.state) }.count
         let runs = ((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "").split(separator: "\n").count - before
         print("squeue ran \(runs) time(s) in \(window) s with \(inFlight) job(s) in flight, poll_interval_sec 1")
         #expect(inFlight >= 15)

@@ -25,7 +25,8 @@ struct DoorbellTests {
         let doorbell = Doorbell()
         let took = await Self.elapsed { await doorbell.wait(upTo: 0.05) }
         #expect(took >= .milliseconds(40))
-        #expect(took < .seconds(10))
+        // Seconds, not minutes: under the whole suite on 2 cores a wake-up can come late.
+        #expect(took < .seconds(30))
     }
 
     @Test("several rings before a wait wake only one wait")

@@ -109,10 +109,10 @@ struct LocalStepExecutorTests {
         defer { temp.remove() }
         let executor = LocalStepExecutor(uploadDir: temp.file("upload"), pollInterval: 0.05)
         let ledger = temp.file("ledger")
-        // 4 s: still running when the test looks, even on a loaded machine.
-        let run = Self.run(temp, "echo started >> \(ShellQuote.quote(ledger)); sleep 4; echo finished >> \(ShellQuote.quote(ledger))")
+        // 8 s: still running when the test looks, even on a loaded machine.
+        let run = Self.run(temp, "echo started >> \(ShellQuote.quote(ledger)); sleep 8; echo finished >> \(ShellQuote.quote(ledger))")
         let first = Task { try await executor.execute(run) { false } }
-        #expect(await eventually(within: 5) { Self.count(ledger) == 1 })
+        #expect(await eventually(within: 20) { Self.count(ledger) == 1 })
         first.cancel()
         await #expect(throws: CancellationError.self) { try await first.value }
         // Still running after the "daemon" stopped waiting.

@@ -116,6 +116,7 @@ enum Dashboard {
             "failureClass": c.failureClass.map { PageTemplate.failureClass.render(["failureClass": escape($0.rawValue)]) } ?? "",
             "actions": actions, "planBeams": planBeamsPanel(detail.planBeams),
             "beamRunsHidden": c.beams.isEmpty ? " hidden" : "", "beamRuns": beamRunsTable(c.beams),
+            "fractionsHidden": detail.fractions.isEmpty ? " hidden" : "", "fractions": fractionsTable(detail.fractions),
             "slurmJobsHidden": detail.jobs.isEmpty ? " hidden" : "", "slurmJobs": schedulerJobsTable(detail.jobs),
             "steps": stepper(detail), "timeline": timelineTable(detail.timeline),
             "logName": detail.log.map { "\(escape($0.step)) · attempt \($0.attempt)" } ?? "",
@@ -328,6 +329,35 @@ enum Dashboard {
             ])
         }.joined()
         return PageTemplate.slurmJobsTable.render(["rows": rows])
+    }
+
+    /// The case's fractions: a header row per fraction (number, complete or not, anomaly), then
+    /// a row per delivery folder (folder, start, beam, follow-up job with its status).
+    static func fractionsTable(_ fractions: [FractionRecord]) -> String {
+        let rows = fractions.map { fraction in
+            PageTemplate.fractionRow.render([
+                "number": "\(fraction.number)", "complete": "\(fraction.complete)",
+                "stateClass": fraction.complete ? "complete" : "incomplete", "state": fraction.complete ? "complete" : "incomplete",
+                "anomaly": fraction.anomaly.map { PageTemplate.fractionAnomaly.render(["anomaly": escape($0)]) } ?? "",
+            ]) + fraction.deliveries.map { delivery in
+                PageTemplate.deliveryRow.render([
+                    "folder": escape(delivery.folder), "start": time(delivery.start), "beam": delivery.beam.map(String.init) ?? "–",
+                    "job": followupJob(delivery),
+                ])
+            }.joined()
+        }.joined()
+        return PageTemplate.fractionsTable.render(["rows": rows])
+    }
+
+    /// A delivery's follow-up job: a link to its case page with its status, "—" while a
+    /// follow-up has none yet, or "case's own" for a delivery the case was registered with.
+    static func followupJob(_ delivery: DeliveryRecord) -> String {
+        if let jobId = delivery.jobId {
+            return PageTemplate.deliveryJob.render([
+                "casePath": StepLogs.pathEscaped(jobId), "jobId": escape(jobId), "badge": delivery.jobStatus.map(badge) ?? "",
+            ])
+        }
+        return PageTemplate.deliveryJobNone.render(["label": escape(delivery.followup ? "—" : "case's own")])
     }
 
     static func historyTable(_ history: [CaseHistoryEntry]) -> String {

@@ -85,4 +85,10 @@ struct PageTemplate: Sendable {
     static let slurmJobRow = PageTemplate(PackageResources.slurm_job_row_html)
     static let historyTable = PageTemplate(PackageResources.history_table_html)
     static let historyRow = PageTemplate(PackageResources.history_row_html)
+    static let fractionsTable = PageTemplate(PackageResources.fractions_table_html)
+    static let fractionRow = PageTemplate(PackageResources.fraction_row_html)
+    static let fractionAnomaly = PageTemplate(PackageResources.fraction_anomaly_html)
+    static let deliveryRow = PageTemplate(PackageResources.delivery_row_html)
+    static let deliveryJob = PageTemplate(PackageResources.delivery_job_html)
+    static let deliveryJobNone = PageTemplate(PackageResources.delivery_job_none_html)
 }

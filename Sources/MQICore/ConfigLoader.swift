@@ -424,25 +424,32 @@ private final class ConfigParser {
     func slurm(_ hpc: Fields) -> SlurmConfig? {
         guard let fields = mapping(hpc["slurm"], "hpc.slurm") else { return nil }
         defer { finish(fields, allowed: ["partition", "account", "qos", "max_jobs", "poll_interval_sec", "extra_args"]) }
-        var extra: [String] = []
-        if let node = fields["extra_args"], !isNull(node) {
-            if case .sequence(let sequence) = node {
-                for (index, item) in sequence.enumerated() {
-                    guard case .scalar(let scalar) = item, scalar.string.hasPrefix("-") else {
-                        fail(item, "hpc.slurm.extra_args[\(index)]", "expected an sbatch option like --mem=8G, got \(describe(item))")
-                        continue
-                    }
-                    extra.append(scalar.string)
-                }
-            } else {
-                fail(node, "hpc.slurm.extra_args", "expected a list of sbatch options like [\"--mem=8G\"], got \(describe(node))")
-            }
-        }
+        let extra = optionList(fields, "extra_args", "hpc.slurm.extra_args", item: "an sbatch option like --mem=8G",
+                               list: "a list of sbatch options like [\"--mem=8G\"]") { $0.hasPrefix("-") }
         return SlurmConfig(
             partition: nonEmptyString(fields, "partition"), account: nonEmptyString(fields, "account"), qos: nonEmptyString(fields, "qos"),
             maxJobs: integer(fields, "max_jobs", default: 32, min: 1),
             pollIntervalSec: number(fields, "poll_interval_sec", default: 5, min: 0, exclusiveMin: true),
             extraArgs: extra)
+    }
+
+    /// A list of command-line options (`hpc.ssh.extra_options`, `hpc.slurm.extra_args`): each item
+    /// a string that passes `valid`; a wrong item or a non-list names the key and its line.
+    func optionList(_ fields: Fields, _ key: String, _ path: String, item: String, list: String, valid: (String) -> Bool) -> [String] {
+        guard let node = fields[key], !isNull(node) else { return [] }
+        guard case .sequence(let sequence) = node else {
+            fail(node, path, "expected \(list), got \(describe(node))")
+            return []
+        }
+        var options: [String] = []
+        for (index, element) in sequence.enumerated() {
+            guard case .scalar(let scalar) = element, valid(scalar.string) else {
+                fail(element, "\(path)[\(index)]", "expected \(item), got \(describe(element))")
+                continue
+            }
+            options.append(scalar.string)
+        }
+        return options
     }
 
     static let sshKeys = ["host", "port", "user", "identity_file", "known_hosts_file", "strict_host_key_checking",
@@ -452,20 +459,8 @@ private final class ConfigParser {
         guard let fields = mapping(hpc["ssh"], "hpc.ssh") else { return nil }
         defer { finish(fields, allowed: Self.sshKeys) }
         guard let host = nonEmptyString(fields, "host", required: true) else { return nil }
-        var extra: [String] = []
-        if let node = fields["extra_options"], !isNull(node) {
-            if case .sequence(let sequence) = node {
-                for (index, item) in sequence.enumerated() {
-                    guard case .scalar(let scalar) = item, scalar.string.contains("=") else {
-                        fail(item, "hpc.ssh.extra_options[\(index)]", "expected an ssh option like Key=Value, got \(describe(item))")
-                        continue
-                    }
-                    extra.append(scalar.string)
-                }
-            } else {
-                fail(node, "hpc.ssh.extra_options", "expected a list of Key=Value ssh options, got \(describe(node))")
-            }
-        }
+        let extra = optionList(fields, "extra_options", "hpc.ssh.extra_options", item: "an ssh option like Key=Value",
+                               list: "a list of Key=Value ssh options") { $0.contains("=") }
         return SSHConfig(
             host: host, port: integer(fields, "port", default: 22, min: 1, max: 65535),
             user: nonEmptyString(fields, "user"),

@@ -134,18 +134,33 @@ public final class MQIProcess: @unchecked Sendable {
 
 /// Runs `executable arguments...` to its end with stdin on /dev/null and stdout and stderr
 /// together (the environment is this process's, with `environment` merged over it).
+///
+/// The output goes to a temporary file, not a pipe: a pipe's write end can leak into a child
+/// another test starts at the same moment (Foundation's Process does not close it there), and a
+/// long-lived one (sshd, storescp, a daemon) would then keep the read from ever ending — seen
+/// here as a test's cooperative thread blocked for minutes.
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+    let outputPath = (NSTemporaryDirectory() as NSString).appendingPathComponent("mqi-run-\(UUID().uuidString)")
+    guard FileManager.default.createFile(atPath: outputPath, contents: nil), let output = FileHandle(forWritingAtPath: outputPath) else {
+        throw TestSupportError("cannot create \(outputPath) for the output of \(executable)")
+    }
+    defer { try? FileManager.default.removeItem(atPath: outputPath) }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
+    process.standardOutput = output
+    process.standardError = output
     process.standardInput = FileHandle.nullDevice
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    do {
+        try process.run()
+    } catch {
+        try? output.close()
+        throw error
+    }
+    try? output.close()
     process.waitUntilExit()
+    let data = FileManager.default.contents(atPath: outputPath) ?? Data()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
 

@@ -282,11 +282,8 @@ public struct SSHStepExecutor: StepExecutor {
             default:
                 break  // running, or nopid for the moment between start and the wrapper's first line
             }
-            var decided: StepOutcome?
-            if await shouldCancel() {
-                decided = .cancelled
-            } else if let timeout = run.timeoutSec, let elapsed = result.elapsed, elapsed >= timeout {
-                decided = .failed(reason: "timed out after \(LocalStepExecutor.format(timeout)) s (timeout_sec); the process group was killed")
+            let decided = await run.stopDecision(elapsed: result.elapsed, shouldCancel: shouldCancel) { timeout in
+                "timed out after \(LocalStepExecutor.format(timeout)) s (timeout_sec); the process group was killed"
             }
             if let decided {
                 try await stop(run)

@@ -284,11 +284,8 @@ public struct SlurmStepExecutor: StepExecutor {
             if let outcome = try await ended(run, jobId: jobId, state: state!, reason: reason, exitCode: exitCode, snapshot: snapshot) {
                 return outcome
             }
-            var decided: StepOutcome?
-            if await shouldCancel() {
-                decided = .cancelled
-            } else if let timeout = run.timeoutSec, let elapsed = snapshot.elapsed, elapsed >= timeout {
-                decided = .failed(reason: "TIMEOUT: ran over timeout_sec (\(LocalStepExecutor.format(timeout)) s); Slurm job \(jobId) was cancelled")
+            let decided = await run.stopDecision(elapsed: snapshot.elapsed, shouldCancel: shouldCancel) { timeout in
+                "TIMEOUT: ran over timeout_sec (\(LocalStepExecutor.format(timeout)) s); Slurm job \(jobId) was cancelled"
             }
             if let decided {
                 try await stop(run)

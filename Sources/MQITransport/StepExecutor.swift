@@ -42,6 +42,15 @@ public struct StepRun: Sendable, Equatable {
         self.logPath = logPath
     }
 
+    /// Whether a supervisor stops this attempt now: `shouldCancel` (an operator, a failure line)
+    /// says so, or it has run `elapsed` ≥ `timeout_sec` seconds (the outcome's reason from
+    /// `timedOut`). Nil: let it run.
+    public func stopDecision(elapsed: Double?, shouldCancel: () async -> Bool, timedOut: (Double) -> String) async -> StepOutcome? {
+        if await shouldCancel() { return .cancelled }
+        if let timeoutSec, let elapsed, elapsed >= timeoutSec { return .failed(reason: timedOut(timeoutSec)) }
+        return nil
+    }
+
     /// Environment the command runs with.
     /// Under a scheduler `CUDA_VISIBLE_DEVICES` is left to it, and `MQI_GPU_IDS` holds ordinals.
     public var environment: [String: String] {

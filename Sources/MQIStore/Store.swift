@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import GRDB
 import MQICore
 
@@ -26,7 +29,32 @@ public struct Store: Sendable {
         self.maxDeliveries = max(1, maxDeliveries)
         self.bell = bell
         try Self.refuseNewerSchema(pool, path: path)
+        // Two processes opening a new (or older) database at once (the daemon starting, the CLI
+        // beside it) would both see a migration as missing and the second would fail on it
+        // ("duplicate column"): one migrates at a time, the other then finds nothing to do.
+        let lock = Self.lockDirectory(directory)
+        defer { Self.unlock(lock) }
         try Self.migrator.migrate(pool)
+    }
+
+    /// An exclusive flock on the database's directory (a lock no SQLite lock touches, and no
+    /// new file whose owner could lock another account out); -1 when it cannot be had.
+    static func lockDirectory(_ directory: String) -> Int32 {
+        let fd = Glibc.open(directory.isEmpty ? "." : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return -1 }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR {
+                close(fd)
+                return -1
+            }
+        }
+        return fd
+    }
+
+    static func unlock(_ fd: Int32) {
+        guard fd >= 0 else { return }
+        _ = flock(fd, LOCK_UN)
+        close(fd)
     }
 
     static var migrator: DatabaseMigrator {

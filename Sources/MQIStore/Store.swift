@@ -17,6 +17,12 @@ public struct Store: Sendable {
     public init(path: String, maxDeliveries: Int = 5, bell: QueueBell = QueueBell(), now: @escaping @Sendable () -> Date = { Date() }) throws {
         let directory = (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Two processes opening a new (or older) database at once (the daemon starting, the CLI
+        // beside it) would race on switching a new file to WAL ("database is locked") and on the
+        // migrations (both see one missing; the second fails with "duplicate column"): one opens
+        // and migrates at a time, the other then finds nothing to do.
+        let lock = Self.lockDirectory(directory)
+        defer { Self.unlock(lock) }
         var configuration = Configuration()
         // Writers from other processes (the CLI next to the daemon) wait instead of failing with
         // "database is locked".
@@ -29,11 +35,6 @@ public struct Store: Sendable {
         self.maxDeliveries = max(1, maxDeliveries)
         self.bell = bell
         try Self.refuseNewerSchema(pool, path: path)
-        // Two processes opening a new (or older) database at once (the daemon starting, the CLI
-        // beside it) would both see a migration as missing and the second would fail on it
-        // ("duplicate column"): one migrates at a time, the other then finds nothing to do.
-        let lock = Self.lockDirectory(directory)
-        defer { Self.unlock(lock) }
         try Self.migrator.migrate(pool)
     }
 

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// One page of cases, newest first, and the cursor of the next page (nil on the last page).
@@ -36,7 +35,7 @@ extension Store {
             position = decoded
         }
         var conditions: [String] = []
-        var arguments: [(any DatabaseValueConvertible)?] = []
+        var arguments: [(any SQLBindable)?] = []
         if let status {
             conditions.append("status = ?")
             arguments.append(status.rawValue)
@@ -54,9 +53,9 @@ extension Store {
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         arguments.append(limit + 1)
         let sql = "SELECT rowid AS _rowid, CAST(created_at AS TEXT) AS _created, * FROM cases \(whereClause) ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        let finalArguments = StatementArguments(arguments)
+        let finalArguments = SQLArguments(arguments)
         return try await pool.read { db in
-            let rows = try Row.fetchAll(db, sql: sql, arguments: finalArguments)
+            let rows = try SQLRow.fetchAll(db, sql: sql, arguments: finalArguments)
             let page = rows.prefix(limit)
             var next: String?
             if rows.count > limit, let last = page.last {
@@ -74,14 +73,14 @@ extension Store {
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT 51"
         let statement = sql
         return try await pool.read { db in
-            try Row.fetchAll(db, sql: statement).map { $0["detail"] as String? ?? "" }
+            try SQLRow.fetchAll(db, sql: statement).map { $0["detail"] as String? ?? "" }
         }
     }
 
     /// Cases changed at or after `since` (by `updated_at`), oldest change first, at most `limit`.
     public func casesUpdated(since: Date, limit: Int = 500) async throws -> [CaseSummary] {
         try await pool.read { db in
-            try Self.withBeams(db, Row.fetchAll(db, sql: "SELECT * FROM cases WHERE updated_at >= ? ORDER BY updated_at, rowid LIMIT ?",
+            try Self.withBeams(db, SQLRow.fetchAll(db, sql: "SELECT * FROM cases WHERE updated_at >= ? ORDER BY updated_at, rowid LIMIT ?",
                                                 arguments: [since, limit]).map(Self.summary))
         }
     }
@@ -96,7 +95,7 @@ extension Store {
     public func throughput(since: Date, until: Date) async throws -> [ThroughputBucket] {
         let counts = try await pool.read { db -> [String: (Int, Int, Int)] in
             var counts: [String: (Int, Int, Int)] = [:]
-            for row in try Row.fetchAll(db, sql: """
+            for row in try SQLRow.fetchAll(db, sql: """
                 SELECT substr(finished_at, 1, 13) AS hour, status, count(*) AS n FROM cases
                 WHERE finished_at >= ? GROUP BY hour, status
                 """, arguments: [since]) {

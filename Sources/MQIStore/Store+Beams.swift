@@ -1,16 +1,15 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// The beam runs of `for_each: beam` steps.
 extension Store {
-    static func loadBeams(_ db: Database, caseId: String, stepIndex: Int?) throws -> [BeamRun] {
+    static func loadBeams(_ db: any SQLConnection, caseId: String, stepIndex: Int?) throws -> [BeamRun] {
         guard let stepIndex else { return [] }
-        return try Row.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id = ? AND step_index = ? ORDER BY beam",
+        return try SQLRow.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id = ? AND step_index = ? ORDER BY beam",
                                 arguments: [caseId, stepIndex]).map(beamRun)
     }
 
-    static func beamRun(_ row: Row) -> BeamRun {
+    static func beamRun(_ row: SQLRow) -> BeamRun {
         BeamRun(beam: row["beam"], status: BeamRun.Status(rawValue: row["status"]) ?? .failed, attempt: row["attempt"],
                 gpuIds: decodeGPUs(row["gpu_ids"]), progress: row["progress"], error: row["error"],
                 startedAt: row["started_at"], finishedAt: row["finished_at"])
@@ -18,7 +17,7 @@ extension Store {
 
     /// Writes the runs of step `stepIndex` as decided; a run that starts (a new attempt) gets
     /// `started_at`, one that ends `finished_at`.
-    static func saveBeams(_ db: Database, caseId: String, stepIndex: Int, beams: [BeamRun], now: Date) throws {
+    static func saveBeams(_ db: any SQLConnection, caseId: String, stepIndex: Int, beams: [BeamRun], now: Date) throws {
         for run in beams {
             let final = run.status == .succeeded || run.status == .failed || run.status == .cancelled
             try db.execute(sql: """
@@ -68,15 +67,15 @@ extension Store {
 
     /// `summaries` with the beam runs of each case's latest `for_each: beam` step attached (one
     /// query per 500 cases).
-    static func withBeams(_ db: Database, _ summaries: [CaseSummary]) throws -> [CaseSummary] {
+    static func withBeams(_ db: any SQLConnection, _ summaries: [CaseSummary]) throws -> [CaseSummary] {
         guard !summaries.isEmpty else { return summaries }
         var runs: [String: (step: Int, runs: [BeamRun])] = [:]
         var start = 0
         while start < summaries.count {
             let ids = summaries[start..<min(start + 500, summaries.count)].map(\.caseId)
             let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id IN (\(marks)) ORDER BY case_id, step_index, beam",
-                                        arguments: StatementArguments(ids)) {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id IN (\(marks)) ORDER BY case_id, step_index, beam",
+                                        arguments: SQLArguments(ids)) {
                 let caseId: String = row["case_id"], step: Int = row["step_index"]
                 if let known = runs[caseId], known.step > step { continue }
                 if runs[caseId]?.step != step { runs[caseId] = (step, []) }
@@ -96,7 +95,7 @@ extension Store {
     public func beamRuns(_ caseId: String) async throws -> [StepBeamRuns] {
         try await pool.read { db in
             var byStep: [Int: [BeamRun]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id = ? ORDER BY step_index, beam", arguments: [caseId]) {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT * FROM beam_runs WHERE case_id = ? ORDER BY step_index, beam", arguments: [caseId]) {
                 byStep[row["step_index"], default: []].append(Self.beamRun(row))
             }
             return byStep.keys.sorted().map { StepBeamRuns(stepIndex: $0, runs: byStep[$0]!) }

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// A decision the store applied, with the case it was for.
@@ -103,7 +102,7 @@ extension Store {
         return applied
     }
 
-    static func dispatchPending(conductor: Conductor, db: Database, now: Date) throws -> [AppliedDecision] {
+    static func dispatchPending(conductor: Conductor, db: any SQLConnection, now: Date) throws -> [AppliedDecision] {
         var applied: [AppliedDecision] = []
         let usable = try usableGPUCount(db)
         for state in try waitingCases(db) {
@@ -124,7 +123,7 @@ extension Store {
     }
 
     /// Cases waiting for GPUs, first come first served.
-    static func waitingCases(_ db: Database) throws -> [CaseState] {
+    static func waitingCases(_ db: any SQLConnection) throws -> [CaseState] {
         let ids = try String.fetchAll(db, sql: """
             SELECT case_id FROM cases WHERE status = ? OR (status = ? AND pending_since IS NOT NULL)
             ORDER BY pending_since, created_at, rowid
@@ -133,13 +132,13 @@ extension Store {
     }
 
     /// Configured GPUs usable at all now: not retired and healthy, whether free, reserved or draining.
-    static func usableGPUCount(_ db: Database) throws -> Int {
+    static func usableGPUCount(_ db: any SQLConnection) throws -> Int {
         try Int.fetchOne(db, sql: "SELECT count(*) FROM gpu_resources WHERE status != 'retired' AND health = 'ok'") ?? 0
     }
 
     /// One warning per case and wait: a waiting case whose step needs more GPUs than are usable
     /// now says so once (in its history and, through the returned item, in the log).
-    static func warnUnservable(conductor: Conductor, db: Database, now: Date) throws -> [AppliedDecision] {
+    static func warnUnservable(conductor: Conductor, db: any SQLConnection, now: Date) throws -> [AppliedDecision] {
         let usable = try usableGPUCount(db)
         var warnings: [AppliedDecision] = []
         for state in try waitingCases(db) where !conductor.canBeServed(state, usable: usable) {
@@ -148,7 +147,7 @@ extension Store {
                               WHERE e.case_id = ? AND e.event = 'waits_for_hardware' AND e.at >= coalesce(c.pending_since, ''))
                 """, arguments: [state.caseId]) ?? false
             if warned { continue }
-            let rows = try Row.fetchAll(db, sql: "SELECT gpu_id, status, health FROM gpu_resources WHERE status != 'retired' ORDER BY gpu_id")
+            let rows = try SQLRow.fetchAll(db, sql: "SELECT gpu_id, status, health FROM gpu_resources WHERE status != 'retired' ORDER BY gpu_id")
             let unhealthy = rows.filter { ($0["health"] as String) != "ok" }.map { row -> String in "GPU \(row["gpu_id"] as Int) \(row["health"] as String)" }
             let needed = conductor.gpuMinimum(state)
             let step = state.stepIndex.flatMap { conductor.workflows[state.workflow]?.steps[$0].name } ?? "?"
@@ -164,7 +163,7 @@ extension Store {
         return warnings
     }
 
-    static func apply(_ decision: Decision, event: ConductorEvent, previous: CaseState, conductor: Conductor, db: Database, now: Date) throws {
+    static func apply(_ decision: Decision, event: ConductorEvent, previous: CaseState, conductor: Conductor, db: any SQLConnection, now: Date) throws {
         let state = decision.state
         let stepName = state.stepIndex.flatMap { index in
             conductor.workflows[state.workflow]?.steps.indices.contains(index) == true
@@ -234,14 +233,14 @@ extension Store {
                     attempt: state.stepIndex == nil ? nil : state.attempt, message: decision.note)
     }
 
-    static func history(_ db: Database, caseId: String, at: Date, event: String, status: CaseStatus, step: String?, attempt: Int?, message: String) throws {
+    static func history(_ db: any SQLConnection, caseId: String, at: Date, event: String, status: CaseStatus, step: String?, attempt: Int?, message: String) throws {
         try db.execute(sql: """
             INSERT INTO case_events (case_id, at, event, status, step, attempt, message) VALUES (?, ?, ?, ?, ?, ?, ?)
             """, arguments: [caseId, at, event, status.rawValue, step, attempt, message])
     }
 
-    static func caseState(_ db: Database, _ caseId: String) throws -> CaseState? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]) else { return nil }
+    static func caseState(_ db: any SQLConnection, _ caseId: String) throws -> CaseState? {
+        guard let row = try SQLRow.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]) else { return nil }
         var state = CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
                          stepIndex: row["step_index"], attempt: row["attempt"], gpuIds: decodeGPUs(row["gpu_ids"]),
                          progress: row["progress"], error: row["error"],
@@ -251,7 +250,7 @@ extension Store {
         return state
     }
 
-    static func freeGPUs(_ db: Database) throws -> [Int] {
+    static func freeGPUs(_ db: any SQLConnection) throws -> [Int] {
         try Int.fetchAll(db, sql: "SELECT gpu_id FROM gpu_resources WHERE status = 'free' AND health = 'ok' ORDER BY gpu_id")
     }
 
@@ -276,11 +275,11 @@ extension Store {
             }
             // Who really holds each GPU: cases that are running or about to, by their gpu_ids.
             var holders: [Int: String] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT case_id, gpu_ids FROM cases WHERE status = 'PROCESSING' AND gpu_ids != ''") {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT case_id, gpu_ids FROM cases WHERE status = 'PROCESSING' AND gpu_ids != ''") {
                 for gpu in Self.decodeGPUs(row["gpu_ids"]) { holders[gpu] = row["case_id"] }
             }
             var freed: [Int] = []
-            for row in try Row.fetchAll(db, sql: "SELECT gpu_id, reserved_by FROM gpu_resources") {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT gpu_id, reserved_by FROM gpu_resources") {
                 let gpu: Int = row["gpu_id"]
                 let reservedBy: String? = row["reserved_by"]
                 if let holder = holders[gpu] {
@@ -299,7 +298,7 @@ extension Store {
 
     public func gpus() async throws -> [GPUResource] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM gpu_resources ORDER BY gpu_id").map { row in
+            try SQLRow.fetchAll(db, sql: "SELECT * FROM gpu_resources ORDER BY gpu_id").map { row in
                 GPUResource(gpuId: row["gpu_id"], status: GPUResource.Status(rawValue: row["status"]) ?? .retired,
                             reservedBy: row["reserved_by"], reservedAt: row["reserved_at"],
                             health: GPUResource.Health(rawValue: row["health"]) ?? .ok, name: row["name"], uuid: row["uuid"],
@@ -320,7 +319,7 @@ extension Store {
         let now = now()
         return try await pool.write { db in
             var recovered: [Int] = []
-            for row in try Row.fetchAll(db, sql: "SELECT gpu_id, status, health FROM gpu_resources WHERE status != 'retired'") {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT gpu_id, status, health FROM gpu_resources WHERE status != 'retired'") {
                 let id: Int = row["gpu_id"]
                 let status: String = row["status"]
                 let before = GPUResource.Health(rawValue: row["health"]) ?? .ok
@@ -359,7 +358,7 @@ extension Store {
 
     public func caseSummary(_ caseId: String) async throws -> CaseSummary? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]).map { try Self.withBeams(db, [Self.summary($0)])[0] }
+            try SQLRow.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]).map { try Self.withBeams(db, [Self.summary($0)])[0] }
         }
     }
 
@@ -367,16 +366,16 @@ extension Store {
     public func cases(status: CaseStatus? = nil, limit: Int = 10_000) async throws -> [CaseSummary] {
         try await pool.read { db in
             if let status {
-                return try Row.fetchAll(db, sql: "SELECT * FROM cases WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                return try SQLRow.fetchAll(db, sql: "SELECT * FROM cases WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
                                         arguments: [status.rawValue, limit]).map(Self.summary).withBeams(db)
             }
-            return try Row.fetchAll(db, sql: "SELECT * FROM cases ORDER BY created_at DESC, rowid DESC LIMIT ?", arguments: [limit]).map(Self.summary).withBeams(db)
+            return try SQLRow.fetchAll(db, sql: "SELECT * FROM cases ORDER BY created_at DESC, rowid DESC LIMIT ?", arguments: [limit]).map(Self.summary).withBeams(db)
         }
     }
 
     public func history(_ caseId: String) async throws -> [CaseHistoryEntry] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM case_events WHERE case_id = ? ORDER BY id", arguments: [caseId]).map { row in
+            try SQLRow.fetchAll(db, sql: "SELECT * FROM case_events WHERE case_id = ? ORDER BY id", arguments: [caseId]).map { row in
                 CaseHistoryEntry(at: row["at"], event: row["event"], status: CaseStatus(rawValue: row["status"]) ?? .failed,
                                  step: row["step"], attempt: row["attempt"], message: row["message"])
             }
@@ -387,7 +386,7 @@ extension Store {
     public func statusCounts() async throws -> [CaseStatus: Int] {
         try await pool.read { db in
             var counts = Dictionary(uniqueKeysWithValues: CaseStatus.allCases.map { ($0, 0) })
-            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM cases GROUP BY status") {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT status, count(*) AS n FROM cases GROUP BY status") {
                 if let status = CaseStatus(rawValue: row["status"]) { counts[status] = row["n"] }
             }
             return counts
@@ -403,7 +402,7 @@ extension Store {
         }
     }
 
-    static func summary(_ row: Row) -> CaseSummary {
+    static func summary(_ row: SQLRow) -> CaseSummary {
         CaseSummary(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
                     workflowStep: row["workflow_step"], progress: row["progress"], gpuIds: decodeGPUs(row["gpu_ids"]),
                     attempt: row["attempt"], error: row["error"], createdAt: row["created_at"], updatedAt: row["updated_at"],
@@ -414,5 +413,5 @@ extension Store {
 }
 
 extension Array where Element == CaseSummary {
-    func withBeams(_ db: Database) throws -> [CaseSummary] { try Store.withBeams(db, self) }
+    func withBeams(_ db: any SQLConnection) throws -> [CaseSummary] { try Store.withBeams(db, self) }
 }

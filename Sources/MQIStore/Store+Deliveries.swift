@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// A delivery folder of a case as recorded, with its follow-up job's status.
@@ -54,7 +53,7 @@ extension Store {
     /// The case's recorded deliveries in time order, with their follow-up jobs' status.
     public func deliveries(caseId: String) async throws -> [DeliveryRecord] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try SQLRow.fetchAll(db, sql: """
                 SELECT d.*, c.status AS job_status FROM deliveries d LEFT JOIN cases c ON c.case_id = d.job_id
                 WHERE d.case_id = ? ORDER BY d.started_at, d.folder
                 """, arguments: [caseId]).map { row in
@@ -76,7 +75,7 @@ extension Store {
     /// there): the follow-ups to start now.
     public func followupsDue() async throws -> [(caseId: String, folder: String)] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: """
+            try SQLRow.fetchAll(db, sql: """
                 SELECT d.case_id, d.folder FROM deliveries d JOIN cases c ON c.case_id = d.case_id
                 WHERE d.followup = 1 AND d.job_id IS NULL AND c.status = 'COMPLETED' ORDER BY d.started_at, d.folder
                 """).map { ($0["case_id"], $0["folder"]) }
@@ -93,7 +92,7 @@ extension Store {
             try db.execute(sql: "UPDATE deliveries SET job_id = ? WHERE case_id = ? AND folder = ? AND job_id IS NULL",
                            arguments: [jobId, caseId, folder])
             guard db.changesCount == 1 else { return false }
-            let parent = try Row.fetchOne(db, sql: "SELECT patient_id, beam_numbers FROM cases WHERE case_id = ?", arguments: [caseId])
+            let parent = try SQLRow.fetchOne(db, sql: "SELECT patient_id, beam_numbers FROM cases WHERE case_id = ?", arguments: [caseId])
             let beam = try Int.fetchOne(db, sql: "SELECT beam FROM deliveries WHERE case_id = ? AND folder = ?", arguments: [caseId, folder])
             try db.execute(sql: """
                 INSERT INTO cases (case_id, status, workflow, created_at, updated_at, patient_id, beam_numbers) VALUES (?, ?, ?, ?, ?, ?, ?)

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 extension Store {
@@ -17,7 +16,7 @@ extension Store {
 
     public func hosts() async throws -> [HostState] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM hosts ORDER BY host").map {
+            try SQLRow.fetchAll(db, sql: "SELECT * FROM hosts ORDER BY host").map {
                 HostState(host: $0["host"], reachable: $0["reachable"], since: $0["since"], reason: $0["reason"])
             }
         }

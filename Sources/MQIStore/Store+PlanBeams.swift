@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// One treatment beam of a case's RT plan, as the CLI, API and dashboard show it.
@@ -25,7 +24,7 @@ extension Store {
         try await pool.read { db in
             let delivered = Set(Store.decodeGPUs(try String.fetchOne(db, sql: "SELECT beam_numbers FROM cases WHERE case_id = ?",
                                                               arguments: [caseId]) ?? ""))
-            return try Row.fetchAll(db, sql: """
+            return try SQLRow.fetchAll(db, sql: """
                 SELECT beam_number, beam_name FROM case_plan_beams WHERE case_id = ? ORDER BY beam_number
                 """, arguments: [caseId]).map { row in
                 CasePlanBeam(number: row["beam_number"], name: row["beam_name"], delivered: delivered.contains(row["beam_number"]))
@@ -33,11 +32,11 @@ extension Store {
         }
     }
 
-    static func insertPlanBeams(_ beams: [RTPlan.Beam], caseId: String, db: Database) throws {
+    static func insertPlanBeams(_ beams: [RTPlan.Beam], caseId: String, db: any SQLConnection) throws {
         // A case id registered again (after its row was removed) starts from its new plan.
         try db.execute(sql: "DELETE FROM case_plan_beams WHERE case_id = ?", arguments: [caseId])
         for beam in beams {
-            try db.execute(sql: "INSERT OR REPLACE INTO case_plan_beams (case_id, beam_number, beam_name) VALUES (?, ?, ?)",
+            try db.execute(sql: "INSERT INTO case_plan_beams (case_id, beam_number, beam_name) VALUES (?, ?, ?) ON CONFLICT (case_id, beam_number) DO UPDATE SET beam_name = excluded.beam_name",
                            arguments: [caseId, beam.number, beam.name])
         }
     }

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// Which kinds of a queue's messages a worker claims.
@@ -20,7 +19,7 @@ extension Store {
         ring(messages)
     }
 
-    static func insert(_ message: OutgoingMessage, db: Database, now: Date, availableAt: Date? = nil) throws {
+    static func insert(_ message: OutgoingMessage, db: any SQLConnection, now: Date, availableAt: Date? = nil) throws {
         try db.execute(
             sql: """
                 INSERT INTO messages (queue, kind, case_id, body, created_at, available_at)
@@ -44,14 +43,14 @@ extension Store {
         case .only(let kind): ("AND kind = ?", kind.rawValue)
         case .except(let kind): ("AND kind != ?", kind.rawValue)
         }
-        let arguments: StatementArguments = kindArgument.map { [queue.rawValue, now, now, $0] } ?? [queue.rawValue, now, now]
+        let arguments: SQLArguments = kindArgument.map { [queue.rawValue, now, now, $0] } ?? [queue.rawValue, now, now]
         let maxDeliveries = maxDeliveries
         let (claimed, published) = try await pool.write { db -> (ClaimedMessage?, [OutgoingMessage]) in
             var published: [OutgoingMessage] = []
             // Results of running steps go before new cases: a burst of new cases must not hold
             // up the next step of cases already on a GPU. (Each case's own events cannot be
             // reordered by this: its first command only exists after its new_case_found.)
-            while let row = try Row.fetchOne(db, sql: """
+            while let row = try SQLRow.fetchOne(db, sql: """
                 SELECT * FROM messages
                 WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?) \(kindClause)
                 ORDER BY kind = 'new_case_found', available_at, id LIMIT 1
@@ -103,14 +102,14 @@ extension Store {
     /// adopted by the next daemon). Synchronous on purpose: it runs while the worker's task is
     /// being cancelled, which must not cancel this write.
     public func release(_ message: ClaimedMessage) throws {
-        try pool.write { db in try Self.giveBackUncounted(message, error: nil, availableAt: nil, db: db) }
+        try pool.writeBlocking { db in try Self.giveBackUncounted(message, error: nil, availableAt: nil, db: db) }
     }
 
     /// Clears the lease of `message` (if this holder still has it) and takes back its delivery.
-    static func giveBackUncounted(_ message: ClaimedMessage, error: String?, availableAt: Date?, db: Database) throws {
+    static func giveBackUncounted(_ message: ClaimedMessage, error: String?, availableAt: Date?, db: any SQLConnection) throws {
         try db.execute(sql: """
             UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL, last_error = coalesce(?, last_error),
-                available_at = coalesce(?, available_at), deliveries = max(0, deliveries - 1)
+                available_at = coalesce(?, available_at), deliveries = CASE WHEN deliveries > 0 THEN deliveries - 1 ELSE 0 END
             WHERE id = ? AND lease_owner = ? AND deliveries = ?
             """, arguments: [error, availableAt, message.id, message.leaseOwner, message.deliveries])
     }
@@ -146,7 +145,7 @@ extension Store {
         let (dead, published) = try await pool.write { db -> (Bool, [OutgoingMessage]) in
             // Only the lease holder may give the message back: after a lost lease another worker
             // owns it now, and its lease must not be cleared.
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ? AND lease_owner = ? AND deliveries = ?",
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ? AND lease_owner = ? AND deliveries = ?",
                                              arguments: [message.id, message.leaseOwner, message.deliveries]) else {
                 return (false, [])
             }
@@ -167,7 +166,7 @@ extension Store {
 
     /// Moves a message to the dead letters. A worker command that dies this way fails its step,
     /// so the case does not wait forever: the returned event is published in the same transaction.
-    static func deadLetter(_ row: Row, error: String, db: Database, now: Date) throws -> OutgoingMessage? {
+    static func deadLetter(_ row: SQLRow, error: String, db: any SQLConnection, now: Date) throws -> OutgoingMessage? {
         let id: Int64 = row["id"]
         try db.execute(sql: """
             INSERT INTO dead_letters (message_id, queue, kind, case_id, body, deliveries, error, created_at, dead_at)
@@ -209,7 +208,7 @@ extension Store {
     public func queueDepths() async throws -> [QueueName: Int] {
         try await pool.read { db in
             var depths = Dictionary(uniqueKeysWithValues: QueueName.allCases.map { ($0, 0) })
-            for row in try Row.fetchAll(db, sql: "SELECT queue, count(*) AS n FROM messages GROUP BY queue") {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT queue, count(*) AS n FROM messages GROUP BY queue") {
                 if let queue = QueueName(rawValue: row["queue"]) { depths[queue] = row["n"] }
             }
             return depths
@@ -218,7 +217,7 @@ extension Store {
 
     public func deadLetters(limit: Int = 100) async throws -> [DeadLetter] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", arguments: [limit]).map { row in
+            try SQLRow.fetchAll(db, sql: "SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", arguments: [limit]).map { row in
                 DeadLetter(id: row["id"], queue: QueueName(rawValue: row["queue"]) ?? .conductor,
                            kind: MessageKind(rawValue: row["kind"]) ?? .newCaseFound, caseId: row["case_id"],
                            deliveries: row["deliveries"], error: row["error"], deadAt: row["dead_at"])
@@ -230,7 +229,7 @@ extension Store {
     public func replayDeadLetter(_ id: Int64) async throws {
         let now = now()
         let queue = try await pool.write { db -> QueueName in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]) else {
+            guard let row = try SQLRow.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]) else {
                 throw StoreError("no dead letter with id \(id)")
             }
             try db.execute(sql: """
@@ -247,7 +246,7 @@ extension Store {
     /// Messages queued or leased, oldest first (for operators and tests).
     public func queuedMessages() async throws -> [QueuedMessage] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, queue, kind, case_id, deliveries, lease_owner, last_error FROM messages ORDER BY id").map {
+            try SQLRow.fetchAll(db, sql: "SELECT id, queue, kind, case_id, deliveries, lease_owner, last_error FROM messages ORDER BY id").map {
                 QueuedMessage(id: $0["id"], queue: QueueName(rawValue: $0["queue"]), kind: MessageKind(rawValue: $0["kind"]), kindName: $0["kind"],
                               caseId: $0["case_id"], deliveries: $0["deliveries"], leaseOwner: $0["lease_owner"], lastError: $0["last_error"])
             }

@@ -26,7 +26,7 @@ extension Store {
         if FileManager.default.fileExists(atPath: path) {
             do {
                 let store = try Store(path: path, maxDeliveries: maxDeliveries, bell: bell, now: now)
-                let check = try store.pool.read { db in try String.fetchAll(db, sql: "PRAGMA quick_check") }
+                let check = try store.pool.readBlocking { db in try String.fetchAll(db, sql: "PRAGMA quick_check") }
                 if check == ["ok"] { return Opened(store: store) }
                 problem = "quick_check: " + check.prefix(5).joined(separator: "; ")
                 try store.pool.close()

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 
 /// What a retention pass removes (or, dry, would remove).
 public struct EventPrune: Sendable, Equatable {
@@ -32,8 +31,8 @@ extension Store {
             SELECT e.case_id AS case_id, count(*) AS n FROM case_events e JOIN cases c ON c.case_id = e.case_id
             WHERE c.status IN \(Self.finishedStatuses) AND c.finished_at < ? GROUP BY e.case_id ORDER BY e.case_id
             """
-        let read: @Sendable (Database) throws -> [EventPrune] = { db in
-            try Row.fetchAll(db, sql: select, arguments: [date]).map { EventPrune(caseId: $0["case_id"], events: $0["n"]) }
+        let read: @Sendable (any SQLConnection) throws -> [EventPrune] = { db in
+            try SQLRow.fetchAll(db, sql: select, arguments: [date]).map { EventPrune(caseId: $0["case_id"], events: $0["n"]) }
         }
         if dryRun { return try await pool.read(read) }
         return try await pool.write { db in

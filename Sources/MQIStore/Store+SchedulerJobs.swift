@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 
 /// The Slurm jobs of the cases' steps (`hpc.executor: slurm`): one row per step attempt (and
@@ -19,7 +18,7 @@ extension Store {
         let now = now()
         try await pool.write { db in
             let beamKey = job.beam ?? -1
-            let previous = try Row.fetchOne(db, sql: """
+            let previous = try SQLRow.fetchOne(db, sql: """
                 SELECT job_id, state FROM scheduler_jobs WHERE case_id = ? AND step = ? AND beam = ? AND attempt = ?
                 """, arguments: [job.caseId, job.step, beamKey, job.attempt])
             let previousJob: String? = previous?["job_id"]
@@ -49,10 +48,10 @@ extension Store {
                     terminal ? (job.endedAt ?? now) : nil, now,
                 ])
             // What the row holds now (gpus and node may come from an earlier record).
-            guard let stored = try Row.fetchOne(db, sql: """
+            guard let stored = try SQLRow.fetchOne(db, sql: """
                 SELECT * FROM scheduler_jobs WHERE case_id = ? AND step = ? AND beam = ? AND attempt = ?
                 """, arguments: [job.caseId, job.step, beamKey, job.attempt]).map(Self.schedulerJob) else { return }
-            guard let caseRow = try Row.fetchOne(db, sql: "SELECT status, workflow_step, step_index, attempt FROM cases WHERE case_id = ?",
+            guard let caseRow = try SQLRow.fetchOne(db, sql: "SELECT status, workflow_step, step_index, attempt FROM cases WHERE case_id = ?",
                                                  arguments: [job.caseId]) else { return }
             let caseStatus = CaseStatus(rawValue: caseRow["status"]) ?? .failed
 
@@ -95,12 +94,12 @@ extension Store {
     /// The Slurm jobs of a case, in the order they were submitted.
     public func schedulerJobs(caseId: String) async throws -> [SchedulerJob] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM scheduler_jobs WHERE case_id = ? ORDER BY submitted_at, rowid",
+            try SQLRow.fetchAll(db, sql: "SELECT * FROM scheduler_jobs WHERE case_id = ? ORDER BY submitted_at, rowid",
                              arguments: [caseId]).map(Self.schedulerJob)
         }
     }
 
-    static func schedulerJob(_ row: Row) -> SchedulerJob {
+    static func schedulerJob(_ row: SQLRow) -> SchedulerJob {
         let beam: Int = row["beam"]
         var job = SchedulerJob(caseId: row["case_id"], step: row["step"], beam: beam < 0 ? nil : beam, attempt: row["attempt"],
                                jobId: row["job_id"], state: row["state"], reason: row["reason"], gpus: row["gpus"], node: row["node"])

@@ -8,7 +8,8 @@ import MQICore
 /// The communicator's durable state in one SQLite file (WAL): cases, their history, GPU
 /// reservations and the durable queues. Every method is one transaction; callers never see SQL.
 public struct Store: Sendable {
-    package let pool: DatabasePool
+    /// Where the transactions run (SQLite or PostgreSQL).
+    package let pool: any SQLBackend
     let now: @Sendable () -> Date
     /// Deliveries after which a message moves to the dead letters.
     public let maxDeliveries: Int
@@ -30,12 +31,18 @@ public struct Store: Sendable {
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
-        pool = try DatabasePool(path: path, configuration: configuration)
+        let database = try DatabasePool(path: path, configuration: configuration)
+        try Self.refuseNewerSchema(database, path: path)
+        try Self.migrator.migrate(database)
+        self.init(backend: SQLiteBackend(pool: database), maxDeliveries: maxDeliveries, bell: bell, now: now)
+    }
+
+    /// A store on an open, migrated backend.
+    package init(backend: any SQLBackend, maxDeliveries: Int, bell: QueueBell, now: @escaping @Sendable () -> Date) {
+        pool = backend
         self.now = now
         self.maxDeliveries = max(1, maxDeliveries)
         self.bell = bell
-        try Self.refuseNewerSchema(pool, path: path)
-        try Self.migrator.migrate(pool)
     }
 
     /// An exclusive flock on the database's directory (a lock no SQLite lock touches, and no
@@ -259,7 +266,7 @@ public struct Store: Sendable {
     public func checkWritable() async throws {
         let now = now()
         try await pool.write { db in
-            try db.execute(sql: "INSERT OR REPLACE INTO readiness_probe (id, at) VALUES (1, ?)", arguments: [now])
+            try db.execute(sql: "INSERT INTO readiness_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at", arguments: [now])
         }
     }
 

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import MQICore
 import MQIStore
 
@@ -20,12 +19,12 @@ extension Store {
     func benchInsertFinishedCases(count: Int, prefix: String = "HIST-", workflow: String, failedEvery: Int = 50,
                                          eventsPerCase: Int = 6, start: Date = Date(timeIntervalSinceNow: -365 * 86_400)) async throws {
         try await pool.write { db in
-            let insertCase = try db.makeStatement(sql: """
+            let insertCase = ("""
                 INSERT INTO cases (case_id, status, workflow, workflow_step, step_index, attempt, progress, gpu_ids, error, failure_class,
                                    created_at, updated_at, started_at, finished_at, patient_id, beam_numbers)
                 VALUES (?, ?, ?, ?, ?, 1, ?, '', ?, ?, ?, ?, ?, ?, ?, '1,2,3')
                 """)
-            let insertEvent = try db.makeStatement(sql: """
+            let insertEvent = ("""
                 INSERT INTO case_events (case_id, at, event, status, step, attempt, message) VALUES (?, ?, ?, ?, ?, ?, ?)
                 """)
             let span = 365.0 * 86_400 / Double(max(1, count))
@@ -35,7 +34,7 @@ extension Store {
                 let finished = created.addingTimeInterval(600)
                 let failed = failedEvery > 0 && index % failedEvery == failedEvery - 1
                 let status = failed ? CaseStatus.failed.rawValue : CaseStatus.completed.rawValue
-                try insertCase.execute(arguments: [
+                try db.execute(sql: insertCase, arguments: [
                     caseId, status, workflow, failed ? "run_moqui_sim" : "download_results", failed ? 2 : 3, failed ? 70 : 100,
                     failed ? "run_moqui_sim attempt 1 failed: exit status 1; last output:\nFATAL ERROR: beam 2" : nil,
                     failed ? "permanent" : nil, created, finished, created.addingTimeInterval(1), finished,
@@ -43,7 +42,7 @@ extension Store {
                 ])
                 for event in 0..<eventsPerCase {
                     let last = event == eventsPerCase - 1
-                    try insertEvent.execute(arguments: [
+                    try db.execute(sql: insertEvent, arguments: [
                         caseId, created.addingTimeInterval(Double(event) * 100), last ? (failed ? "failed" : "completed") : "transition",
                         last ? status : CaseStatus.processing.rawValue, "step\(event)", 1, "history line \(event) of \(caseId)",
                     ])
@@ -55,7 +54,7 @@ extension Store {
     /// Every `case_events` row, in order.
     func benchEvents() async throws -> [BenchEvent] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT case_id, at, event, status, step FROM case_events ORDER BY id").map { row in
+            try SQLRow.fetchAll(db, sql: "SELECT case_id, at, event, status, step FROM case_events ORDER BY id").map { row in
                 BenchEvent(caseId: row["case_id"], at: row["at"], event: row["event"], status: row["status"], step: row["step"])
             }
         }
@@ -65,7 +64,7 @@ extension Store {
     func benchCaseTimes() async throws -> [String: (created: Date, finished: Date?, status: String)] {
         try await pool.read { db in
             var times: [String: (created: Date, finished: Date?, status: String)] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT case_id, created_at, finished_at, status FROM cases") {
+            for row in try SQLRow.fetchAll(db, sql: "SELECT case_id, created_at, finished_at, status FROM cases") {
                 times[row["case_id"]] = (row["created_at"], row["finished_at"], row["status"])
             }
             return times

@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // Pure values and logic: config, workflow, the Conductor's decisions, templates. No I/O
@@ -22,10 +24,14 @@ let package = Package(
         .target(name: "MQICore", dependencies: [
             .product(name: "Yams", package: "Yams"),
         ]),
-        // The durable state: cases, GPU reservations, queues, dead letters (SQLite via GRDB).
+        // The durable state: cases, GPU reservations, queues, dead letters (SQLite via GRDB, or a
+        // PostgreSQL database shared by several communicators via postgres-nio).
         .target(name: "MQIStore", dependencies: [
             "MQICore",
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         // Running step commands and moving case files.
         .target(name: "MQITransport", dependencies: [

@@ -299,15 +299,30 @@ extension SQLConnection {
 /// Where the store's transactions run: a SQLite file or a PostgreSQL database.
 package protocol SQLBackend: Sendable {
     var dialect: SQLDialect { get }
-    /// One write transaction; writes are serialized (one at a time across every process that
-    /// shares the database), as SQLite does, so a decision reads what it changes.
-    func write<T: Sendable>(_ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T
+    /// One write transaction. `.serialized` writes run one at a time across every process that
+    /// shares the database (as SQLite runs its writers), so a decision reads what it changes.
+    func write<T: Sendable>(_ mode: SQLWriteMode, _ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T
     /// The same, blocking the calling thread (for a shutdown path that must not be cancelled).
     func writeBlocking<T>(_ body: (any SQLConnection) throws -> T) throws -> T
     /// One read-only transaction over a consistent snapshot.
     func read<T: Sendable>(_ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T
     func readBlocking<T>(_ body: (any SQLConnection) throws -> T) throws -> T
     func close() throws
+}
+
+extension SQLBackend {
+    package func write<T: Sendable>(_ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T {
+        try await write(.serialized, body)
+    }
+}
+
+/// How a write transaction is isolated from the others.
+package enum SQLWriteMode: Sendable {
+    /// One at a time (the default).
+    case serialized
+    /// Beside the others, relying on row locks the statements take (`FOR UPDATE SKIP LOCKED`):
+    /// only for claiming a queue's message. SQLite serializes it anyway.
+    case rowLocks
 }
 
 /// A store error that says what went wrong in the operator's words.

@@ -11,7 +11,7 @@ package struct SQLiteBackend: SQLBackend {
         self.pool = pool
     }
 
-    package func write<T: Sendable>(_ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T {
+    package func write<T: Sendable>(_ mode: SQLWriteMode, _ body: @escaping @Sendable (any SQLConnection) throws -> T) async throws -> T {
         try await pool.write { db in try body(SQLiteConnection(db)) }
     }
 

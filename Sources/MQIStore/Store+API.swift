@@ -41,7 +41,7 @@ extension Store {
             arguments.append(status.rawValue)
         }
         if let query, !query.isEmpty {
-            conditions.append("case_id LIKE ? ESCAPE '\\'")
+            conditions.append("case_id \(pool.dialect == .postgres ? "ILIKE" : "LIKE") ? ESCAPE '\\'")
             arguments.append("%" + Self.likeEscaped(query) + "%")
         }
         if let position {

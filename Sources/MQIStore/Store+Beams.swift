@@ -22,13 +22,14 @@ extension Store {
             let final = run.status == .succeeded || run.status == .failed || run.status == .cancelled
             try db.execute(sql: """
                 INSERT INTO beam_runs (case_id, step_index, beam, status, attempt, gpu_ids, progress, error, started_at, finished_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'RUNNING' THEN ? END, CASE WHEN ? THEN ? END)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'RUNNING' THEN ? END, CASE WHEN ? = 1 THEN ? END)
                 ON CONFLICT(case_id, step_index, beam) DO UPDATE SET
                     started_at = CASE WHEN excluded.status = 'RUNNING' AND (beam_runs.status != 'RUNNING' OR beam_runs.attempt != excluded.attempt)
                                       THEN ? WHEN excluded.status = 'WAITING' THEN NULL ELSE beam_runs.started_at END,
-                    finished_at = CASE WHEN ? THEN coalesce(CASE WHEN beam_runs.status = excluded.status THEN beam_runs.finished_at END, ?) ELSE NULL END,
+                    finished_at = CASE WHEN ? = 1 THEN coalesce(CASE WHEN beam_runs.status = excluded.status THEN beam_runs.finished_at END, ?) ELSE NULL END,
                     status = excluded.status, attempt = excluded.attempt, gpu_ids = excluded.gpu_ids,
-                    progress = max(excluded.progress, CASE WHEN beam_runs.attempt = excluded.attempt THEN beam_runs.progress ELSE 0 END),
+                    progress = CASE WHEN beam_runs.attempt = excluded.attempt AND beam_runs.progress > excluded.progress
+                                    THEN beam_runs.progress ELSE excluded.progress END,
                     error = excluded.error
                 """, arguments: [caseId, stepIndex, run.beam, run.status.rawValue, run.attempt, encodeGPUs(run.gpuIds), run.progress, run.error,
                                  run.status.rawValue, now, final, now,

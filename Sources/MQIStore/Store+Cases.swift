@@ -124,11 +124,24 @@ extension Store {
 
     /// Cases waiting for GPUs, first come first served.
     static func waitingCases(_ db: any SQLConnection) throws -> [CaseState] {
-        let ids = try String.fetchAll(db, sql: """
-            SELECT case_id FROM cases WHERE status = ? OR (status = ? AND pending_since IS NOT NULL)
-            ORDER BY pending_since, created_at, rowid
-            """, arguments: [CaseStatus.pendingResource.rawValue, CaseStatus.processing.rawValue])
-        return try ids.compactMap { try caseState(db, $0) }
+        // Two queries whatever the number of waiting cases (on PostgreSQL each query is a round
+        // trip, made while the write lock is held).
+        let waiting = "status = ? OR (status = ? AND pending_since IS NOT NULL)"
+        let arguments: SQLArguments = [CaseStatus.pendingResource.rawValue, CaseStatus.processing.rawValue]
+        let rows = try SQLRow.fetchAll(db, sql: "SELECT * FROM cases WHERE \(waiting) ORDER BY pending_since, created_at, rowid", arguments: arguments)
+        var beams: [String: [BeamRun]] = [:]
+        for row in try SQLRow.fetchAll(db, sql: """
+            SELECT b.* FROM beam_runs b JOIN cases c ON c.case_id = b.case_id AND c.step_index = b.step_index
+            WHERE \(waiting.replacingOccurrences(of: "status", with: "c.status").replacingOccurrences(of: "pending_since", with: "c.pending_since"))
+            ORDER BY b.case_id, b.beam
+            """, arguments: arguments) {
+            beams[row["case_id"], default: []].append(beamRun(row))
+        }
+        return rows.map { row in
+            var state = caseState(row)
+            state.beams = beams[state.caseId] ?? []
+            return state
+        }
     }
 
     /// Configured GPUs usable at all now: not retired and healthy, whether free, reserved or draining.
@@ -215,8 +228,8 @@ extension Store {
                 error = ?, failure_class = ?, updated_at = ?,
                 started_at = CASE WHEN started_at IS NULL AND ? = 'PROCESSING' THEN ? ELSE started_at END,
                 finished_at = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN ? ELSE NULL END,
-                pending_since = CASE WHEN ? THEN (CASE WHEN ? THEN ? ELSE pending_since END) ELSE NULL END,
-                detail = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') OR step_index IS NOT ? OR attempt IS NOT ? THEN NULL ELSE detail END
+                pending_since = CASE WHEN ? = 1 THEN (CASE WHEN ? = 1 THEN ? ELSE pending_since END) ELSE NULL END,
+                detail = CASE WHEN ? IN ('COMPLETED', 'FAILED', 'CANCELLED') OR step_index IS DISTINCT FROM ? OR attempt IS DISTINCT FROM ? THEN NULL ELSE detail END
             WHERE case_id = ?
             """, arguments: [
                 state.status.rawValue, stepName, state.stepIndex, state.attempt, state.progress, encodeGPUs(state.gpuIds),
@@ -241,13 +254,18 @@ extension Store {
 
     static func caseState(_ db: any SQLConnection, _ caseId: String) throws -> CaseState? {
         guard let row = try SQLRow.fetchOne(db, sql: "SELECT * FROM cases WHERE case_id = ?", arguments: [caseId]) else { return nil }
-        var state = CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
+        var state = caseState(row)
+        state.beams = try loadBeams(db, caseId: state.caseId, stepIndex: state.stepIndex)
+        return state
+    }
+
+    /// A case row's state, without its beam runs.
+    static func caseState(_ row: SQLRow) -> CaseState {
+        CaseState(caseId: row["case_id"], status: CaseStatus(rawValue: row["status"]) ?? .failed, workflow: row["workflow"],
                          stepIndex: row["step_index"], attempt: row["attempt"], gpuIds: decodeGPUs(row["gpu_ids"]),
                          progress: row["progress"], error: row["error"],
                          failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init(rawValue:)),
                          patientId: row["patient_id"], beamNumbers: decodeGPUs(row["beam_numbers"] ?? ""))
-        state.beams = try loadBeams(db, caseId: state.caseId, stepIndex: state.stepIndex)
-        return state
     }
 
     static func freeGPUs(_ db: any SQLConnection) throws -> [Int] {

@@ -12,7 +12,7 @@ extension Store {
             if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
             let freed = try Int.fetchAll(db, sql: """
                 SELECT gpu_id FROM gpu_resources
-                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS ? AND drain_attempt IS ? AND drain_beam IS ? ORDER BY gpu_id
+                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS NOT DISTINCT FROM ? AND drain_attempt IS NOT DISTINCT FROM ? AND drain_beam IS NOT DISTINCT FROM ? ORDER BY gpu_id
                 """, arguments: [caseId, stepIndex, attempt, beam])
             for gpu in freed {
                 try db.execute(sql: """
@@ -40,7 +40,7 @@ extension Store {
         try await pool.write { db in
             try db.execute(sql: """
                 UPDATE gpu_resources SET drain_reason = ?
-                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS ? AND drain_attempt IS ? AND drain_beam IS ?
+                WHERE status = 'draining' AND drain_case = ? AND drain_step_index IS NOT DISTINCT FROM ? AND drain_attempt IS NOT DISTINCT FROM ? AND drain_beam IS NOT DISTINCT FROM ?
                 """, arguments: [reason, caseId, stepIndex, attempt, beam])
         }
     }
@@ -51,7 +51,7 @@ extension Store {
     public func noteDrainsBlocked(reason: String?, replacing: String? = nil) async throws {
         try await pool.write { db in
             if let reason {
-                try db.execute(sql: "UPDATE gpu_resources SET drain_reason = ? WHERE status = 'draining' AND drain_reason IS NOT ?",
+                try db.execute(sql: "UPDATE gpu_resources SET drain_reason = ? WHERE status = 'draining' AND drain_reason IS DISTINCT FROM ?",
                                arguments: [reason, reason])
             } else if let replacing {
                 try db.execute(sql: "UPDATE gpu_resources SET drain_reason = NULL WHERE status = 'draining' AND drain_reason = ?",

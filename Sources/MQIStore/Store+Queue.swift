@@ -27,6 +27,14 @@ extension Store {
                 """,
             arguments: [message.queue.rawValue, message.kind.rawValue, message.body.caseId, try encode(message.body), now,
                         availableAt ?? now.addingTimeInterval(message.delaySec ?? 0)])
+        try notifyConsumers(message.queue, db: db)
+    }
+
+    /// Wakes the queue's consumers in every communicator sharing a PostgreSQL state, when this
+    /// transaction commits (`NOTIFY`; the store's own doorbell covers this process and SQLite).
+    static func notifyConsumers(_ queue: QueueName, db: any SQLConnection) throws {
+        guard db.dialect == .postgres else { return }
+        _ = try SQLRow.fetchAll(db, sql: "SELECT pg_notify('\(PostgresBackend.channel)', ?)", arguments: [queue.rawValue])
     }
 
     func ring(_ messages: [OutgoingMessage]) {
@@ -45,7 +53,10 @@ extension Store {
         }
         let arguments: SQLArguments = kindArgument.map { [queue.rawValue, now, now, $0] } ?? [queue.rawValue, now, now]
         let maxDeliveries = maxDeliveries
-        let (claimed, published) = try await pool.write { db -> (ClaimedMessage?, [OutgoingMessage]) in
+        // PostgreSQL: each claim locks the row it takes and skips rows other claims hold, beside the
+        // serialized writes (SQLite serializes it anyway).
+        let skipLocked = pool.dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
+        let (claimed, published) = try await pool.write(.rowLocks) { db -> (ClaimedMessage?, [OutgoingMessage]) in
             var published: [OutgoingMessage] = []
             // Results of running steps go before new cases: a burst of new cases must not hold
             // up the next step of cases already on a GPU. (Each case's own events cannot be
@@ -53,7 +64,7 @@ extension Store {
             while let row = try SQLRow.fetchOne(db, sql: """
                 SELECT * FROM messages
                 WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?) \(kindClause)
-                ORDER BY kind = 'new_case_found', available_at, id LIMIT 1
+                ORDER BY kind = 'new_case_found', available_at, id LIMIT 1\(skipLocked)
                 """, arguments: arguments) {
                 let id: Int64 = row["id"]
                 let deliveries: Int = row["deliveries"]
@@ -235,6 +246,7 @@ extension Store {
             try db.execute(sql: """
                 INSERT INTO messages (queue, kind, case_id, body, created_at, available_at) VALUES (?, ?, ?, ?, ?, ?)
                 """, arguments: [row["queue"] as String, row["kind"] as String, row["case_id"] as String, row["body"] as String, now, now])
+            try Self.notifyConsumers(QueueName(rawValue: row["queue"]) ?? .conductor, db: db)
             try db.execute(sql: "DELETE FROM dead_letters WHERE id = ?", arguments: [id])
             return QueueName(rawValue: row["queue"]) ?? .conductor
         }

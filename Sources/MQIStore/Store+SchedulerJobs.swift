@@ -72,7 +72,7 @@ extension Store {
                   (caseRow["workflow_step"] as String?) == job.step else { return }
             if let beam = job.beam {
                 let current = try Bool.fetchOne(db, sql: """
-                    SELECT EXISTS(SELECT 1 FROM beam_runs WHERE case_id = ? AND step_index IS ? AND beam = ? AND attempt = ? AND status = 'RUNNING')
+                    SELECT EXISTS(SELECT 1 FROM beam_runs WHERE case_id = ? AND step_index IS NOT DISTINCT FROM ? AND beam = ? AND attempt = ? AND status = 'RUNNING')
                     """, arguments: [job.caseId, caseRow["step_index"] as Int?, beam, job.attempt]) ?? false
                 guard current else { return }
                 if terminal {
@@ -86,7 +86,7 @@ extension Store {
                 guard (caseRow["attempt"] as Int) == job.attempt else { return }
             }
             let detail = terminal ? nil : prefix + Self.detail(stored)
-            try db.execute(sql: "UPDATE cases SET detail = ?, updated_at = ? WHERE case_id = ? AND detail IS NOT ?",
+            try db.execute(sql: "UPDATE cases SET detail = ?, updated_at = ? WHERE case_id = ? AND detail IS DISTINCT FROM ?",
                            arguments: [detail, now, job.caseId, detail])
         }
     }

@@ -258,6 +258,19 @@ public struct Store: Sendable {
                 CREATE INDEX deliveries_due ON deliveries(followup, job_id);
                 """)
         }
+        migrator.registerMigration("v12-instances") { db in
+            // The communicators sharing this state, each with its heartbeat (on SQLite: the one).
+            try db.execute(sql: """
+                CREATE TABLE instances (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    host TEXT NOT NULL,
+                    pid INTEGER NOT NULL,
+                    version TEXT,
+                    started_at DATETIME NOT NULL,
+                    heartbeat_at DATETIME NOT NULL
+                );
+                """)
+        }
         return migrator
     }
 

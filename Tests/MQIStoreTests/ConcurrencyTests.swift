@@ -2,6 +2,7 @@ import Foundation
 import MQICore
 @testable import MQIStore
 import Synchronization
+import MQITestSupport
 import Testing
 
 /// The ids of every message claimed, from any task.
@@ -101,24 +102,24 @@ struct ConcurrencyTests {
         }
     }
 
-    @Test("8 concurrent tasks on one Store: no 'database is locked', no message delivered twice, counts add up")
-    func concurrentTasksOnOneStore() async throws {
-        let fixture = try StoreFixture()
+    @Test("8 concurrent tasks on one Store: no 'database is locked', no message delivered twice, counts add up", arguments: StoreBackendKind.allCases)
+    func concurrentTasksOnOneStore(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         try await Self.run(stores: [fixture.store], fixture: fixture)
     }
 
-    @Test("a second Store on the same file (the CLI beside the daemon) writes concurrently without errors")
-    func twoStoresOnOneFile() async throws {
-        let fixture = try StoreFixture()
+    @Test("a second Store on the same file (the CLI beside the daemon) writes concurrently without errors", arguments: StoreBackendKind.allCases)
+    func twoStoresOnOneFile(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let second = try fixture.openAnother()
         try await Self.run(stores: [fixture.store, second], fixture: fixture)
     }
 
-    @Test("a write while another Store holds the write lock waits for it instead of failing with 'database is locked'")
-    func writerWaitsForTheOtherStoresTransaction() async throws {
-        let fixture = try StoreFixture()
+    @Test("a write while another Store holds the write lock waits for it instead of failing with 'database is locked'", arguments: StoreBackendKind.allCases)
+    func writerWaitsForTheOtherStoresTransaction(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let cli = try fixture.openAnother()
         let locked = Flag()
@@ -141,9 +142,9 @@ struct ConcurrencyTests {
         #expect(try await cli.caseExists("case-1"))
     }
 
-    @Test("a lease taken through one Store holds for another Store on the same file")
-    func leasesHoldAcrossStores() async throws {
-        let fixture = try StoreFixture()
+    @Test("a lease taken through one Store holds for another Store on the same file", arguments: StoreBackendKind.allCases)
+    func leasesHoldAcrossStores(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let cli = try fixture.openAnother()
         #expect(try await cli.registerCase("case-1", workflow: Fixtures.workflowName))

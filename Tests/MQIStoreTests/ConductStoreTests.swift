@@ -1,13 +1,14 @@
 import Foundation
 import MQICore
 @testable import MQIStore
+import MQITestSupport
 import Testing
 
 @Suite("Store: conduct persists the Conductor's decisions transactionally")
 struct ConductStoreTests {
-    @Test("conduct(newCaseFound) acknowledges the message, starts the first step and publishes upload_case in one transaction")
-    func newCaseFoundStartsTheFirstStep() async throws {
-        let fixture = try StoreFixture()
+    @Test("conduct(newCaseFound) acknowledges the message, starts the first step and publishes upload_case in one transaction", arguments: StoreBackendKind.allCases)
+    func newCaseFoundStartsTheFirstStep(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -58,9 +59,9 @@ struct ConductStoreTests {
         #expect(try await store.gpus().allSatisfy { $0.status == .free })
     }
 
-    @Test("if persisting a decision fails, nothing of it is kept: the message stays, the case is unchanged, no command is published")
-    func conductRollsBackAsAWhole() async throws {
-        let fixture = try StoreFixture()
+    @Test("if persisting a decision fails, nothing of it is kept: the message stays, the case is unchanged, no command is published", arguments: StoreBackendKind.allCases)
+    func conductRollsBackAsAWhole(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -70,7 +71,13 @@ struct ConductStoreTests {
 
         // The history line is the last write of a decision: make it fail.
         try await store.pool.write { db in
-            try db.execute(sql: "CREATE TRIGGER no_history BEFORE INSERT ON case_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+            switch backend {
+            case .sqlite:
+                try db.execute(sql: "CREATE TRIGGER no_history BEFORE INSERT ON case_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+            case .postgres:
+                try db.execute(sql: "CREATE FUNCTION no_history() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql")
+                try db.execute(sql: "CREATE TRIGGER no_history BEFORE INSERT ON case_events FOR EACH ROW EXECUTE FUNCTION no_history()")
+            }
         }
         await #expect(throws: (any Error).self) {
             try await store.conduct(.newCaseFound, caseId: "case-1", conductor: conductor, acknowledging: message)
@@ -79,7 +86,7 @@ struct ConductStoreTests {
         #expect(try await store.queueDepths() == [.conductor: 1, .remoteExecutor: 0, .fileTransfer: 0])
 
         // The message was not acknowledged: it is redelivered when its lease expires.
-        try await store.pool.write { db in try db.execute(sql: "DROP TRIGGER no_history") }
+        try await store.pool.write { db in try db.execute(sql: backend == .sqlite ? "DROP TRIGGER no_history" : "DROP TRIGGER no_history ON case_events") }
         fixture.clock.advance(by: 31)
         let driver = Driver(store: store, conductor: conductor)
         let applied = try await driver.conductNext()
@@ -88,9 +95,9 @@ struct ConductStoreTests {
         #expect(try await store.queueDepths() == [.conductor: 0, .remoteExecutor: 0, .fileTransfer: 1])
     }
 
-    @Test("a case runs through the configured workflow to COMPLETED, keeping its GPU across consecutive GPU steps")
-    func fullWorkflowFromConfig() async throws {
-        let fixture = try StoreFixture()
+    @Test("a case runs through the configured workflow to COMPLETED, keeping its GPU across consecutive GPU steps", arguments: StoreBackendKind.allCases)
+    func fullWorkflowFromConfig(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let config = try Fixtures.config()
@@ -141,9 +148,9 @@ struct ConductStoreTests {
         try await expectGPUInvariants(store)
     }
 
-    @Test("stepSucceeded for an old attempt or a wrong step changes nothing, publishes nothing, and is recorded as ignored")
-    func staleStepEventsAreIgnored() async throws {
-        let fixture = try StoreFixture()
+    @Test("stepSucceeded for an old attempt or a wrong step changes nothing, publishes nothing, and is recorded as ignored", arguments: StoreBackendKind.allCases)
+    func staleStepEventsAreIgnored(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -183,9 +190,9 @@ struct ConductStoreTests {
         #expect(try await store.caseSummary("case-1") == before)
     }
 
-    @Test("a result of the previous attempt is ignored after a retry")
-    func oldAttemptAfterRetryIsIgnored() async throws {
-        let fixture = try StoreFixture()
+    @Test("a result of the previous attempt is ignored after a retry", arguments: StoreBackendKind.allCases)
+    func oldAttemptAfterRetryIsIgnored(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -224,9 +231,9 @@ struct ConductStoreTests {
         #expect(try await store.queueDepths() == [.conductor: 0, .remoteExecutor: 1, .fileTransfer: 0])
     }
 
-    @Test("a duplicate new_case_found for a PROCESSING case is acknowledged and ignored")
-    func duplicateNewCaseFoundIsIgnored() async throws {
-        let fixture = try StoreFixture()
+    @Test("a duplicate new_case_found for a PROCESSING case is acknowledged and ignored", arguments: StoreBackendKind.allCases)
+    func duplicateNewCaseFoundIsIgnored(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -246,9 +253,9 @@ struct ConductStoreTests {
         #expect(line.message.contains("duplicate"))
     }
 
-    @Test("an event for an unknown case is acknowledged and applies nothing")
-    func eventForUnknownCase() async throws {
-        let fixture = try StoreFixture()
+    @Test("an event for an unknown case is acknowledged and applies nothing", arguments: StoreBackendKind.allCases)
+    func eventForUnknownCase(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([OutgoingMessage(kind: .executionSucceeded, body: MessageBody(caseId: "ghost", stepIndex: 1, attempt: 1))])
@@ -258,9 +265,9 @@ struct ConductStoreTests {
         #expect(try await store.caseExists("ghost") == false)
     }
 
-    @Test("an execute_command that exhausts its deliveries fails the case and frees its GPU")
-    func deadLetteredCommandFailsTheCase() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 3)
+    @Test("an execute_command that exhausts its deliveries fails the case and frees its GPU", arguments: StoreBackendKind.allCases)
+    func deadLetteredCommandFailsTheCase(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend, maxDeliveries: 3)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()

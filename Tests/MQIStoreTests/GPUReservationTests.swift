@@ -1,6 +1,7 @@
 import Foundation
 import MQICore
 @testable import MQIStore
+import MQITestSupport
 import Testing
 
 @Suite("Store: GPU reservations")
@@ -33,9 +34,9 @@ struct GPUReservationTests {
         Issue.record("the queues never drained", sourceLocation: sourceLocation)
     }
 
-    @Test("two GPUs, three cases: two run on distinct GPUs, the third waits and starts in the same transaction that frees a GPU")
-    func thirdCaseWaitsAndStartsWhenAGPUIsFreed() async throws {
-        let fixture = try StoreFixture()
+    @Test("two GPUs, three cases: two run on distinct GPUs, the third waits and starts in the same transaction that frees a GPU", arguments: StoreBackendKind.allCases)
+    func thirdCaseWaitsAndStartsWhenAGPUIsFreed(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let config = try Fixtures.config()
@@ -108,9 +109,9 @@ struct GPUReservationTests {
         #expect(try await store.gpus().allSatisfy { $0.status == .free && $0.reservedBy == nil })
     }
 
-    @Test("waiting cases start first come, first served (by when they began to wait)")
-    func waitingCasesStartInFIFOOrder() async throws {
-        let fixture = try StoreFixture()
+    @Test("waiting cases start first come, first served (by when they began to wait)", arguments: StoreBackendKind.allCases)
+    func waitingCasesStartInFIFOOrder(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -157,9 +158,9 @@ struct GPUReservationTests {
         #expect(try await store.gpus() == [GPUResource(gpuId: 7, status: .free, reservedBy: nil, reservedAt: nil)])
     }
 
-    @Test("a waiting case is not overtaken: a newcomer waits behind it even when a GPU is free")
-    func newcomerDoesNotOvertakeAWaitingCase() async throws {
-        let fixture = try StoreFixture()
+    @Test("a waiting case is not overtaken: a newcomer waits behind it even when a GPU is free", arguments: StoreBackendKind.allCases)
+    func newcomerDoesNotOvertakeAWaitingCase(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = Conductor(workflows: ["single": try Self.workflow("single", gpus: 1), "double": try Self.workflow("double", gpus: 2)],
@@ -198,9 +199,9 @@ struct GPUReservationTests {
         #expect(try await store.gpus().allSatisfy { $0.status == .free })
     }
 
-    @Test("cancelling a running case frees its GPU for the next waiting case once its attempt is confirmed stopped")
-    func cancelFreesTheGPU() async throws {
-        let fixture = try StoreFixture()
+    @Test("cancelling a running case frees its GPU for the next waiting case once its attempt is confirmed stopped", arguments: StoreBackendKind.allCases)
+    func cancelFreesTheGPU(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -230,9 +231,9 @@ struct GPUReservationTests {
         try await expectGPUInvariants(store)
     }
 
-    @Test("cancelling the case at the head of the wait lets the next one use a free GPU")
-    func cancellingTheHeadOfTheWaitDispatchesTheNext() async throws {
-        let fixture = try StoreFixture()
+    @Test("cancelling the case at the head of the wait lets the next one use a free GPU", arguments: StoreBackendKind.allCases)
+    func cancellingTheHeadOfTheWaitDispatchesTheNext(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = Conductor(workflows: ["single": try Self.workflow("single", gpus: 1), "double": try Self.workflow("double", gpus: 2)],
@@ -258,9 +259,9 @@ struct GPUReservationTests {
         try await expectGPUInvariants(store)
     }
 
-    @Test("dispatchPending starts waiting cases on GPUs added to the config at start-up")
-    func dispatchPendingAfterAddingAGPU() async throws {
-        let fixture = try StoreFixture()
+    @Test("dispatchPending starts waiting cases on GPUs added to the config at start-up", arguments: StoreBackendKind.allCases)
+    func dispatchPendingAfterAddingAGPU(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -285,9 +286,9 @@ struct GPUReservationTests {
         try await expectGPUInvariants(store)
     }
 
-    @Test("reconcileGPUs frees reservations no live case holds, restores lost ones, adds and retires configured ids")
-    func reconcileGPUs() async throws {
-        let fixture = try StoreFixture()
+    @Test("reconcileGPUs frees reservations no live case holds, restores lost ones, adds and retires configured ids", arguments: StoreBackendKind.allCases)
+    func reconcileGPUs(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()
@@ -365,9 +366,9 @@ struct GPUReservationTests {
         #expect(try await store.gpus().map(\.status) == [.free, .free, .free, .free])
     }
 
-    @Test("a GPU reserved by a case that failed is freed by the failure itself, and reconcile finds nothing to repair")
-    func failureReleasesTheGPU() async throws {
-        let fixture = try StoreFixture()
+    @Test("a GPU reserved by a case that failed is freed by the failure itself, and reconcile finds nothing to repair", arguments: StoreBackendKind.allCases)
+    func failureReleasesTheGPU(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Fixtures.conductor()

@@ -1,5 +1,6 @@
 import Foundation
 import MQICore
+import MQITestSupport
 import Testing
 @testable import MQIStore
 
@@ -18,8 +19,8 @@ struct MixedGPUFairnessTests {
                          uploadDir: "/u", downloadDir: "/d")
     }
 
-    @Test func aBigCaseWaitingFirstIsServedBeforeLaterSmallOnes() async throws {
-        let fixture = try StoreFixture()
+    @Test(arguments: StoreBackendKind.allCases) func aBigCaseWaitingFirstIsServedBeforeLaterSmallOnes(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let conductor = try Self.conductor()

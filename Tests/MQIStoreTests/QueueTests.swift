@@ -1,6 +1,7 @@
 import Foundation
 import MQICore
 @testable import MQIStore
+import MQITestSupport
 import Testing
 
 @Suite("Store: durable queues, leases and dead letters")
@@ -10,9 +11,9 @@ struct QueueTests {
             caseId: caseId, stepIndex: 1, attempt: 1, step: "simulate", gpuIds: [0], command: "run --case '\(caseId)' --gpu '0'"))
     }
 
-    @Test("registerCase inserts the case as NEW and publishes exactly one new_case_found; a second registration does nothing")
-    func registerCaseIsTransactionalAndIdempotent() async throws {
-        let fixture = try StoreFixture()
+    @Test("registerCase inserts the case as NEW and publishes exactly one new_case_found; a second registration does nothing", arguments: StoreBackendKind.allCases)
+    func registerCaseIsTransactionalAndIdempotent(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
 
@@ -42,9 +43,9 @@ struct QueueTests {
         #expect(try await store.caseIds() == ["case-1"])
     }
 
-    @Test("registering rings the conductor_queue doorbell")
-    func registerRingsTheBell() async throws {
-        let fixture = try StoreFixture()
+    @Test("registering rings the conductor_queue doorbell", arguments: StoreBackendKind.allCases)
+    func registerRingsTheBell(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let doorbell = fixture.store.bell.doorbell(for: .conductor)
         let other = fixture.store.bell.doorbell(for: .remoteExecutor)
@@ -59,9 +60,9 @@ struct QueueTests {
         #expect(clock.now - otherStarted >= .milliseconds(150))
     }
 
-    @Test("a claimed message is invisible to other owners until its lease expires, then redelivered")
-    func leaseExpiryRedelivers() async throws {
-        let fixture = try StoreFixture()
+    @Test("a claimed message is invisible to other owners until its lease expires, then redelivered", arguments: StoreBackendKind.allCases)
+    func leaseExpiryRedelivers(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("case-1")])
@@ -89,9 +90,9 @@ struct QueueTests {
         #expect(try await store.renew(second, leaseSec: 30))
     }
 
-    @Test("renew extends the lease; a wrong owner cannot renew")
-    func renewExtendsTheLease() async throws {
-        let fixture = try StoreFixture()
+    @Test("renew extends the lease; a wrong owner cannot renew", arguments: StoreBackendKind.allCases)
+    func renewExtendsTheLease(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("case-1")])
@@ -114,9 +115,9 @@ struct QueueTests {
         #expect(taken.deliveries == 2)
     }
 
-    @Test("complete deletes the message and publishes the result in one go")
-    func completePublishesTheResult() async throws {
-        let fixture = try StoreFixture()
+    @Test("complete deletes the message and publishes the result in one go", arguments: StoreBackendKind.allCases)
+    func completePublishesTheResult(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         let resultBell = store.bell.doorbell(for: .conductor)
@@ -145,9 +146,9 @@ struct QueueTests {
         #expect(try await store.activity() == ActivitySnapshot(activeCases: 0, queuedMessages: 0))
     }
 
-    @Test("claim hands out the oldest available message first; fail with a delay hides it until then")
-    func orderingAndRetryDelay() async throws {
-        let fixture = try StoreFixture()
+    @Test("claim hands out the oldest available message first; fail with a delay hides it until then", arguments: StoreBackendKind.allCases)
+    func orderingAndRetryDelay(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("a")])
@@ -169,9 +170,9 @@ struct QueueTests {
         #expect(again.deliveries == 2)
     }
 
-    @Test("failing an execute_command on its last delivery dead-letters it and fails the step in the same transaction")
-    func failDeadLettersAfterMaxDeliveries() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 3)
+    @Test("failing an execute_command on its last delivery dead-letters it and fails the step in the same transaction", arguments: StoreBackendKind.allCases)
+    func failDeadLettersAfterMaxDeliveries(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend, maxDeliveries: 3)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("case-1")])
@@ -207,9 +208,9 @@ struct QueueTests {
         #expect(try await store.claim(.conductor, owner: "conductor", leaseSec: 30) == nil)
     }
 
-    @Test("a message whose lease expires maxDeliveries times is dead-lettered on the next claim")
-    func leaseExpiryDeadLetters() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 3)
+    @Test("a message whose lease expires maxDeliveries times is dead-lettered on the next claim", arguments: StoreBackendKind.allCases)
+    func leaseExpiryDeadLetters(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend, maxDeliveries: 3)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("case-1")])
@@ -242,9 +243,9 @@ struct QueueTests {
         await #expect(throws: StoreError.self) { try await store.replayDeadLetter(dead.id) }
     }
 
-    @Test("dead-lettered transfers publish file_transfer_failed; dead-lettered events publish nothing")
-    func deadLetterResultPerKind() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 1)
+    @Test("dead-lettered transfers publish file_transfer_failed; dead-lettered events publish nothing", arguments: StoreBackendKind.allCases)
+    func deadLetterResultPerKind(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend, maxDeliveries: 1)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([
@@ -269,9 +270,9 @@ struct QueueTests {
         #expect(try await store.deadLetters().first?.kind == .fileTransferFailed)
     }
 
-    @Test("reclaimLeases makes leased messages claimable at once; a crash counts, a graceful release does not")
-    func reclaimLeases() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 3)
+    @Test("reclaimLeases makes leased messages claimable at once; a crash counts, a graceful release does not", arguments: StoreBackendKind.allCases)
+    func reclaimLeases(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend, maxDeliveries: 3)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("a"), Self.executeCommand("b"),
@@ -311,9 +312,9 @@ struct QueueTests {
         #expect(uploadAgain.id == upload.id && uploadAgain.deliveries == 2)
     }
 
-    @Test("a worker that lost its lease cannot fail the message out from under the worker that took it over")
-    func failAfterLostLeaseKeepsTheNewOwnersLease() async throws {
-        let fixture = try StoreFixture(maxDeliveries: 5)
+    @Test("a worker that lost its lease cannot fail the message out from under the worker that took it over", arguments: StoreBackendKind.allCases)
+    func failAfterLostLeaseKeepsTheNewOwnersLease(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend, maxDeliveries: 5)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("case-1")])

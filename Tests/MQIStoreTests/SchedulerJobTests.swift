@@ -1,14 +1,15 @@
 import Foundation
 import MQICore
 @testable import MQIStore
+import MQITestSupport
 import Testing
 
 /// The record of Slurm jobs (`hpc.executor: slurm`): one row per step attempt (and beam), one
 /// history event per state change, and the case's `detail` while the job is the current attempt.
 struct SchedulerJobTests {
     /// A store with case-1 at step `simulate` (index 1), attempt 1, PROCESSING on GPU 0.
-    static func caseAtSimulate() async throws -> (StoreFixture, Driver) {
-        let fixture = try StoreFixture()
+    static func caseAtSimulate(_ backend: StoreBackendKind) async throws -> (StoreFixture, Driver) {
+        let fixture = try StoreFixture(backend: backend)
         let driver = Driver(store: fixture.store, conductor: try Fixtures.conductor())
         try await fixture.store.reconcileGPUs(configured: [0])
         try await driver.registerAndStart("case-1", workflow: Fixtures.workflowName)
@@ -24,9 +25,9 @@ struct SchedulerJobTests {
         try await store.history(caseId).filter { $0.event.hasPrefix("slurm_") }
     }
 
-    @Test("PENDING → RUNNING → COMPLETED: one history event per state change, the detail follows the job and is cleared when it ends")
-    func lifecycle() async throws {
-        let (fixture, _) = try await Self.caseAtSimulate()
+    @Test("PENDING → RUNNING → COMPLETED: one history event per state change, the detail follows the job and is cleared when it ends", arguments: StoreBackendKind.allCases)
+    func lifecycle(_ backend: StoreBackendKind) async throws {
+        let (fixture, _) = try await Self.caseAtSimulate(backend)
         defer { fixture.remove() }
         let store = fixture.store, clock = fixture.clock
         let submitted = clock.now
@@ -86,9 +87,9 @@ struct SchedulerJobTests {
         #expect(try await store.schedulerJobs(caseId: "case-2").isEmpty)
     }
 
-    @Test("a job that ended badly says how, with Slurm's reason; the next attempt's job is a row of its own")
-    func timeoutAndNextAttempt() async throws {
-        let (fixture, _) = try await Self.caseAtSimulate()
+    @Test("a job that ended badly says how, with Slurm's reason; the next attempt's job is a row of its own", arguments: StoreBackendKind.allCases)
+    func timeoutAndNextAttempt(_ backend: StoreBackendKind) async throws {
+        let (fixture, _) = try await Self.caseAtSimulate(backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.recordSchedulerJob(SchedulerJob(caseId: "case-1", step: "simulate", attempt: 1, jobId: "13", state: "RUNNING", node: "n1"))
@@ -105,9 +106,9 @@ struct SchedulerJobTests {
         #expect(try await store.schedulerJobs(caseId: "case-1").map(\.jobId) == ["13", "14"])
     }
 
-    @Test("a job that is not the case's current attempt never touches its detail")
-    func nonCurrentAttemptLeavesTheDetail() async throws {
-        let (fixture, _) = try await Self.caseAtSimulate()
+    @Test("a job that is not the case's current attempt never touches its detail", arguments: StoreBackendKind.allCases)
+    func nonCurrentAttemptLeavesTheDetail(_ backend: StoreBackendKind) async throws {
+        let (fixture, _) = try await Self.caseAtSimulate(backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.recordSchedulerJob(SchedulerJob(caseId: "case-1", step: "simulate", attempt: 1, jobId: "20", state: "PENDING", reason: "Priority"))
@@ -125,9 +126,9 @@ struct SchedulerJobTests {
         #expect(try await store.schedulerJobs(caseId: "ghost").map(\.jobId) == ["23"])
     }
 
-    @Test("the case's detail goes when the case moves to another step or finishes")
-    func conductClearsTheDetail() async throws {
-        let (fixture, driver) = try await Self.caseAtSimulate()
+    @Test("the case's detail goes when the case moves to another step or finishes", arguments: StoreBackendKind.allCases)
+    func conductClearsTheDetail(_ backend: StoreBackendKind) async throws {
+        let (fixture, driver) = try await Self.caseAtSimulate(backend)
         defer { fixture.remove() }
         let store = fixture.store
         try await store.recordSchedulerJob(SchedulerJob(caseId: "case-1", step: "simulate", attempt: 1, jobId: "30", state: "RUNNING", gpus: "1", node: "n1"))
@@ -152,9 +153,9 @@ struct SchedulerJobTests {
         #expect(try await store.caseSummary("case-1")?.detail == nil)
     }
 
-    @Test("beam jobs: a row per beam, the detail names the beam, and a beam that ends clears only its own detail")
-    func beamJobs() async throws {
-        let (fixture, _) = try await Self.caseAtSimulate()
+    @Test("beam jobs: a row per beam, the detail names the beam, and a beam that ends clears only its own detail", arguments: StoreBackendKind.allCases)
+    func beamJobs(_ backend: StoreBackendKind) async throws {
+        let (fixture, _) = try await Self.caseAtSimulate(backend)
         defer { fixture.remove() }
         let store = fixture.store
         // The beam runs a for_each: beam step would have (beam 3 still waits for a GPU).

@@ -21,25 +21,41 @@ final class ManualClock: Sendable {
     }
 }
 
-/// A Store on a real SQLite file in a fresh temporary directory, with a manual clock.
+/// A Store with a manual clock on a real SQLite file in a fresh temporary directory, or on a
+/// fresh database of the test process's PostgreSQL server: the store contract holds on both.
 struct StoreFixture {
+    let backend: StoreBackendKind
     let directory: URL
     let clock: ManualClock
     let store: Store
+    /// The PostgreSQL database's URL.
+    let url: String?
 
     var databasePath: String { directory.appendingPathComponent("state.sqlite").path }
 
-    init(maxDeliveries: Int = 5, clock: ManualClock = ManualClock()) throws {
+    init(backend: StoreBackendKind = .sqlite, maxDeliveries: Int = 5, clock: ManualClock = ManualClock()) throws {
+        self.backend = backend
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("mqi-store-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         self.clock = clock
-        store = try Store(path: directory.appendingPathComponent("state.sqlite").path, maxDeliveries: maxDeliveries,
-                          now: { clock.now })
+        switch backend {
+        case .sqlite:
+            url = nil
+            store = try Store(path: directory.appendingPathComponent("state.sqlite").path, maxDeliveries: maxDeliveries,
+                              now: { clock.now })
+        case .postgres:
+            let url = try PostgresServer.shared().freshDatabase()
+            self.url = url
+            store = try Store(postgres: PostgresLocation(url: url), maxDeliveries: maxDeliveries, now: { clock.now })
+        }
     }
 
-    /// A second Store on the same file (the CLI beside the daemon).
+    /// A second Store on the same database (the CLI beside the daemon, or another communicator).
     func openAnother(maxDeliveries: Int = 5) throws -> Store {
         let clock = clock
+        if let url {
+            return try Store(postgres: PostgresLocation(url: url), maxDeliveries: maxDeliveries, now: { clock.now })
+        }
         return try Store(path: databasePath, maxDeliveries: maxDeliveries, now: { clock.now })
     }
 

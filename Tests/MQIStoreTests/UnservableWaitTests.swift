@@ -1,5 +1,6 @@
 import Foundation
 import MQICore
+import MQITestSupport
 import Testing
 @testable import MQIStore
 
@@ -32,15 +33,15 @@ struct UnservableWaitTests {
         }
     }
 
-    static func scene() async throws -> Scene {
-        let scene = Scene(fixture: try StoreFixture(), conductor: try MixedGPUFairnessTests.conductor())
+    static func scene(_ backend: StoreBackendKind) async throws -> Scene {
+        let scene = Scene(fixture: try StoreFixture(backend: backend), conductor: try MixedGPUFairnessTests.conductor())
         try await scene.store.reconcileGPUs(configured: [0, 1])
         try await scene.store.recordGPUTelemetry(samples([0, 1]), busyMemoryMB: 500)
         return scene
     }
 
-    @Test func aCaseNeedingMoreGPUsThanAreHealthyDoesNotBlockLaterCases() async throws {
-        let scene = try await Self.scene()
+    @Test(arguments: StoreBackendKind.allCases) func aCaseNeedingMoreGPUsThanAreHealthyDoesNotBlockLaterCases(_ backend: StoreBackendKind) async throws {
+        let scene = try await Self.scene(backend)
         defer { scene.fixture.remove() }
         // GPU 1 vanishes from nvidia-smi: one usable GPU left.
         try await scene.store.recordGPUTelemetry(Self.samples([0]), busyMemoryMB: 500)
@@ -73,8 +74,8 @@ struct UnservableWaitTests {
         try await expectGPUInvariants(scene.store)
     }
 
-    @Test func aCaseWaitingForGPUsHeldByOthersStillBlocksThoseBehindIt() async throws {
-        let scene = try await Self.scene()
+    @Test(arguments: StoreBackendKind.allCases) func aCaseWaitingForGPUsHeldByOthersStillBlocksThoseBehindIt(_ backend: StoreBackendKind) async throws {
+        let scene = try await Self.scene(backend)
         defer { scene.fixture.remove() }
         try await scene.store.recordGPUTelemetry(Self.samples([0]), busyMemoryMB: 500)
         _ = try await scene.arrive("A", "small")            // GPU 0

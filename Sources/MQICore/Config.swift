@@ -147,14 +147,36 @@ public struct ScannerConfig: Sendable, Equatable {
 }
 
 public struct StateConfig: Sendable, Equatable {
+    /// A SQLite file's path, or a PostgreSQL URL (`postgresql://USER@HOST:PORT/DATABASE`) shared
+    /// by several communicators.
     public var database: String
     public var pidFile: String
     public var logsDir: String
+    /// `state.password_file`: the PostgreSQL password (its first line); else `PGPASSWORD`.
+    public var passwordFile: String?
+    /// `state.instance_name`: this communicator's name in leases, logs, metrics and the
+    /// dashboard (default: the host name).
+    public var instanceName: String
 
-    public init(database: String, pidFile: String, logsDir: String) {
+    public init(database: String, pidFile: String, logsDir: String, passwordFile: String? = nil, instanceName: String = StateConfig.defaultInstanceName) {
         self.database = database
         self.pidFile = pidFile
         self.logsDir = logsDir
+        self.passwordFile = passwordFile
+        self.instanceName = instanceName
+    }
+
+    /// True when `database` is a PostgreSQL URL.
+    public var isPostgres: Bool { database.hasPrefix("postgresql://") || database.hasPrefix("postgres://") }
+
+    /// Where this communicator keeps its local files beside the state (follow-up uploads, the
+    /// marker wait list): the SQLite file's directory, or the PID file's with PostgreSQL.
+    public var localDirectory: String {
+        ((isPostgres ? pidFile : database) as NSString).deletingLastPathComponent
+    }
+
+    public static var defaultInstanceName: String {
+        ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "mqi"
     }
 }
 

@@ -353,11 +353,39 @@ private final class ConfigParser {
 
     func state(_ top: Fields) -> StateConfig {
         let fields = mapping(top["state"], "state")
-        defer { if let fields { finish(fields, allowed: ["database", "pid_file", "logs_dir"]) } }
+        defer { if let fields { finish(fields, allowed: ["database", "pid_file", "logs_dir", "password_file", "instance_name"]) } }
         func value(_ key: String, _ fallback: String) -> String {
             fields.map { path($0, key, default: fallback) } ?? PathResolver.absolute(fallback, relativeTo: base)
         }
-        return StateConfig(database: value("database", "./var/mqi.sqlite"), pidFile: value("pid_file", "./var/mqi.pid"), logsDir: value("logs_dir", "./var/logs"))
+        var database: String
+        if let fields, let url = string(fields, "database"), url.hasPrefix("postgresql://") || url.hasPrefix("postgres://") {
+            // A PostgreSQL URL, not a path. The password never sits in the config.
+            database = url
+            if let components = URLComponents(string: url) {
+                if components.host?.isEmpty ?? true {
+                    fail(fields["database"], "state.database", "a PostgreSQL URL needs a host: postgresql://USER@HOST[:PORT]/DATABASE")
+                }
+                if components.password != nil {
+                    fail(fields["database"], "state.database", "must not hold the password (it would sit in the config): put it in state.password_file or PGPASSWORD")
+                }
+            } else {
+                fail(fields["database"], "state.database", "not a valid URL; expected postgresql://USER@HOST[:PORT]/DATABASE")
+            }
+        } else {
+            database = value("database", "./var/mqi.sqlite")
+        }
+        var state = StateConfig(database: database, pidFile: value("pid_file", "./var/mqi.pid"), logsDir: value("logs_dir", "./var/logs"))
+        if let fields {
+            if fields["password_file"] != nil { state.passwordFile = path(fields, "password_file") }
+            if let name = nonEmptyString(fields, "instance_name") {
+                if name.contains("/") || name.contains(where: \.isWhitespace) {
+                    fail(fields["instance_name"], "state.instance_name", "'\(name)': no '/' or spaces (it prefixes lease owners)")
+                } else {
+                    state.instanceName = name
+                }
+            }
+        }
+        return state
     }
 
     /// A step that can never start: it needs more GPUs than `hpc.gpus` lists (a list, not

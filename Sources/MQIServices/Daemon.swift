@@ -34,17 +34,26 @@ public struct Daemon: Sendable {
 
     /// Opens the state database the way every command does.
     public static func openStore(_ config: Config) throws -> Store {
-        try Store.open(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
+        try Store.open(state: config.state, maxDeliveries: config.retry.maxAttempts)
     }
 
     public func run() async throws {
+        let logger = {
+            var logger = self.logger
+            if self.config.state.isPostgres { logger[metadataKey: "instance"] = "\(self.config.state.instanceName)" }
+            return logger
+        }()
         let lock = try PIDLock(path: config.state.pidFile)
         defer { lock.release() }
-        // One daemon per database, whatever its PID file: a lock beside the database. The
-        // database's files are checked first, so a permission problem is named as such.
-        try Store.checkAccess(path: config.state.database)
-        let databaseLock = try PIDLock(path: config.state.database + ".lock", database: config.state.database)
-        defer { databaseLock.release() }
+        // One daemon per SQLite database, whatever its PID file: a lock beside the database. The
+        // database's files are checked first, so a permission problem is named as such. A
+        // PostgreSQL state is shared by any number of communicators.
+        var databaseLock: PIDLock?
+        if !config.state.isPostgres {
+            try Store.checkAccess(path: config.state.database)
+            databaseLock = try PIDLock(path: config.state.database + ".lock", database: config.state.database)
+        }
+        defer { databaseLock?.release() }
         if let stale = lock.stalePID {
             logger.info("replaced a stale PID file left by PID \(stale), which is no longer running", metadata: ["pid_file": "\(config.state.pidFile)"])
         }
@@ -65,8 +74,10 @@ public struct Daemon: Sendable {
             }
         }
         let metrics = self.metrics ?? MQIMetrics()
-        let opened = try Store.openRecovering(path: config.state.database, maxDeliveries: config.retry.maxAttempts)
+        let opened = try Store.openRecovering(state: config.state, maxDeliveries: config.retry.maxAttempts)
         let store = opened.store
+        // Messages published by the other communicators ring this one's doorbells at once.
+        store.listenForOtherCommunicators()
         if let setAside = opened.setAside {
             logger.error("the state database could not be used (\(opened.problem ?? "damaged")); it was set aside as \(setAside) and a new one was created; re-scanning \(config.scanner.localLogdata): cases with complete, verified results are recorded COMPLETED, all others run again",
                          metadata: ["database": "\(config.state.database)", "set_aside": "\(setAside)"])
@@ -96,11 +107,11 @@ public struct Daemon: Sendable {
 
         let conductor = Conductor(config: config)
         // Follow-up jobs' uploads (the plan and one delivery folder), beside the database.
-        let followupsDir = ((config.state.database as NSString).deletingLastPathComponent as NSString).appendingPathComponent("followups")
+        let followupsDir = (config.state.localDirectory as NSString).appendingPathComponent("followups")
         let resultsDir = config.conductor.resultsDir
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,
                                   hasVerifiedResults: { caseId in await ResultManifest.check((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
-                                  waitListPath: MarkerWaitList.path(database: config.state.database), followupsDir: followupsDir)
+                                  waitListPath: MarkerWaitList.path(state: config.state), followupsDir: followupsDir)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "CaseScanner"),
             .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics),
@@ -120,6 +131,7 @@ public struct Daemon: Sendable {
                 return transfers
             }(), serviceName: "FileTransferService"),
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore, serviceName: "SystemdNotifier"),
+            .init(service: Heartbeat(store: store, logger: logger), serviceName: "Heartbeat"),
         ]
         services.append(.init(service: RetentionService(retention: Retention(config: config.retention, logsDir: config.state.logsDir, store: store), logger: logger),
                               serviceName: "RetentionService"))
@@ -172,7 +184,7 @@ public struct Daemon: Sendable {
         let group = ServiceGroup(configuration: groupConfig)
         logger.info("mqi daemon started", metadata: [
             "config": "\(config.sourcePath)", "database": "\(config.state.database)", "gpus": "\(config.hpc.gpus)",
-            "transport": "\(config.hpc.transport.rawValue)",
+            "transport": "\(config.hpc.transport.rawValue)", "instance": "\(config.state.instanceName)",
         ])
         try await group.run()
         logger.info("mqi daemon stopped")

@@ -47,6 +47,12 @@ public struct MarkerWaitList: Codable, Sendable, Equatable {
     /// `<database>.waiting.json`
     public static func path(database: String) -> String { database + ".waiting.json" }
 
+    /// This communicator's list: beside a SQLite file, or `<instance>.waiting.json` beside the
+    /// PID file when the state is PostgreSQL.
+    public static func path(state: StateConfig) -> String {
+        state.isPostgres ? (state.localDirectory as NSString).appendingPathComponent("\(state.instanceName).waiting.json") : path(database: state.database)
+    }
+
     /// Whether `entry` has waited longer than the timeout at `now`.
     public func isOverdue(_ entry: Entry, now: Date) -> Bool {
         now.timeIntervalSince(entry.since) >= timeoutMin * 60

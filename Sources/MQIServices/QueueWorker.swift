@@ -31,7 +31,7 @@ struct QueueWorker: Sendable {
     func run(_ handle: @escaping Handler) async {
         await withTaskGroup(of: Void.self) { group in
             for index in 0..<concurrency {
-                let owner = "\(name)-\(ProcessInfo.processInfo.processIdentifier)-\(index)"
+                let owner = "\(store.instance)/\(name)-\(ProcessInfo.processInfo.processIdentifier)-\(index)"
                 group.addTask { await loop(owner: owner, handle) }
             }
         }

@@ -190,3 +190,60 @@ extension Store {
         }
     }
 }
+
+extension Store {
+    /// Opens the state `state.database` names (a SQLite file or a PostgreSQL URL) for a command:
+    /// never sets anything aside; every problem is a ``StoreOpenError`` that says what to do.
+    public static func open(state: StateConfig, maxDeliveries: Int = 5) throws -> Store {
+        var store: Store
+        if state.isPostgres {
+            store = try openPostgres(state, maxDeliveries: maxDeliveries)
+        } else {
+            store = try open(path: state.database, maxDeliveries: maxDeliveries)
+        }
+        store.instance = state.instanceName
+        return store
+    }
+
+    /// Opens the state at start-up: a damaged SQLite file is set aside (``openRecovering(path:)``);
+    /// PostgreSQL is opened (and migrated) as it is.
+    public static func openRecovering(state: StateConfig, maxDeliveries: Int = 5, bell: QueueBell = QueueBell()) throws -> Opened {
+        var opened: Opened
+        if state.isPostgres {
+            opened = Opened(store: try openPostgres(state, maxDeliveries: maxDeliveries, bell: bell))
+        } else {
+            opened = try openRecovering(path: state.database, maxDeliveries: maxDeliveries, bell: bell)
+        }
+        opened.store.instance = state.instanceName
+        return opened
+    }
+
+    static func openPostgres(_ state: StateConfig, maxDeliveries: Int, bell: QueueBell = QueueBell()) throws -> Store {
+        do {
+            let location = try PostgresLocation(url: state.database, password: PostgresLocation.password(file: state.passwordFile))
+            return try Store(postgres: location, maxDeliveries: maxDeliveries, bell: bell)
+        } catch let error as StoreOpenError {
+            throw error
+        } catch {
+            throw StoreOpenError(.cannotOpen, path: state.database, "cannot open the state database \(state.database): \(error)")
+        }
+    }
+
+    /// Whether the state is a PostgreSQL database shared with other communicators.
+    public var isShared: Bool { pool.dialect == .postgres }
+
+    /// Rings this process's doorbells whenever any communicator publishes (PostgreSQL's
+    /// `LISTEN`); nothing to do on SQLite, where the publishers are this process (and the CLI,
+    /// which consumers poll for).
+    public func listenForOtherCommunicators() {
+        guard let backend = pool as? PostgresBackend else { return }
+        let bell = bell
+        backend.listen { queue in
+            if let queue, let name = QueueName(rawValue: queue) {
+                bell.ring(name)
+            } else {
+                for name in QueueName.allCases { bell.ring(name) }
+            }
+        }
+    }
+}

@@ -198,17 +198,28 @@ extension Store {
     }
 
     /// Makes every leased message available again at once. Only for start-up: one daemon runs
-    /// per database (the database lock), so every lease found then belongs to a daemon that died
-    /// without shutting down. The interrupted delivery counts: a message whose handling crashes
+    /// per SQLite database (the database lock), so every lease found then belongs to a daemon that
+    /// died without shutting down; on a shared PostgreSQL state only this communicator's own. The interrupted delivery counts: a message whose handling crashes
     /// the daemon reaches the dead letters after `maxDeliveries` restarts instead of crash-looping
     /// (a graceful shutdown gives its messages back uncounted, see `release`).
     @discardableResult
     public func reclaimLeases() async throws -> Int {
+        // Communicators sharing a PostgreSQL state each take back only their own leases (they
+        // start with `<instance>/`): another one's are its live work, or expire if it died.
+        let shared = isShared
+        let prefix = Self.likeEscaped(instance + "/") + "%"
         let count = try await pool.write { db in
-            try db.execute(sql: """
-                UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL
-                WHERE lease_owner IS NOT NULL
-                """)
+            if shared {
+                try db.execute(sql: """
+                    UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL
+                    WHERE lease_owner LIKE ? ESCAPE '\\'
+                    """, arguments: [prefix])
+            } else {
+                try db.execute(sql: """
+                    UPDATE messages SET lease_owner = NULL, lease_expires_at = NULL
+                    WHERE lease_owner IS NOT NULL
+                    """)
+            }
             return db.changesCount
         }
         for queue in QueueName.allCases { bell.ring(queue) }

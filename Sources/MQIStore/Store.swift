@@ -14,6 +14,9 @@ public struct Store: Sendable {
     /// Deliveries after which a message moves to the dead letters.
     public let maxDeliveries: Int
     public let bell: QueueBell
+    /// This communicator's name (`state.instance_name`): it prefixes the owners of the leases it
+    /// takes and names its heartbeat row.
+    public var instance: String = StateConfig.defaultInstanceName
 
     public init(path: String, maxDeliveries: Int = 5, bell: QueueBell = QueueBell(), now: @escaping @Sendable () -> Date = { Date() }) throws {
         let directory = (path as NSString).deletingLastPathComponent

@@ -13,7 +13,7 @@ extension Reports {
         let daemon = PIDLock.holder(of: config.state.pidFile)
         let hosts = try await store.hosts()
         // Written by the daemon's scanner (`MarkerWaitList`); only with a ready marker.
-        let waitList = config.scanner.readyMarker == nil ? nil : MarkerWaitList.read(from: MarkerWaitList.path(database: config.state.database))
+        let waitList = config.scanner.readyMarker == nil ? nil : MarkerWaitList.read(from: MarkerWaitList.path(state: config.state))
         let waiting = waitList?.cases ?? []
         let now = Date()
         if json {

@@ -157,13 +157,18 @@ public struct StateConfig: Sendable, Equatable {
     /// `state.instance_name`: this communicator's name in leases, logs, metrics and the
     /// dashboard (default: the host name).
     public var instanceName: String
+    /// `state.lease_sec`: how long a worker's claim on a message holds without renewal (it renews
+    /// every third of it). A communicator that dies leaves its work to the others after this.
+    public var leaseSec: Double
 
-    public init(database: String, pidFile: String, logsDir: String, passwordFile: String? = nil, instanceName: String = StateConfig.defaultInstanceName) {
+    public init(database: String, pidFile: String, logsDir: String, passwordFile: String? = nil, instanceName: String = StateConfig.defaultInstanceName,
+                leaseSec: Double = 30) {
         self.database = database
         self.pidFile = pidFile
         self.logsDir = logsDir
         self.passwordFile = passwordFile
         self.instanceName = instanceName
+        self.leaseSec = leaseSec
     }
 
     /// True when `database` is a PostgreSQL URL.

@@ -353,7 +353,7 @@ private final class ConfigParser {
 
     func state(_ top: Fields) -> StateConfig {
         let fields = mapping(top["state"], "state")
-        defer { if let fields { finish(fields, allowed: ["database", "pid_file", "logs_dir", "password_file", "instance_name"]) } }
+        defer { if let fields { finish(fields, allowed: ["database", "pid_file", "logs_dir", "password_file", "instance_name", "lease_sec"]) } }
         func value(_ key: String, _ fallback: String) -> String {
             fields.map { path($0, key, default: fallback) } ?? PathResolver.absolute(fallback, relativeTo: base)
         }
@@ -377,6 +377,7 @@ private final class ConfigParser {
         var state = StateConfig(database: database, pidFile: value("pid_file", "./var/mqi.pid"), logsDir: value("logs_dir", "./var/logs"))
         if let fields {
             if fields["password_file"] != nil { state.passwordFile = path(fields, "password_file") }
+            state.leaseSec = number(fields, "lease_sec", default: 30, min: 3)
             if let name = nonEmptyString(fields, "instance_name") {
                 if name.contains("/") || name.contains(where: \.isWhitespace) {
                     fail(fields["instance_name"], "state.instance_name", "'\(name)': no '/' or spaces (it prefixes lease owners)")

@@ -13,7 +13,8 @@ struct QueueWorker: Sendable {
     var queue: QueueName
     var name: String
     var concurrency: Int
-    var leaseSec: Double = 30
+    /// `state.lease_sec`.
+    var leaseSec: Double { store.leaseSec }
     /// Fallback poll for messages published by another process (the CLI).
     var idlePollSec: Double = 1
     var retry: RetryPolicy

@@ -202,6 +202,7 @@ extension Store {
             store = try open(path: state.database, maxDeliveries: maxDeliveries)
         }
         store.instance = state.instanceName
+        store.leaseSec = state.leaseSec
         return store
     }
 
@@ -215,6 +216,7 @@ extension Store {
             opened = try openRecovering(path: state.database, maxDeliveries: maxDeliveries, bell: bell)
         }
         opened.store.instance = state.instanceName
+        opened.store.leaseSec = state.leaseSec
         return opened
     }
 

@@ -17,6 +17,8 @@ public struct Store: Sendable {
     /// This communicator's name (`state.instance_name`): it prefixes the owners of the leases it
     /// takes and names its heartbeat row.
     public var instance: String = StateConfig.defaultInstanceName
+    /// How long the leases this communicator's workers take hold without renewal (`state.lease_sec`).
+    public var leaseSec: Double = 30
 
     public init(path: String, maxDeliveries: Int = 5, bell: QueueBell = QueueBell(), now: @escaping @Sendable () -> Date = { Date() }) throws {
         let directory = (path as NSString).deletingLastPathComponent

@@ -55,7 +55,7 @@ extension Store {
 
     /// The communicators that sent a heartbeat, alive when it is at most `aliveWithin` seconds
     /// old, each with the leases it holds; alive ones first, then by name.
-    public func instances(aliveWithin: Double = 30) async throws -> [InstanceRecord] {
+    public func instances(aliveWithin: Double = 20) async throws -> [InstanceRecord] {
         let now = now()
         return try await pool.read { db in
             let leases = try SQLRow.fetchAll(db, sql: """

@@ -38,10 +38,19 @@ public struct LocalCaseCleaner: CaseCleaner {
         return try await BlockingWork.run("mqi-cleanup") { _ in
             var removed: [String] = []
             for path in targets where (try? FileManager.default.attributesOfItem(atPath: path)) != nil {
-                do {
-                    try FileManager.default.removeItem(atPath: path)
-                } catch {
-                    throw TransportError("cannot remove \(path): \(error.localizedDescription)")
+                // Another communicator on the same state may remove it at the same time: a file
+                // gone under our feet is not a failure; what is gone in the end was removed.
+                for attempt in 1...3 {
+                    do {
+                        try FileManager.default.removeItem(atPath: path)
+                        break
+                    } catch where (try? FileManager.default.attributesOfItem(atPath: path)) == nil {
+                        break
+                    } catch where attempt < 3 {
+                        continue
+                    } catch {
+                        throw TransportError("cannot remove \(path): \(error.localizedDescription)")
+                    }
                 }
                 removed.append(path)
             }

@@ -16,8 +16,10 @@ extension Reports {
         let waitList = config.scanner.readyMarker == nil ? nil : MarkerWaitList.read(from: MarkerWaitList.path(state: config.state))
         let waiting = waitList?.cases ?? []
         let now = Date()
+        // A shared PostgreSQL state: the communicators working on it (heartbeat rows).
+        let communicators = store.isShared ? try await store.instances() : []
         if json {
-            let object: [String: Any] = [
+            var object: [String: Any] = [
                 "daemon_running": daemon.running,
                 "daemon_pid": daemon.running ? daemon.pid.map { Int($0) } as Any : NSNull(),
                 "cases": Dictionary(uniqueKeysWithValues: counts.map { ($0.key.rawValue, $0.value) }),
@@ -31,10 +33,27 @@ extension Reports {
                      "overdue": waitList?.isOverdue(entry, now: now) ?? false] as [String: Any]
                 },
             ]
+            if store.isShared {
+                object["communicators"] = communicators.map { instance in
+                    ["name": instance.name, "host": instance.host, "pid": instance.pid, "alive": instance.alive,
+                     "heartbeat_at": isoDate(instance.heartbeatAt), "started_at": isoDate(instance.startedAt),
+                     "leases": instance.leases.map { ["kind": $0.kind, "case_id": $0.caseId] }] as [String: Any]
+                }
+            }
             return try jsonObjectText(object)
         }
         var lines: [String] = []
         lines.append("daemon: " + (daemon.running ? "running (PID \(daemon.pid.map(String.init) ?? "?"))" : "not running"))
+        if store.isShared {
+            let alive = communicators.filter(\.alive)
+            lines.append("communicators: \(alive.count) alive" + (alive.isEmpty ? "" : ":"))
+            for instance in communicators {
+                let age = Int(now.timeIntervalSince(instance.heartbeatAt))
+                let holds = instance.leases.isEmpty ? "holds nothing"
+                    : "holds \(instance.leases.count): " + instance.leases.prefix(6).map { "\($0.kind) \($0.caseId)" }.joined(separator: ", ") + (instance.leases.count > 6 ? ", …" : "")
+                lines.append("  \(instance.name)  \(instance.alive ? "alive" : "GONE (no heartbeat)")  \(instance.host) PID \(instance.pid)  heartbeat \(age) s ago  \(holds)")
+            }
+        }
         lines.append("cases:  " + CaseStatus.allCases.map { "\($0.rawValue) \(counts[$0] ?? 0)" }.joined(separator: "  "))
         for host in hosts {
             let seconds = Int(Date().timeIntervalSince(host.since))

@@ -95,6 +95,12 @@ public enum APIRoutes {
             }
         }
 
+        router.get("/api/communicators") { _, _ -> Response in
+            await APIResponses.guarded(context) {
+                APIResponses.json(CommunicatorsResponse(shared: context.store.isShared, communicators: try await context.store.instances()))
+            }
+        }
+
         router.get("/api/queues") { _, _ -> Response in
             await APIResponses.guarded(context) {
                 let depths = try await context.store.queueDepths()
@@ -172,6 +178,13 @@ struct QueuesResponse: Encodable {
     var deadLetterCount: Int
 
     enum CodingKeys: String, CodingKey { case queues, deadLetters = "dead_letters", deadLetterCount = "dead_letter_count" }
+}
+
+/// `GET /api/communicators`: the communicators working on this state (heartbeat rows); on a
+/// SQLite state (`shared: false`) the one daemon.
+struct CommunicatorsResponse: Encodable {
+    var shared: Bool
+    var communicators: [InstanceRecord]
 }
 
 struct ConductResponse: Encodable {

@@ -68,6 +68,7 @@ enum Dashboard {
             "deadLetterCount": "\(summary.deadLetters)", "deadLetters": deadLetterList(deadLetters, tokenConfigured: tokenConfigured),
             "gpus": gpus.isEmpty ? PageTemplate.gpusEmpty.render([:]) : gpus.map(gpuCard).joined(separator: "\n"),
             "recentCases": caseTable(recent, id: "recent-cases", empty: "No case yet: cases appear here when the scanner finds them."),
+            "communicators": context.store.isShared ? communicatorsPanel(try await context.store.instances(), now: renderedAt) : "",
         ])
         return (.ok, layout(title: "Overview", page: "overview", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
     }
@@ -208,6 +209,21 @@ enum Dashboard {
         }
         return gpu.reservedBy.map { PageTemplate.gpuHolderCase.render(["caseId": escape($0), "casePath": StepLogs.pathEscaped($0)]) }
             ?? PageTemplate.gpuHolderNone.render([:])
+    }
+
+    /// The communicators on a shared PostgreSQL state, alive first, with what each holds.
+    static func communicatorsPanel(_ instances: [InstanceRecord], now: Date) -> String {
+        let rows = instances.map { instance in
+            let holds = instance.leases.isEmpty ? "nothing"
+                : "\(instance.leases.count): " + instance.leases.prefix(4).map { "\($0.kind) \($0.caseId)" }.joined(separator: ", ") + (instance.leases.count > 4 ? ", …" : "")
+            return PageTemplate.communicatorRow.render([
+                "name": escape(instance.name), "state": instance.alive ? "alive" : "gone (no heartbeat)",
+                "stateClass": instance.alive ? "alive" : "gone", "host": escape(instance.host), "pid": "\(instance.pid)",
+                "heartbeatAt": instance.heartbeatAt.formatted(.iso8601), "age": "\(max(0, Int(now.timeIntervalSince(instance.heartbeatAt))))",
+                "holds": escape(holds),
+            ])
+        }.joined(separator: "\n")
+        return PageTemplate.communicators.render(["aliveCount": "\(instances.filter(\.alive).count)", "rows": rows])
     }
 
     static func queuesTable(_ summary: OverviewSummary) -> String {

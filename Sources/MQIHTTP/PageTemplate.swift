@@ -31,6 +31,8 @@ struct PageTemplate: Sendable {
     static let layout = PageTemplate(PackageResources.layout_html)
     static let error = PageTemplate(PackageResources.error_html)
     static let overview = PageTemplate(PackageResources.overview_html)
+    static let communicators = PageTemplate(PackageResources.communicators_html)
+    static let communicatorRow = PageTemplate(PackageResources.communicator_row_html)
     static let statusTile = PageTemplate(PackageResources.status_tile_html)
     static let cases = PageTemplate(PackageResources.cases_html)
     static let caseDetail = PageTemplate(PackageResources.case_html)

@@ -6,6 +6,7 @@ import MQIMetrics
 import MQIStore
 import MQITransport
 import ServiceLifecycle
+import Synchronization
 
 /// The whole communicator wired together: store, scanner, conductor and workers in one
 /// ServiceGroup with graceful shutdown on SIGTERM/SIGINT.
@@ -201,6 +202,7 @@ struct Readiness: Sendable {
     let store: Store
     let runner: any CommandRunner
     var reachability: HostReachability? = nil
+    var databaseTimeoutSec: Double = 3
 
     func problems() async -> [String: String] {
         var problems: [String: String] = [:]
@@ -208,14 +210,10 @@ struct Readiness: Sendable {
             // Says since when, without waiting for a connection attempt that cannot succeed now.
             problems["hpc"] = "\(reachability.host) unreachable since \(state.since.formatted(.iso8601)): \(state.reason ?? "no answer"); work that needs it is paused"
             problems["transport"] = "unreachable"
-            do { try await store.checkWritable() } catch { problems["database"] = "not writable: \(error)" }
+            if let problem = await databaseProblem() { problems["database"] = problem }
             return problems
         }
-        do {
-            try await store.checkWritable()
-        } catch {
-            problems["database"] = "not writable: \(error)"
-        }
+        if let problem = await databaseProblem() { problems["database"] = problem }
         do {
             let result = try await runner.capture("true", timeoutSec: 10)
             if result.status != 0 { problems["transport"] = "`true` exited \(result.status): \(result.output.prefix(200))" }
@@ -223,6 +221,44 @@ struct Readiness: Sendable {
             problems["transport"] = "unreachable: \(error)"
         }
         return problems
+    }
+}
+
+extension Readiness {
+    /// Why the state database cannot be written now, or nil. Bounded by `databaseTimeoutSec`:
+    /// a PostgreSQL server that does not answer is retried by the store for longer than a probe
+    /// may wait, and an unreachable database is itself the answer (work is paused meanwhile:
+    /// every claim waits for it).
+    func databaseProblem() async -> String? {
+        let store = store
+        let timeout = databaseTimeoutSec
+        return await withCheckedContinuation { (continuation: CheckedContinuation<String?, Never>) in
+            // The first answer wins; the check itself cannot be cancelled (it may wait inside the
+            // store's retries), so it is left to finish on its own.
+            let pending = FirstAnswer(continuation)
+            Task {
+                var problem: String?
+                do { try await store.checkWritable() } catch { problem = "not writable: \(error)" }
+                pending.resume(problem)
+            }
+            Task {
+                try? await Task.sleep(for: .seconds(timeout))
+                pending.resume("no answer within \(Int(timeout)) s (\(store.isShared ? "the PostgreSQL server is unreachable or overloaded" : "the database is locked or the disk hangs")); work waits for it")
+            }
+        }
+    }
+}
+
+/// Resumes a continuation with the first of several answers.
+final class FirstAnswer<Value: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Value, Never>?>
+
+    init(_ continuation: CheckedContinuation<Value, Never>) {
+        self.continuation = Mutex(continuation)
+    }
+
+    func resume(_ value: Value) {
+        continuation.withLock { $0.take() }?.resume(returning: value)
     }
 }
 

@@ -10,7 +10,7 @@ struct MQICommand: AsyncParsableCommand {
         commandName: "mqi",
         abstract: "MQI Communicator: runs proton-therapy QA cases through MOQUI on GPUs and tracks them.",
         discussion: "Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 another instance is running.",
-        subcommands: [Run.self, Status.self, Cases.self, GPUs.self, Prune.self, ConfigCommand.self, Demo.self])
+        subcommands: [Run.self, Status.self, Cases.self, GPUs.self, Prune.self, ConfigCommand.self, DB.self, Demo.self])
 }
 
 /// `--config PATH`, shared by every command that reads a config.
@@ -125,6 +125,21 @@ struct ConfigCommand: AsyncParsableCommand {
         @OptionGroup var options: ConfigOption
 
         func run() async throws { try finish(await Commands.checkConfig(configPath: options.config)) }
+    }
+}
+
+struct DB: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "db", abstract: "Work with the state database.", subcommands: [MigrateTo.self])
+
+    struct MigrateTo: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "migrate-to",
+            abstract: "Copy the SQLite state (cases, history, queues, dead letters, GPUs) into an empty PostgreSQL database.",
+            discussion: "The daemon must be stopped. The copy is one transaction; a target that holds any row is refused. The password comes from state.password_file or PGPASSWORD.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "postgresql://USER@HOST[:PORT]/DATABASE") var url: String
+
+        func run() async throws { try finish(await Commands.migrateTo(configPath: options.config, url: url)) }
     }
 }
 

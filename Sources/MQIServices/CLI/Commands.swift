@@ -112,6 +112,47 @@ public enum Commands {
         }
     }
 
+    /// `mqi db migrate-to URL`: copies the config's SQLite state into the empty PostgreSQL
+    /// database at `url` (in one transaction: all or nothing). Refused while the daemon runs on
+    /// the SQLite file (its lock is held), when the config's state is PostgreSQL already, or
+    /// when the target holds any row. The password comes from state.password_file or PGPASSWORD.
+    public static func migrateTo(configPath: String, url: String) async throws -> Int32 {
+        try await exitStatus {
+            let config = try loadConfig(configPath)
+            guard !config.state.isPostgres else {
+                printError("mqi db migrate-to: state.database is already PostgreSQL (\(config.state.database)); migrate-to copies a SQLite state")
+                throw Failure(status: 2)
+            }
+            guard PostgresLocation.isURL(url) else {
+                printError("mqi db migrate-to: '\(url)' is not a PostgreSQL URL (postgresql://USER@HOST[:PORT]/DATABASE)")
+                throw Failure(status: 2)
+            }
+            let daemon = PIDLock.holder(of: config.state.database + ".lock")
+            if daemon.running {
+                printError("mqi db migrate-to: a daemon (PID \(daemon.pid.map(String.init) ?? "?")) is using \(config.state.database); stop it first, so nothing changes during the copy")
+                throw Failure(status: 3)
+            }
+            let source = try Daemon.openStore(config)
+            var targetState = config.state
+            targetState.database = url
+            let target: Store
+            do {
+                target = try Store.open(state: targetState, maxDeliveries: config.retry.maxAttempts)
+            } catch {
+                printError("mqi db migrate-to: \(error)")
+                throw Failure(status: 1)
+            }
+            do {
+                let copied = try await source.copyState(to: target)
+                for (table, rows) in copied { print("\(table): \(rows) row(s)") }
+                print("copied \(config.state.database) into \(url); set state.database: \(url) in \(configPath) and start the communicators")
+            } catch {
+                printError("mqi db migrate-to: nothing was copied: \(error)")
+                throw Failure(status: 1)
+            }
+        }
+    }
+
     /// `mqi config check`: exit 0 with a one-line summary, or the config's errors and exit 2.
     public static func checkConfig(configPath: String) async throws -> Int32 {
         try await exitStatus {

@@ -13,7 +13,7 @@ struct MQIBench: AsyncParsableCommand {
     var quick = false
     @Option(help: "Also write the figures as JSON to this file.")
     var json: String?
-    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams, slurm; slurm skips itself without Slurm).")
+    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams, slurm, postgres; slurm skips itself without Slurm; postgres is run only when named).")
     var only: String?
     @Flag(help: "Keep the temporary directories (for inspection).")
     var keep = false
@@ -45,6 +45,9 @@ struct MQIBench: AsyncParsableCommand {
         }
         if sections.contains("slurm") {
             figures += try await SlurmBenchmark.run(cases: quick ? 10 : 30, pollSec: 0.5, mqi: mqi, keep: keep)
+        }
+        if sections.contains("postgres") {
+            figures += try await DaemonBenchmarks.postgres(cases: quick ? 100 : 300, keep: keep)
         }
         let total = nowEpoch() - started
         print(Table.render(figures, title: "mqi-bench\(quick ? " --quick" : "") on \(ProcessInfo.processInfo.activeProcessorCount) cores, \(fmt(total)) s"))

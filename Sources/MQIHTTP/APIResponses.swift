@@ -79,6 +79,56 @@ extension Request {
     }
 }
 
+/// The case list's filters, as the API and the dashboard read them from the query string
+/// (`status`, `q`, `received_from`, `received_to`).
+struct CaseListFilter: Sendable {
+    var status: CaseStatus?
+    var query: String?
+    var receivedFrom: Date?
+    var receivedTo: Date?
+    /// As written in the URL, to be written back into links and the form.
+    var receivedFromText: String?
+    var receivedToText: String?
+
+    var isEmpty: Bool { status == nil && query == nil && receivedFrom == nil && receivedTo == nil }
+
+    init(_ request: Request) throws {
+        status = try request.queryParameter("status").map(CaseStatus.parseQuery)
+        query = request.queryParameter("q").flatMap { $0.isEmpty ? nil : $0 }
+        if let query, query.count > 200 { throw APIError.badRequest("q is longer than 200 characters") }
+        receivedFromText = request.queryParameter("received_from").flatMap { $0.isEmpty ? nil : $0 }
+        receivedToText = request.queryParameter("received_to").flatMap { $0.isEmpty ? nil : $0 }
+        receivedFrom = try receivedFromText.map { try Self.parseTime($0, name: "received_from", endOfDay: false) }
+        receivedTo = try receivedToText.map { try Self.parseTime($0, name: "received_to", endOfDay: true) }
+        if let receivedFrom, let receivedTo, receivedTo <= receivedFrom {
+            throw APIError.badRequest("received_to (\(receivedToText ?? "")) must be after received_from (\(receivedFromText ?? ""))")
+        }
+    }
+
+    /// ISO-8601: a date and time with `Z` or an offset (seconds and fractions optional), or a
+    /// date alone, which means that day in this server's time zone (the clinic's): from its
+    /// start for `received_from`, through its end for `received_to`.
+    static func parseTime(_ text: String, name: String, endOfDay: Bool) throws -> Date {
+        if text.count == 10 {
+            var calendar = Calendar(identifier: .gregorian)
+            calendar.timeZone = .current
+            let parts = text.split(separator: "-").compactMap { Int($0) }
+            if parts.count == 3, let day = calendar.date(from: DateComponents(year: parts[0], month: parts[1], day: parts[2])),
+               calendar.component(.month, from: day) == parts[1], calendar.component(.day, from: day) == parts[2] {
+                return endOfDay ? calendar.date(byAdding: .day, value: 1, to: day) ?? day : day
+            }
+        } else {
+            for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime],
+                                                          [.withFullDate, .withTime, .withColonSeparatorInTime, .withTimeZone, .withDashSeparatorInDate]] {
+                let formatter = ISO8601DateFormatter()
+                formatter.formatOptions = options
+                if let date = formatter.date(from: text) { return date }
+            }
+        }
+        throw APIError.badRequest("\(name) must be an ISO-8601 date (2026-12-01) or date and time with a time zone (2026-12-01T08:00:00Z, 2026-12-01T09:00:00+01:00), not '\(text)'")
+    }
+}
+
 extension CaseStatus {
     /// Parses `status=` values (any case); a bad value is a 400 that lists the valid ones.
     static func parseQuery(_ text: String) throws -> CaseStatus {

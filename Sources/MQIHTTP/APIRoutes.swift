@@ -29,7 +29,7 @@ public enum APIRoutes {
 
         router.get("/api/cases") { request, _ -> Response in
             await APIResponses.guarded(context) {
-                let status = try request.queryParameter("status").map(CaseStatus.parseQuery)
+                let filter = try CaseListFilter(request)
                 var limit = 50
                 if let text = request.queryParameter("limit") {
                     guard let value = Int(text), (1...500).contains(value) else {
@@ -37,9 +37,8 @@ public enum APIRoutes {
                     }
                     limit = value
                 }
-                let query = request.queryParameter("q")
-                if let query, query.count > 200 { throw APIError.badRequest("q is longer than 200 characters") }
-                let page = try await context.store.casesPage(status: status, query: query, limit: limit, cursor: request.queryParameter("cursor"))
+                let page = try await context.store.casesPage(status: filter.status, query: filter.query, receivedFrom: filter.receivedFrom,
+                                                             receivedTo: filter.receivedTo, limit: limit, cursor: request.queryParameter("cursor"))
                 return APIResponses.json(CaseListResponse(cases: page.cases, nextCursor: page.nextCursor))
             }
         }

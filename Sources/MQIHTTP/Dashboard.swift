@@ -75,20 +75,23 @@ enum Dashboard {
 
     static func caseList(_ context: APIContext, request: Request, tokenConfigured: Bool) async throws -> (HTTPResponse.Status, String) {
         let renderedAt = Date()
-        let status = try request.queryParameter("status").map(CaseStatus.parseQuery)
-        let query = request.queryParameter("q")
+        let filter = try CaseListFilter(request)
         let cursor = request.queryParameter("cursor")
-        let page = try await context.store.casesPage(status: status, query: query, limit: pageSize, cursor: cursor)
+        let page = try await context.store.casesPage(status: filter.status, query: filter.query, receivedFrom: filter.receivedFrom,
+                                                     receivedTo: filter.receivedTo, limit: pageSize, cursor: cursor)
         let options = PageTemplate.statusOptionAll.render([:]) + CaseStatus.allCases.map { s in
-            PageTemplate.statusOption.render(["value": s.rawValue, "selected": s == status ? " selected" : "", "label": label(s)])
+            PageTemplate.statusOption.render(["value": s.rawValue, "selected": s == filter.status ? " selected" : "", "label": label(s)])
         }.joined()
         var links: [String] = []
-        if cursor != nil { links.append(PageTemplate.pagerNewest.render(["href": listURL(status: status, query: query, cursor: nil)])) }
-        if let next = page.nextCursor { links.append(PageTemplate.pagerOlder.render(["href": listURL(status: status, query: query, cursor: next)])) }
+        if cursor != nil { links.append(PageTemplate.pagerNewest.render(["href": listURL(filter, cursor: nil)])) }
+        if let next = page.nextCursor { links.append(PageTemplate.pagerOlder.render(["href": listURL(filter, cursor: next)])) }
         let body = PageTemplate.cases.render([
-            "statusOptions": options, "query": escape(query ?? ""), "statusFilter": status?.rawValue ?? "", "firstPage": "\(cursor == nil)",
-            "clearLink": status != nil || query != nil ? PageTemplate.clearFilters.render([:]) : "",
-            "caseTable": caseTable(page.cases, id: "cases", empty: status == nil && query == nil ? "No case yet." : "No case matches these filters."),
+            "statusOptions": options, "query": escape(filter.query ?? ""), "statusFilter": filter.status?.rawValue ?? "",
+            "receivedFrom": escape(filter.receivedFromText ?? ""), "receivedTo": escape(filter.receivedToText ?? ""),
+            // New cases arrive now: live rows are added only to a first page that shows now.
+            "firstPage": "\(cursor == nil && filter.receivedTo.map { $0 > renderedAt } ?? true)",
+            "clearLink": filter.isEmpty ? "" : PageTemplate.clearFilters.render([:]),
+            "caseTable": caseTable(page.cases, id: "cases", empty: filter.isEmpty ? "No case yet." : "No case matches these filters."),
             "pager": links.joined(separator: " "),
         ])
         return (.ok, layout(title: "Cases", page: "cases", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
@@ -393,10 +396,13 @@ enum Dashboard {
         }.joined(separator: " · ")])
     }
 
-    static func listURL(status: CaseStatus?, query: String?, cursor: String?) -> String {
+    /// The list's URL with every filter in it, so a link (or a bookmark) shows the same cases.
+    static func listURL(_ filter: CaseListFilter, cursor: String?) -> String {
         var parts: [String] = []
-        if let status { parts.append("status=\(status.rawValue)") }
-        if let query { parts.append("q=\(StepLogs.pathEscaped(query))") }
+        if let status = filter.status { parts.append("status=\(status.rawValue)") }
+        if let query = filter.query { parts.append("q=\(StepLogs.pathEscaped(query))") }
+        if let from = filter.receivedFromText { parts.append("received_from=\(StepLogs.pathEscaped(from))") }
+        if let to = filter.receivedToText { parts.append("received_to=\(StepLogs.pathEscaped(to))") }
         if let cursor { parts.append("cursor=\(StepLogs.pathEscaped(cursor))") }
         return "/cases" + (parts.isEmpty ? "" : "?" + parts.joined(separator: "&amp;"))
     }

@@ -27,7 +27,9 @@ extension Store {
     /// Cases newest first (by `created_at`, then insertion order), at most `limit`, optionally of one
     /// status and/or whose id contains `query` (case-insensitive for ASCII). `cursor` is the
     /// `nextCursor` of the previous page (keyset pagination: stable while cases are added).
-    public func casesPage(status: CaseStatus? = nil, query: String? = nil, limit: Int = 50, cursor: String? = nil) async throws -> CasePage {
+    /// `receivedFrom` / `receivedTo`: only cases registered at or after / before these times.
+    public func casesPage(status: CaseStatus? = nil, query: String? = nil, receivedFrom: Date? = nil, receivedTo: Date? = nil,
+                          limit: Int = 50, cursor: String? = nil) async throws -> CasePage {
         let limit = min(max(1, limit), 500)
         var position: (createdAt: String, rowid: Int64)?
         if let cursor, !cursor.isEmpty {
@@ -43,6 +45,14 @@ extension Store {
         if let query, !query.isEmpty {
             conditions.append("case_id \(pool.dialect == .postgres ? "ILIKE" : "LIKE") ? ESCAPE '\\'")
             arguments.append("%" + Self.likeEscaped(query) + "%")
+        }
+        if let receivedFrom {
+            conditions.append("created_at >= ?")
+            arguments.append(receivedFrom)
+        }
+        if let receivedTo {
+            conditions.append("created_at < ?")
+            arguments.append(receivedTo)
         }
         if let position {
             // Row values use the (status,) created_at index with its implicit rowid.

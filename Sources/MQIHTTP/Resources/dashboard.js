@@ -352,6 +352,8 @@
       var list = document.getElementById("case-list"), q = "limit=50";
       if (list.dataset.statusFilter) q += "&status=" + encodeURIComponent(list.dataset.statusFilter);
       if (list.dataset.query) q += "&q=" + encodeURIComponent(list.dataset.query);
+      if (list.dataset.receivedFrom) q += "&received_from=" + encodeURIComponent(list.dataset.receivedFrom);
+      if (list.dataset.receivedTo) q += "&received_to=" + encodeURIComponent(list.dataset.receivedTo);
       if (list.dataset.firstPage === "true") fetch("/api/cases?" + q, { cache: "no-store" }).then(function (r) { return r.json(); }).then(function (d) { d.cases.slice().reverse().forEach(applyCaseRow); }).catch(function () {});
     } else if (page === "case") {
       refreshDetail();

@@ -64,7 +64,7 @@ enum APIResponses {
 extension Request {
     /// A path parameter, percent-decoded (the router matches the raw path, so `%2F` stays inside one
     /// parameter and hostile case ids arrive intact).
-    func pathParameter(_ name: String, _ context: BasicRequestContext) throws -> String {
+    func pathParameter(_ name: String, _ context: MQIRequestContext) throws -> String {
         guard let raw = context.parameters.get(name) else { throw APIError.badRequest("missing path parameter \(name)") }
         guard let decoded = raw.removingPercentEncoding else {
             throw APIError.badRequest("path parameter \(name) is not valid percent-encoded UTF-8")

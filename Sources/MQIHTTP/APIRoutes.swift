@@ -24,7 +24,7 @@ public struct APIContext: Sendable {
 /// need the bearer token from `http.token_file` (see `APIAuthorization`). No CORS headers: the
 /// dashboard is served from the same origin.
 public enum APIRoutes {
-    public static func register(on router: Router<BasicRequestContext>, _ context: APIContext) {
+    public static func register(on router: Router<MQIRequestContext>, _ context: APIContext) {
         let auth = APIAuthorization(tokenFile: context.config.http.tokenFile)
 
         router.get("/api/cases") { request, _ -> Response in

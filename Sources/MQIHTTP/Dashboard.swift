@@ -11,7 +11,7 @@ enum Dashboard {
     static let recentCount = 15
     static let pageSize = 50
 
-    static func register(on router: Router<BasicRequestContext>, _ context: APIContext, tokenConfigured: Bool) {
+    static func register(on router: Router<MQIRequestContext>, _ context: APIContext, tokenConfigured: Bool) {
         router.get("/assets/dashboard.css") { _, _ -> Response in
             APIResponses.text(DashboardAssets.css, contentType: "text/css; charset=utf-8")
         }

@@ -11,8 +11,8 @@ public typealias ReadinessCheck = @Sendable () async -> [String: String]
 
 /// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 public enum HTTPServer {
-    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil) -> Router<BasicRequestContext> {
-        let router = Router()
+    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil) -> Router<MQIRequestContext> {
+        let router = Router(context: MQIRequestContext.self)
         router.add(middleware: SecurityHeaders())
         if let api { APIRoutes.register(on: router, api) }
         router.get("/metrics") { _, _ -> Response in

@@ -59,10 +59,14 @@ public struct MetricsConfig: Sendable, Equatable {
 /// The operators' API: mutating endpoints need `Authorization: Bearer <token>`, the token read
 /// from `token_file`; without one they answer 403.
 public struct HTTPConfig: Sendable, Equatable {
+    /// `http.token_file`: one token (the first line), unnamed.
     public var tokenFile: String?
+    /// `http.tokens_file`: lines `name token`, one per operator (`#` comments, blank lines).
+    public var tokensFile: String?
 
-    public init(tokenFile: String? = nil) {
+    public init(tokenFile: String? = nil, tokensFile: String? = nil) {
         self.tokenFile = tokenFile
+        self.tokensFile = tokensFile
     }
 }
 

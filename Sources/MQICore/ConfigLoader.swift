@@ -290,7 +290,8 @@ private final class ConfigParser {
         var http = HTTPConfig()
         if let fields = mapping(top["http"], "http") {
             http.tokenFile = nonEmptyString(fields, "token_file").map { PathResolver.absolute($0, relativeTo: base) }
-            finish(fields, allowed: ["token_file"])
+            http.tokensFile = nonEmptyString(fields, "tokens_file").map { PathResolver.absolute($0, relativeTo: base) }
+            finish(fields, allowed: ["token_file", "tokens_file"])
         }
         var retention = RetentionConfig()
         if let fields = mapping(top["retention"], "retention") {

@@ -69,7 +69,7 @@ struct EventStream: Sendable {
         var summary: OverviewSummary?
         var lastWrite = clock.now
         var tick = 0
-        let hello: [String: Any] = ["server_time": APIResponses.isoDate(Date()), "token_configured": context.config.http.tokenFile != nil]
+        let hello: [String: Any] = ["server_time": APIResponses.isoDate(Date()), "token_configured": APIAuthorization(context.config.http).isConfigured]
         let helloData = (try? JSONSerialization.data(withJSONObject: hello, options: [.sortedKeys])) ?? Data("{}".utf8)
         try await writer.write(ByteBuffer(string: "retry: 2000\nevent: hello\ndata: \(String(decoding: helloData, as: UTF8.self))\n\n"))
         while !Task.isCancelled, !Task.isShuttingDownGracefully {

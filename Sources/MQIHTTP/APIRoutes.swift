@@ -25,7 +25,7 @@ public struct APIContext: Sendable {
 /// dashboard is served from the same origin.
 public enum APIRoutes {
     public static func register(on router: Router<MQIRequestContext>, _ context: APIContext) {
-        let auth = APIAuthorization(tokenFile: context.config.http.tokenFile)
+        let auth = APIAuthorization(context.config.http)
 
         router.get("/api/cases") { request, _ -> Response in
             await APIResponses.guarded(context) {
@@ -76,15 +76,16 @@ public enum APIRoutes {
 
         router.post("/api/cases/:id/retry") { request, requestContext -> Response in
             await APIResponses.guarded(context) {
-                try auth.check(request)
-                return try await conduct(.retry, caseId: try request.pathParameter("id", requestContext), context)
+                let caller = try auth.check(request, requestContext)
+                return try await conduct(.retry, caseId: try request.pathParameter("id", requestContext), context, caller: caller)
             }
         }
 
         router.post("/api/cases/:id/cancel") { request, requestContext -> Response in
             await APIResponses.guarded(context) {
-                try auth.check(request)
-                return try await conduct(.cancel(reason: "by an operator (dashboard/API)"), caseId: try request.pathParameter("id", requestContext), context)
+                let caller = try auth.check(request, requestContext)
+                return try await conduct(.cancel(reason: "by \(caller.name ?? "an operator") (dashboard/API)"), caseId: try request.pathParameter("id", requestContext),
+                                         context, caller: caller)
             }
         }
 
@@ -112,12 +113,12 @@ public enum APIRoutes {
 
         router.post("/api/dead-letters/:id/replay") { request, requestContext -> Response in
             await APIResponses.guarded(context) {
-                try auth.check(request)
+                let caller = try auth.check(request, requestContext)
                 let text = try request.pathParameter("id", requestContext)
                 guard let id = Int64(text) else { throw APIError.badRequest("dead letter id must be a number, not '\(text)'") }
                 guard try await context.store.deadLetterExists(id) else { throw APIError.notFound("no dead letter with id \(id)") }
-                try await context.store.replayDeadLetter(id)
-                context.logger.notice("dead letter replayed through the API", metadata: ["dead_letter.id": "\(id)"])
+                try await context.store.replayDeadLetter(id, audit: "dead letter \(id) replayed by \(caller.description)")
+                context.logger.notice("dead letter replayed through the API by \(caller.description)", metadata: ["dead_letter.id": "\(id)"])
                 return APIResponses.json(["replayed": id])
             }
         }
@@ -146,13 +147,14 @@ public enum APIRoutes {
 
     /// Retry or cancel through the Conductor: 404 for an unknown case, 409 when the Conductor
     /// ignores the request in the case's status.
-    static func conduct(_ event: ConductorEvent, caseId: String, _ context: APIContext) async throws -> Response {
-        let applied = try await context.store.conduct(event, caseId: caseId, conductor: context.conductor)
+    static func conduct(_ event: ConductorEvent, caseId: String, _ context: APIContext, caller: APIAuthorization.Caller) async throws -> Response {
+        let applied = try await context.store.conduct(event, caseId: caseId, conductor: context.conductor,
+                                                      audit: "\(event.name) by \(caller.description)")
         guard let first = applied.first else { throw APIError.notFound("no case '\(caseId)'") }
         guard first.decision.outcome == .applied else {
             throw APIError.conflict("\(event.name) does not apply to case '\(caseId)' in status \(first.previousStatus.rawValue): \(first.decision.note)")
         }
-        context.logger.notice("\(event.name) through the API", metadata: ["case_id": "\(caseId)", "status": "\(first.decision.state.status.rawValue)"])
+        context.logger.notice("\(event.name) through the API by \(caller.description)", metadata: ["case_id": "\(caseId)", "status": "\(first.decision.state.status.rawValue)"])
         return APIResponses.json(ConductResponse(caseId: caseId, previousStatus: first.previousStatus.rawValue,
                                                  status: first.decision.state.status.rawValue, note: first.decision.note))
     }

@@ -68,7 +68,10 @@ extension Store {
     /// history line, GPU reservations and published commands — together with the acknowledgement
     /// of `message` (if the event came from the queue), in ONE transaction. If GPUs were released,
     /// cases waiting for them are started in the same transaction, first come first served.
-    public func conduct(_ event: ConductorEvent, caseId: String, conductor: Conductor, acknowledging message: ClaimedMessage? = nil) async throws -> [AppliedDecision] {
+    /// `audit`: who asked, recorded as an `operator` line of the case's history in the same
+    /// transaction when the decision applies (`retry by alice from 10.1.2.3`).
+    public func conduct(_ event: ConductorEvent, caseId: String, conductor: Conductor, acknowledging message: ClaimedMessage? = nil,
+                        audit: String? = nil) async throws -> [AppliedDecision] {
         let now = now()
         let (applied, published) = try await pool.write { db -> ([AppliedDecision], [OutgoingMessage]) in
             if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
@@ -81,6 +84,9 @@ extension Store {
             let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
             let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting, usable: usable))
             try Self.apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
+            if let audit, decision.outcome == .applied {
+                try Self.history(db, caseId: caseId, at: now, event: "operator", status: decision.state.status, step: nil, attempt: nil, message: audit)
+            }
             var applied = [AppliedDecision(event: event, decision: decision, previousStatus: state.status)]
             // GPUs freed, or the head of the wait left it: the cases behind may start now.
             if !decision.release.isEmpty || (state.status == .pendingResource && decision.state.status != .pendingResource) {

@@ -248,7 +248,8 @@ extension Store {
     }
 
     /// Puts a dead letter back on its queue with a fresh delivery count.
-    public func replayDeadLetter(_ id: Int64) async throws {
+    /// `audit`: who asked, recorded in the history of the dead letter's case.
+    public func replayDeadLetter(_ id: Int64, audit: String? = nil) async throws {
         let now = now()
         let queue = try await pool.write { db -> QueueName in
             guard let row = try SQLRow.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]) else {
@@ -259,6 +260,10 @@ extension Store {
                 """, arguments: [row["queue"] as String, row["kind"] as String, row["case_id"] as String, row["body"] as String, now, now])
             try Self.notifyConsumers(QueueName(rawValue: row["queue"]) ?? .conductor, db: db)
             try db.execute(sql: "DELETE FROM dead_letters WHERE id = ?", arguments: [id])
+            if let audit, let status = try String.fetchOne(db, sql: "SELECT status FROM cases WHERE case_id = ?", arguments: [row["case_id"] as String]) {
+                try Self.history(db, caseId: row["case_id"], at: now, event: "operator", status: CaseStatus(rawValue: status) ?? .new,
+                                 step: nil, attempt: nil, message: audit)
+            }
             return QueueName(rawValue: row["queue"]) ?? .conductor
         }
         bell.ring(queue)

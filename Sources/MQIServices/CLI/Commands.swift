@@ -78,7 +78,11 @@ public enum Commands {
         try await exitStatus {
             let config = try loadConfig(configPath)
             let store = try Daemon.openStore(config)
-            let applied = try await store.conduct(event, caseId: caseId, conductor: Conductor(config: config))
+            // Who did it, in the case's history, as the API records its callers.
+            let user = ProcessInfo.processInfo.environment["SUDO_USER"].map { "\(ProcessInfo.processInfo.userName) (sudo by \($0))" }
+                ?? ProcessInfo.processInfo.userName
+            let applied = try await store.conduct(event, caseId: caseId, conductor: Conductor(config: config),
+                                                  audit: "\(event.name) by \(user) with the mqi command on \(ProcessInfo.processInfo.hostName)")
             guard let first = applied.first else {
                 printError("no case '\(caseId)'")
                 throw Failure(status: 1)

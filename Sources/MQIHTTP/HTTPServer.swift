@@ -9,17 +9,24 @@ import NIOCore
 /// Why the daemon is not ready, as named checks; empty when ready.
 public typealias ReadinessCheck = @Sendable () async -> [String: String]
 
-/// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
+/// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`; `/` gives
+/// the metrics too when the request's `Accept` asks for them (a Prometheus scrape), else the
+/// dashboard.
 public enum HTTPServer {
     public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil) -> Router<MQIRequestContext> {
         let router = Router(context: MQIRequestContext.self)
         router.add(middleware: SecurityHeaders())
-        if let api { APIRoutes.register(on: router, api) }
-        router.get("/metrics") { _, _ -> Response in
-            let text = try await metrics.render(from: store)
+        // The state directory (for its free space) is known where the config is: with the API.
+        let stateDirectory = api?.config.state.localDirectory
+        let exposition: @Sendable () async throws -> Response = {
+            let text = try await metrics.render(from: store, stateDirectory: stateDirectory)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(string: text)))
         }
+        // Before the dashboard's routes: a middleware applies to the routes added after it.
+        router.add(middleware: MetricsAtRoot(exposition: exposition))
+        if let api { APIRoutes.register(on: router, api) }
+        router.get("/metrics") { _, _ -> Response in try await exposition() }
         router.get("/healthz") { _, _ -> Response in
             json(.ok, ["status": "ok"])
         }

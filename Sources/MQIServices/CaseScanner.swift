@@ -179,6 +179,7 @@ public final class CaseScanner: Service, Sendable {
         }
         if let soon = await scanDeliveries(now: now) { nextCheck = min(nextCheck ?? soon, soon) }
         saveWaitList(now: now)
+        metrics.recordMarkerWaits(since: state.withLock { $0.waiting.values.map(\.since) })
         return ScanResult(registered: registered, settling: settling, nextCheck: nextCheck, waitingForMarker: waiting)
     }
 

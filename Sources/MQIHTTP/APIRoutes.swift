@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import MQICore
 import MQIStore
+import MQITransport
 
 /// What the JSON API and the dashboard need from the daemon.
 public struct APIContext: Sendable {
@@ -48,6 +49,27 @@ public enum APIRoutes {
                 let caseId = try request.pathParameter("id", requestContext)
                 guard let detail = try await context.caseDetail(caseId) else { throw APIError.notFound("no case '\(caseId)'") }
                 return APIResponses.json(detail)
+            }
+        }
+
+        router.get("/api/cases/:id/results.zip") { request, requestContext -> Response in
+            await APIResponses.guarded(context) {
+                let caseId = try request.pathParameter("id", requestContext)
+                guard let summary = try await context.store.caseSummary(caseId) else { throw APIError.notFound("no case '\(caseId)'") }
+                guard summary.status == .completed else {
+                    throw APIError.conflict("case '\(caseId)' is \(summary.status.rawValue): results are offered once it is COMPLETED")
+                }
+                let directory = (context.config.conductor.resultsDir as NSString).appendingPathComponent(caseId)
+                guard FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent(ResultManifest.fileName)) else {
+                    throw APIError.notFound("case '\(caseId)' has no verified results in \(directory) (no \(ResultManifest.fileName); removed, or kept elsewhere)")
+                }
+                let root = caseId.replacingOccurrences(of: "/", with: "_")
+                let entries = try ResultsZip.entries(of: directory, root: root)
+                return Response(status: .ok, headers: [
+                    .contentType: "application/zip",
+                    .contentDisposition: "attachment; filename=\"\(root.filter { $0 != "\"" && $0 != "\\" })-results.zip\"",
+                    .cacheControl: "no-store",
+                ], body: ResultsZip.body(entries))
             }
         }
 

@@ -119,6 +119,8 @@ enum Dashboard {
             "errorHidden": c.error == nil ? " hidden" : "", "error": escape(c.error ?? ""),
             "failureClass": c.failureClass.map { PageTemplate.failureClass.render(["failureClass": escape($0.rawValue)]) } ?? "",
             "actions": actions, "planBeams": planBeamsPanel(detail.planBeams),
+            "resultsDownload": PageTemplate.resultsDownload.render(["casePath": StepLogs.pathEscaped(c.caseId),
+                                                                    "hidden": c.status == .completed ? "" : " hidden"]),
             "beamRunsHidden": c.beams.isEmpty ? " hidden" : "", "beamRuns": beamRunsTable(c.beams),
             "fractionsHidden": detail.fractions.isEmpty ? " hidden" : "", "fractions": fractionsTable(detail.fractions),
             "slurmJobsHidden": detail.jobs.isEmpty ? " hidden" : "", "slurmJobs": schedulerJobsTable(detail.jobs),

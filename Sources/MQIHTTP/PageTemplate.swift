@@ -32,6 +32,7 @@ struct PageTemplate: Sendable {
     static let error = PageTemplate(PackageResources.error_html)
     static let overview = PageTemplate(PackageResources.overview_html)
     static let communicators = PageTemplate(PackageResources.communicators_html)
+    static let resultsDownload = PageTemplate(PackageResources.results_download_html)
     static let communicatorRow = PageTemplate(PackageResources.communicator_row_html)
     static let statusTile = PageTemplate(PackageResources.status_tile_html)
     static let cases = PageTemplate(PackageResources.cases_html)

@@ -118,6 +118,8 @@
     var cancel = head.querySelector('[data-action="cancel"]'), retry = head.querySelector('[data-action="retry"]');
     if (cancel) cancel.hidden = !!FINAL[c.status];
     if (retry) retry.hidden = !(c.status === "FAILED" || c.status === "CANCELLED");
+    var results = document.getElementById("results-download");
+    if (results) results.hidden = c.status !== "COMPLETED";
     applyBeamRuns(c.beams || []);
     return true;
   }

@@ -112,8 +112,9 @@ package final class PostgresBackend: SQLBackend, Sendable {
     }
 
     deinit {
+        // Without waiting: the last reference may go on any thread, an event loop's included.
         listener.withLock { $0?.cancel() }
-        for slot in slots.all + [blockingSlot] { slot.closeNow() }
+        for slot in slots.all + [blockingSlot] { slot.drop() }
     }
 
     // MARK: SQLBackend

@@ -199,6 +199,47 @@ struct AlertingTests {
         #expect(check.status == 0, "\(check.output)\n--- rules ---\n\(rules)")
     }
 
+    // MARK: gauges from the scanner
+
+    /// The scanner's cases without their ready marker: how many, and how long the oldest has
+    /// waited (from when the scanner first saw it, at each scrape); both 0 once it is taken.
+    @Test func theMarkerWaitGaugesFollowTheScanner() async throws {
+        let temp = try TemporaryDirectory("mqi-marker-gauges")
+        defer { temp.remove() }
+        let site = try DemoSite.create(at: temp.file("site"), cases: 0)
+        let config = try ConfigLoader.load(path: site.configPath)
+        let marker = try #require(config.scanner.readyMarker)
+        let store = try Daemon.openStore(config)
+        let metrics = MQIMetrics()
+        let clock = Mutex(Date().addingTimeInterval(-90 * 60))
+        let scanner = CaseScanner(config: config.scanner, store: store, logger: CapturedLogs().logger(), metrics: metrics,
+                                  waitListPath: MarkerWaitList.path(state: config.state), now: { clock.withLock { $0 } })
+        func samples() async throws -> [String: Double] { ObservabilityEndToEndTests.samples(try await metrics.render(from: store)) }
+        #expect(try await samples()["mqi_cases_waiting_for_marker"] == 0)
+        #expect(try await samples()["mqi_oldest_marker_wait_seconds"] == 0)
+        // Seen without its marker 90 min ago, and another one 10 min ago.
+        try DemoSite.writeCase(named: "DEMO-A", in: config.scanner.localLogdata, marker: nil)
+        #expect(await scanner.scan().waitingForMarker == 1)
+        clock.withLock { $0 = Date().addingTimeInterval(-10 * 60) }
+        try DemoSite.writeCase(named: "DEMO-B", in: config.scanner.localLogdata, marker: nil)
+        #expect(await scanner.scan().waitingForMarker == 2)
+        var values = try await samples()
+        #expect(values["mqi_cases_waiting_for_marker"] == 2)
+        #expect(abs((values["mqi_oldest_marker_wait_seconds"] ?? 0) - 5400) < 30, "\(values["mqi_oldest_marker_wait_seconds"] ?? -1)")
+        // DEMO-A's marker arrives: DEMO-B is the oldest; then DEMO-B's: none waits.
+        clock.withLock { $0 = Date() }
+        try Data().write(to: URL(fileURLWithPath: (config.scanner.localLogdata as NSString).appendingPathComponent("DEMO-A/\(marker)")))
+        #expect(await scanner.scan().registered == 1)
+        values = try await samples()
+        #expect(values["mqi_cases_waiting_for_marker"] == 1)
+        #expect(abs((values["mqi_oldest_marker_wait_seconds"] ?? 0) - 600) < 30, "\(values["mqi_oldest_marker_wait_seconds"] ?? -1)")
+        try Data().write(to: URL(fileURLWithPath: (config.scanner.localLogdata as NSString).appendingPathComponent("DEMO-B/\(marker)")))
+        #expect(await scanner.scan().registered == 1)
+        values = try await samples()
+        #expect(values["mqi_cases_waiting_for_marker"] == 0)
+        #expect(values["mqi_oldest_marker_wait_seconds"] == 0)
+    }
+
     // MARK: a live daemon
 
     static func get(_ port: Int, _ path: String, accept: String?) async throws -> (status: Int, contentType: String?, body: String) {

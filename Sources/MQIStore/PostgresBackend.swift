@@ -95,6 +95,9 @@ package final class PostgresBackend: SQLBackend, Sendable {
     let blockingSlot: PostgresSlot
     let blockingLock = NSLock()
     let retryWindow: Double
+    /// The longest a statement may go unanswered before its connection is given up (the
+    /// store's statements take milliseconds; a copy by `migrate-to` a few seconds).
+    let statementTimeout: Double = 60
     let translations = Mutex<[String: String]>([:])
     let listener = Mutex<Task<Void, Never>?>(nil)
     /// The key of the advisory lock every serialized write takes.
@@ -178,7 +181,11 @@ package final class PostgresBackend: SQLBackend, Sendable {
                     try connection.simple("COMMIT")
                     return result
                 } catch {
-                    if !committing { try? connection.simple("ROLLBACK") }
+                    // A dead connection is not asked to roll back (postgres-nio may never answer a
+                    // query on a closing channel); the server rolls back what a lost connection left.
+                    if !committing, Self.classify(error) != .connection, !connection.connection.isClosed {
+                        try? connection.simple("ROLLBACK")
+                    }
                     throw error
                 }
             } catch {
@@ -213,7 +220,7 @@ package final class PostgresBackend: SQLBackend, Sendable {
                 return .connection
             }
         }
-        if error is ChannelError || error is IOError || error is NIOConnectionError { return .connection }
+        if error is ChannelError || error is IOError || error is NIOConnectionError || error is PostgresNoAnswer { return .connection }
         return .other
     }
 
@@ -291,6 +298,12 @@ package final class PostgresBackend: SQLBackend, Sendable {
         }
         listener.withLock { $0?.cancel(); $0 = task }
     }
+}
+
+/// A statement got no answer in time; its connection was closed.
+struct PostgresNoAnswer: Error, CustomStringConvertible {
+    var seconds: Double
+    var description: String { "no answer from the server within \(Int(seconds)) s; the connection was closed" }
 }
 
 /// One connection and the thread its transactions run on.
@@ -435,7 +448,26 @@ final class PostgresSQLConnection: SQLConnection {
             case .text(let text): binds.append(text)
             }
         }
-        return try connection.query(PostgresQuery(unsafeSQL: backend.translate(sql), binds: binds), logger: backend.logger).wait()
+        let future = connection.query(PostgresQuery(unsafeSQL: backend.translate(sql), binds: binds), logger: backend.logger)
+        return try Self.wait(for: future, connection: connection, seconds: backend.statementTimeout)
+    }
+
+    /// Waits for a statement's answer at most `seconds`: a connection that stops answering (a
+    /// half-open socket, a server gone without a reset) is closed and the wait fails as a lost
+    /// connection, which the transaction retries, instead of holding its thread forever.
+    static func wait<Value: Sendable>(for future: EventLoopFuture<Value>, connection: PostgresConnection, seconds: Double) throws -> Value {
+        let answered = DispatchSemaphore(value: 0)
+        let result = Mutex<Result<Value, any Error>?>(nil)
+        future.whenComplete { outcome in
+            result.withLock { $0 = outcome }
+            answered.signal()
+        }
+        if answered.wait(timeout: .now() + seconds) == .timedOut {
+            let closing: EventLoopFuture<Void> = connection.close()
+            _ = closing
+            throw PostgresNoAnswer(seconds: seconds)
+        }
+        return try result.withLock { $0! }.get()
     }
 
     static func value(_ cell: PostgresCell) throws -> SQLValue {

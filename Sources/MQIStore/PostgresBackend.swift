@@ -327,7 +327,12 @@ final class PostgresSlot: @unchecked Sendable {
     }
 
     func drop() {
-        if let connection { let closing: EventLoopFuture<Void> = connection.close(); _ = closing }
+        if let connection {
+            // Kept alive until the close completes (postgres-nio asserts a connection is closed
+            // before it goes away).
+            let closing: EventLoopFuture<Void> = connection.close()
+            closing.whenComplete { _ in withExtendedLifetime(connection) {} }
+        }
         connection = nil
     }
 
@@ -464,7 +469,7 @@ final class PostgresSQLConnection: SQLConnection {
         }
         if answered.wait(timeout: .now() + seconds) == .timedOut {
             let closing: EventLoopFuture<Void> = connection.close()
-            _ = closing
+            closing.whenComplete { _ in withExtendedLifetime(connection) {} }
             throw PostgresNoAnswer(seconds: seconds)
         }
         return try result.withLock { $0! }.get()

@@ -276,31 +276,39 @@ struct QueueTests {
         defer { fixture.remove() }
         let store = fixture.store
         try await store.publish([Self.executeCommand("a"), Self.executeCommand("b"),
-                                 OutgoingMessage(kind: .uploadCase, body: MessageBody(caseId: "c", stepIndex: 0, attempt: 1))])
-        let a = try #require(try await store.claim(.remoteExecutor, owner: "old-daemon", leaseSec: 3600))
-        let upload = try #require(try await store.claim(.fileTransfer, owner: "old-daemon", leaseSec: 3600))
+                                 OutgoingMessage(kind: .uploadCase, body: MessageBody(caseId: "c", stepIndex: 0, attempt: 1)),
+                                 OutgoingMessage(kind: .uploadCase, body: MessageBody(caseId: "d", stepIndex: 0, attempt: 1))])
+        // Workers' leases carry their communicator's name (`<instance>/...`).
+        let a = try #require(try await store.claim(.remoteExecutor, owner: "\(store.instance)/old-daemon", leaseSec: 3600))
+        let upload = try #require(try await store.claim(.fileTransfer, owner: "\(store.instance)/old-daemon", leaseSec: 3600))
         #expect(a.body.caseId == "a")
         #expect(upload.body.caseId == "c")
+        // Another communicator's lease on a shared (PostgreSQL) state is its live work: only its
+        // expiry frees it. On SQLite every lease at start belongs to a daemon that died.
+        let d = try #require(try await store.claim(.fileTransfer, owner: "elsewhere/worker", leaseSec: 3600))
 
-        // The daemon dies and restarts: "b" was never claimed and is not touched.
-        #expect(try await store.reclaimLeases() == 2)
-        let again = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
+        // The daemon dies and restarts: what it held is free again at once.
+        #expect(try await store.reclaimLeases() == (backend == .postgres ? 2 : 3))
+        if backend == .postgres {
+            #expect(try await store.queuedMessages().first { $0.id == d.id }?.leaseOwner == "elsewhere/worker")
+        }
+        let again = try #require(try await store.claim(.remoteExecutor, owner: "\(store.instance)/new-daemon", leaseSec: 30))
         #expect(again.id == a.id)
         #expect(again.deliveries == 2, "the delivery the crash interrupted counts")
         // A graceful shutdown gives it back uncounted, any number of times.
         try store.release(again)
         for _ in 0..<5 {
-            let current = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
+            let current = try #require(try await store.claim(.remoteExecutor, owner: "\(store.instance)/new-daemon", leaseSec: 30))
             #expect(current.id == a.id && current.deliveries == 2)
             try store.release(current)
         }
         // A message whose handling keeps crashing the daemon goes to the dead letters after
         // maxDeliveries restarts instead of crash-looping.
         for deliveries in [2, 3] {
-            #expect(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30)?.deliveries == deliveries)
+            #expect(try await store.claim(.remoteExecutor, owner: "\(store.instance)/new-daemon", leaseSec: 30)?.deliveries == deliveries)
             #expect(try await store.reclaimLeases() == 1)
         }
-        let b = try #require(try await store.claim(.remoteExecutor, owner: "new-daemon", leaseSec: 30))
+        let b = try #require(try await store.claim(.remoteExecutor, owner: "\(store.instance)/new-daemon", leaseSec: 30))
         #expect(b.body.caseId == "b", "a went to the dead letters at its fourth delivery")
         let dead = try await store.deadLetters()
         #expect(dead.map(\.caseId) == ["a"])
@@ -308,7 +316,7 @@ struct QueueTests {
         // Its failure event was published for the Conductor.
         let failure = try #require(try await store.claim(.conductor, owner: "conductor", leaseSec: 30))
         #expect(failure.kind == .executionFailed && failure.body.caseId == "a")
-        let uploadAgain = try #require(try await store.claim(.fileTransfer, owner: "new-daemon", leaseSec: 30))
+        let uploadAgain = try #require(try await store.claim(.fileTransfer, owner: "\(store.instance)/new-daemon", leaseSec: 30))
         #expect(uploadAgain.id == upload.id && uploadAgain.deliveries == 2)
     }
 

@@ -159,6 +159,8 @@ extension CaseScanner {
         let due: [(caseId: String, folder: String)]
         do {
             due = try await store.followupsDue()
+        } catch is CancellationError {
+            return  // shutting down
         } catch {
             logger.error("cannot read the follow-ups due: \(error)")
             return

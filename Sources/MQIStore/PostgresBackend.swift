@@ -165,7 +165,7 @@ package final class PostgresBackend: SQLBackend, Sendable {
             attempt += 1
             var committing = false
             do {
-                let connection = PostgresSQLConnection(try slot.open(self), backend: self)
+                let connection = PostgresSQLConnection(try slot.open(self), backend: self, slot: slot)
                 do {
                     switch mode {
                     case .serialized:
@@ -303,7 +303,11 @@ package final class PostgresBackend: SQLBackend, Sendable {
 /// A statement got no answer in time; its connection was closed.
 struct PostgresNoAnswer: Error, CustomStringConvertible {
     var seconds: Double
-    var description: String { "no answer from the server within \(Int(seconds)) s; the connection was closed" }
+    /// The connection closed while the statement waited for its answer.
+    var closed = false
+    var description: String {
+        closed ? "the connection closed before the server answered" : "no answer from the server within \(Int(seconds)) s; the connection was closed"
+    }
 }
 
 /// One connection and the thread its transactions run on.
@@ -318,12 +322,42 @@ final class PostgresSlot: @unchecked Sendable {
         queue = DispatchQueue(label: "mqi.store.postgres.\(id)")
     }
 
+    /// Whether the current connection closed, and the statement waiting on it now.
+    private let watch = Mutex<(generation: Int, closed: Bool, waiter: DispatchSemaphore?)>((0, false, nil))
+
     func open(_ backend: PostgresBackend) throws -> PostgresConnection {
         if let connection, !connection.isClosed { return connection }
         let opened = try PostgresConnection.connect(on: PostgresConnection.defaultEventLoopGroup.any(), configuration: backend.configuration,
                                                     id: id, logger: backend.logger).wait()
+        let generation = watch.withLock { state -> Int in
+            state = (state.generation + 1, false, nil)
+            return state.generation
+        }
+        // One callback per connection (not per statement): its close wakes the statement waiting.
+        opened.closeFuture.whenComplete { [weak self] _ in self?.closed(generation) }
         connection = opened
         return opened
+    }
+
+    private func closed(_ generation: Int) {
+        let waiter = watch.withLock { state -> DispatchSemaphore? in
+            guard state.generation == generation else { return nil }
+            state.closed = true
+            return state.waiter
+        }
+        waiter?.signal()
+    }
+
+    /// Registers the statement waiting now; true if the connection is closed already.
+    func watch(_ waiter: DispatchSemaphore) -> Bool {
+        watch.withLock { state in
+            state.waiter = waiter
+            return state.closed
+        }
+    }
+
+    func unwatch() {
+        watch.withLock { $0.waiter = nil }
     }
 
     func drop() {
@@ -378,12 +412,14 @@ final class SlotPool: Sendable {
 final class PostgresSQLConnection: SQLConnection {
     let connection: PostgresConnection
     let backend: PostgresBackend
+    let slot: PostgresSlot
     var dialect: SQLDialect { .postgres }
     private(set) var changesCount = 0
 
-    init(_ connection: PostgresConnection, backend: PostgresBackend) {
+    init(_ connection: PostgresConnection, backend: PostgresBackend, slot: PostgresSlot) {
         self.connection = connection
         self.backend = backend
+        self.slot = slot
     }
 
     /// One statement without arguments.
@@ -454,25 +490,31 @@ final class PostgresSQLConnection: SQLConnection {
             }
         }
         let future = connection.query(PostgresQuery(unsafeSQL: backend.translate(sql), binds: binds), logger: backend.logger)
-        return try Self.wait(for: future, connection: connection, seconds: backend.statementTimeout)
+        return try Self.wait(for: future, connection: connection, slot: slot, seconds: backend.statementTimeout)
     }
 
     /// Waits for a statement's answer at most `seconds`: a connection that stops answering (a
     /// half-open socket, a server gone without a reset) is closed and the wait fails as a lost
     /// connection, which the transaction retries, instead of holding its thread forever.
-    static func wait<Value: Sendable>(for future: EventLoopFuture<Value>, connection: PostgresConnection, seconds: Double) throws -> Value {
+    static func wait<Value: Sendable>(for future: EventLoopFuture<Value>, connection: PostgresConnection, slot: PostgresSlot, seconds: Double) throws -> Value {
         let answered = DispatchSemaphore(value: 0)
         let result = Mutex<Result<Value, any Error>?>(nil)
         future.whenComplete { outcome in
-            result.withLock { $0 = outcome }
+            result.withLock { if $0 == nil { $0 = outcome } }
             answered.signal()
         }
-        if answered.wait(timeout: .now() + seconds) == .timedOut {
+        // A statement in flight when its connection closes (the server restarted) may never be
+        // answered by postgres-nio: the slot's close watch ends the wait, as a lost connection.
+        if slot.watch(answered) { answered.signal() }
+        defer { slot.unwatch() }
+        let timedOut = answered.wait(timeout: .now() + seconds) == .timedOut
+        if let outcome = result.withLock({ $0 }) { return try outcome.get() }
+        if timedOut {
             let closing: EventLoopFuture<Void> = connection.close()
             closing.whenComplete { _ in withExtendedLifetime(connection) {} }
             throw PostgresNoAnswer(seconds: seconds)
         }
-        return try result.withLock { $0! }.get()
+        throw PostgresNoAnswer(seconds: 0, closed: true)
     }
 
     static func value(_ cell: PostgresCell) throws -> SQLValue {

@@ -113,7 +113,10 @@ struct EndToEndTests {
         let failed = try #require(try await store.caseSummary(victim))
         #expect(failed.status == .failed)
         #expect(failed.workflowStep == "run_moqui_sim")
-        #expect(failed.error?.contains("exit status 3") == true)
+        // The engine prints FATAL ERROR and exits 3: the poll that sees it first reports either its
+        // exit status or the matched line (and kills its process group); both name the error.
+        #expect(failed.error?.contains("exit status 3") == true || failed.error?.contains("the engine reported a failure: FATAL ERROR") == true,
+                "\(failed.error ?? "")")
         #expect(failed.error?.contains("FATAL ERROR") == true)
         let others = try await store.cases().filter { $0.caseId != victim }
         #expect(others.count == 2 && others.allSatisfy { $0.status == .completed })

@@ -67,6 +67,8 @@ let package = Package(
             .embedInCode("Resources/favicon.svg"),
             // The pages' markup: `{{name}}` placeholders filled by PageTemplate.
             .embedInCode("Resources/templates"),
+            // The JSON API's OpenAPI 3.1 document, served at /api/openapi.json.
+            .embedInCode("Resources/api/openapi.json"),
         ]),
         // `swift run -c release mqi-bench [--quick] [--json FILE]`: the performance figures.
         .executableTarget(name: "mqi-bench", dependencies: [

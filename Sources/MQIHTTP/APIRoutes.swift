@@ -117,6 +117,11 @@ public enum APIRoutes {
             }
         }
 
+        router.get("/api/openapi.json") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_json)))
+        }
+
         router.get("/api/communicators") { _, _ -> Response in
             await APIResponses.guarded(context) {
                 APIResponses.json(CommunicatorsResponse(shared: context.store.isShared, communicators: try await context.store.instances()))

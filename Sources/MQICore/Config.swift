@@ -185,7 +185,17 @@ public struct StateConfig: Sendable, Equatable {
     }
 
     public static var defaultInstanceName: String {
-        ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "mqi"
+        localHostName.split(separator: ".").first.map(String.init) ?? "mqi"
+    }
+
+    /// This machine's name as the kernel has it (`gethostname`). Not Foundation's
+    /// `ProcessInfo.hostName`, which resolves the name and can wait for DNS a hospital network
+    /// may not answer.
+    public static var localHostName: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(cString: buffer)
+        return name.isEmpty ? "localhost" : name
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MQICore
 import MQIStore
 import ServiceLifecycle
 
@@ -13,7 +14,7 @@ struct Heartbeat: Service {
 
     func run() async throws {
         let started = Date()
-        let host = ProcessInfo.processInfo.hostName
+        let host = StateConfig.localHostName
         let pid = Int(ProcessInfo.processInfo.processIdentifier)
         await cancelWhenGracefulShutdown {
             var failing = false

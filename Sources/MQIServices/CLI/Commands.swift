@@ -82,7 +82,7 @@ public enum Commands {
             let user = ProcessInfo.processInfo.environment["SUDO_USER"].map { "\(ProcessInfo.processInfo.userName) (sudo by \($0))" }
                 ?? ProcessInfo.processInfo.userName
             let applied = try await store.conduct(event, caseId: caseId, conductor: Conductor(config: config),
-                                                  audit: "\(event.name) by \(user) with the mqi command on \(ProcessInfo.processInfo.hostName)")
+                                                  audit: "\(event.name) by \(user) with the mqi command on \(StateConfig.localHostName)")
             guard let first = applied.first else {
                 printError("no case '\(caseId)'")
                 throw Failure(status: 1)

@@ -9,18 +9,16 @@ extension Store {
     /// Tables whose `id` the target numbers itself afterwards (identity columns on PostgreSQL).
     static let identityTables = ["case_events", "messages", "dead_letters"]
 
-    /// Copies this state (cases, history, queues, dead letters, GPU table, …) into `target`,
+    /// Copies this SQLite state (cases, history, queues, dead letters, GPU table, …) into `target`,
     /// which must be empty, in one transaction of the target: it has everything or nothing.
     /// Rows keep their ids and their order. Returns the rows copied per table.
     public func copyState(to target: Store) async throws -> [(table: String, rows: Int)] {
+        guard pool.dialect == .sqlite else { throw StoreError("only a SQLite state is copied (mqi db migrate-to)") }
         let tables = Self.copiedTables
         let source: [(String, [SQLRow])] = try await pool.read { db in
-            try tables.map { table in
-                // SQLite's rowid order is insertion order, which keyset pagination relies on.
-                let order = db.dialect == .sqlite ? " ORDER BY rowid" : (table == "cases" || table == "scheduler_jobs" ? " ORDER BY rowid" : "")
-                let columns = db.dialect == .postgres && (table == "cases" || table == "scheduler_jobs") ? Self.columnsExceptRowid(db, table) : "*"
-                return (table, try SQLRow.fetchAll(db, sql: "SELECT \(columns) FROM \(table)\(order)"))
-            }
+            // SQLite's rowid order is insertion order, which keyset pagination relies on; `*`
+            // leaves the rowid out, so the target numbers its own.
+            try tables.map { table in (table, try SQLRow.fetchAll(db, sql: "SELECT * FROM \(table) ORDER BY rowid")) }
         }
         let targetDialect = target.pool.dialect
         return try await target.pool.write { db in
@@ -54,13 +52,5 @@ extension Store {
             }
             return copied
         }
-    }
-
-    /// A PostgreSQL table's columns without its `rowid` (which the target numbers itself).
-    static func columnsExceptRowid(_ db: any SQLConnection, _ table: String) -> String {
-        let names = (try? String.fetchAll(db, sql: """
-            SELECT column_name FROM information_schema.columns WHERE table_name = ? AND column_name != 'rowid' ORDER BY ordinal_position
-            """, arguments: [table])) ?? []
-        return names.isEmpty ? "*" : names.joined(separator: ", ")
     }
 }

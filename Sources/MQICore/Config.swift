@@ -19,13 +19,17 @@ public struct Config: Sendable, Equatable {
     public var shutdownTimeoutSec: Double
     /// How long step logs and the history of finished cases are kept.
     public var retention: RetentionConfig
+    /// Who is told when something happens (`notifications.webhooks`).
+    public var notifications: NotificationsConfig
 
     public init(
         sourcePath: String, scanner: ScannerConfig, state: StateConfig, hpc: HPCConfig,
         conductor: ConductorConfig, workflows: [String: Workflow], retry: RetryPolicy,
         logging: LoggingConfig, metrics: MetricsConfig = MetricsConfig(), gpuMonitor: GPUMonitorConfig = GPUMonitorConfig(),
-        shutdownTimeoutSec: Double = 30, http: HTTPConfig = HTTPConfig(), retention: RetentionConfig = RetentionConfig()
+        shutdownTimeoutSec: Double = 30, http: HTTPConfig = HTTPConfig(), retention: RetentionConfig = RetentionConfig(),
+        notifications: NotificationsConfig = NotificationsConfig()
     ) {
+        self.notifications = notifications
         self.retention = retention
         self.http = http
         self.sourcePath = sourcePath
@@ -57,16 +61,71 @@ public struct MetricsConfig: Sendable, Equatable {
 }
 
 /// The operators' API: mutating endpoints need `Authorization: Bearer <token>`, the token read
-/// from `token_file`; without one they answer 403.
+/// from `tokens_file` or `token_file`; without one they answer 403. Served over TLS when `tls` is set.
 public struct HTTPConfig: Sendable, Equatable {
     /// `http.token_file`: one token (the first line), unnamed.
     public var tokenFile: String?
     /// `http.tokens_file`: lines `name token`, one per operator (`#` comments, blank lines).
     public var tokensFile: String?
+    /// `http.tls: { cert_file, key_file }`: PEM files; the endpoint then speaks HTTPS only.
+    public var tls: TLSFiles?
 
-    public init(tokenFile: String? = nil, tokensFile: String? = nil) {
+    public init(tokenFile: String? = nil, tokensFile: String? = nil, tls: TLSFiles? = nil) {
         self.tokenFile = tokenFile
         self.tokensFile = tokensFile
+        self.tls = tls
+    }
+}
+
+/// A PEM certificate (chain) and its private key, absolute paths.
+public struct TLSFiles: Sendable, Equatable {
+    public var certFile: String
+    public var keyFile: String
+
+    public init(certFile: String, keyFile: String) {
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+}
+
+/// What a webhook can be told. The raw value is the config's and the payload's `event`.
+public enum NotificationEvent: String, Sendable, Equatable, CaseIterable, Codable {
+    case caseReceived = "case_received"
+    case caseCompleted = "case_completed"
+    case caseFailed = "case_failed"
+    case caseCancelled = "case_cancelled"
+    case hpcUnreachable = "hpc_unreachable"
+    case hpcReachable = "hpc_reachable"
+    case deadLetter = "dead_letter"
+    case gpuMissing = "gpu_missing"
+}
+
+/// `notifications.webhooks[]`: a JSON POST to `url` for each of `events`.
+public struct WebhookConfig: Sendable, Equatable {
+    public var url: String
+    public var events: [NotificationEvent]
+    /// `token_file`: when set, its first line is sent as `Authorization: Bearer <token>`.
+    public var tokenFile: String?
+
+    public init(url: String, events: [NotificationEvent], tokenFile: String? = nil) {
+        self.url = url
+        self.events = events
+        self.tokenFile = tokenFile
+    }
+}
+
+/// `notifications`: webhooks fed from a durable outbox in the state database.
+public struct NotificationsConfig: Sendable, Equatable {
+    public var webhooks: [WebhookConfig]
+    /// `notifications.timeout_sec`: how long one POST may take (default 10).
+    public var timeoutSec: Double
+    /// `notifications.max_backoff_sec`: the longest wait between two tries of one event (default 300).
+    public var maxBackoffSec: Double
+
+    public init(webhooks: [WebhookConfig] = [], timeoutSec: Double = 10, maxBackoffSec: Double = 300) {
+        self.webhooks = webhooks
+        self.timeoutSec = timeoutSec
+        self.maxBackoffSec = maxBackoffSec
     }
 }
 

@@ -271,7 +271,7 @@ private final class ConfigParser {
     // MARK: sections
 
     static let topKeys = ["scanner", "state", "hpc", "conductor", "workflows", "remote_commands", "retry", "logging",
-                          "metrics", "gpu_monitor", "shutdown_timeout_sec", "http", "retention"]
+                          "metrics", "gpu_monitor", "shutdown_timeout_sec", "http", "retention", "notifications"]
 
     func config(_ root: Node) -> Config? {
         guard let top = mapping(root, "") else { return nil }
@@ -287,12 +287,8 @@ private final class ConfigParser {
         let gpuMonitor = self.gpuMonitor(top)
         checkGPUDemands(hpc)
         let shutdown = number(top, "shutdown_timeout_sec", default: 30, min: 0, exclusiveMin: true)
-        var http = HTTPConfig()
-        if let fields = mapping(top["http"], "http") {
-            http.tokenFile = nonEmptyString(fields, "token_file").map { PathResolver.absolute($0, relativeTo: base) }
-            http.tokensFile = nonEmptyString(fields, "tokens_file").map { PathResolver.absolute($0, relativeTo: base) }
-            finish(fields, allowed: ["token_file", "tokens_file"])
-        }
+        let http = self.http(top)
+        let notifications = self.notifications(top)
         var retention = RetentionConfig()
         if let fields = mapping(top["retention"], "retention") {
             retention.logsDays = number(fields, "logs_days", default: 90, min: 0, exclusiveMin: true)
@@ -304,7 +300,63 @@ private final class ConfigParser {
         return Config(
             sourcePath: file, scanner: scanner, state: state, hpc: hpc, conductor: conductor,
             workflows: workflows, retry: retry, logging: logging, metrics: metrics, gpuMonitor: gpuMonitor,
-            shutdownTimeoutSec: shutdown, http: http, retention: retention)
+            shutdownTimeoutSec: shutdown, http: http, retention: retention, notifications: notifications)
+    }
+
+    func http(_ top: Fields) -> HTTPConfig {
+        var http = HTTPConfig()
+        guard let fields = mapping(top["http"], "http") else { return http }
+        defer { finish(fields, allowed: ["token_file", "tokens_file", "tls"]) }
+        http.tokenFile = nonEmptyString(fields, "token_file").map { PathResolver.absolute($0, relativeTo: base) }
+        http.tokensFile = nonEmptyString(fields, "tokens_file").map { PathResolver.absolute($0, relativeTo: base) }
+        if let tls = mapping(fields["tls"], "http.tls") {
+            defer { finish(tls, allowed: ["cert_file", "key_file"]) }
+            if let cert = nonEmptyString(tls, "cert_file", required: true), let key = nonEmptyString(tls, "key_file", required: true) {
+                http.tls = TLSFiles(certFile: PathResolver.absolute(cert, relativeTo: base), keyFile: PathResolver.absolute(key, relativeTo: base))
+            }
+        }
+        return http
+    }
+
+    func notifications(_ top: Fields) -> NotificationsConfig {
+        var notifications = NotificationsConfig()
+        guard let fields = mapping(top["notifications"], "notifications") else { return notifications }
+        defer { finish(fields, allowed: ["webhooks", "timeout_sec", "max_backoff_sec"]) }
+        notifications.timeoutSec = number(fields, "timeout_sec", default: 10, min: 0, exclusiveMin: true)
+        notifications.maxBackoffSec = number(fields, "max_backoff_sec", default: 300, min: 1)
+        guard let node = fields["webhooks"], !isNull(node) else { return notifications }
+        guard case .sequence(let sequence) = node else {
+            fail(node, "notifications.webhooks", "expected a list of { url, events }, got \(describe(node))")
+            return notifications
+        }
+        let names = NotificationEvent.allCases.map(\.rawValue)
+        for (index, item) in sequence.enumerated() {
+            let path = "notifications.webhooks[\(index)]"
+            guard let entry = mapping(item, path) else { continue }
+            defer { finish(entry, allowed: ["url", "events", "token_file"]) }
+            let url = nonEmptyString(entry, "url", required: true)
+            if let url, !Self.isWebhookURL(url) {
+                fail(entry["url"], "\(path).url", "expected an http:// or https:// URL with a host, got '\(url)'")
+            }
+            let events = optionList(entry, "events", "\(path).events", item: "one of \(names.joined(separator: ", "))",
+                                    list: "a list of events like [case_failed, case_completed]") { names.contains($0) }
+            if let eventsNode = entry["events"], case .sequence(let listed) = eventsNode, listed.isEmpty {
+                fail(eventsNode, "\(path).events", "must list at least one of \(names.joined(separator: ", "))")
+            } else if entry["events"] == nil {
+                fail(entry.node, "\(path).events", "missing required key")
+            }
+            let tokenFile = nonEmptyString(entry, "token_file").map { PathResolver.absolute($0, relativeTo: base) }
+            if let url, Self.isWebhookURL(url), !events.isEmpty {
+                notifications.webhooks.append(WebhookConfig(url: url, events: events.compactMap(NotificationEvent.init(rawValue:)), tokenFile: tokenFile))
+            }
+        }
+        return notifications
+    }
+
+    static func isWebhookURL(_ text: String) -> Bool {
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+              scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty else { return false }
+        return true
     }
 
     func scanner(_ top: Fields, workflows: [String: Workflow]) -> ScannerConfig? {

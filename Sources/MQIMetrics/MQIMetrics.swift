@@ -93,6 +93,18 @@ public final class MQIMetrics: Sendable {
         registry.makeGauge(name: "mqi_hpc_reachable", labels: [("host", host)], help: "1 if the HPC host answers over SSH, 0 while it is unreachable.")
     }
 
+    /// Outbox events a webhook (`notifications.webhooks`, its URL without credentials or query) has not got yet.
+    public func webhookPendingEvents(_ url: String) -> Gauge {
+        registry.makeGauge(name: "mqi_webhook_pending_events", labels: [("url", url)],
+                           help: "Events recorded for the webhook and not delivered yet (it is down or refusing when this grows).")
+    }
+
+    /// Failed tries (an answer other than 2xx, no connection, a timeout) to deliver an event to a webhook.
+    public func webhookFailures(_ url: String) -> Counter {
+        registry.makeCounter(name: "mqi_webhook_failures_total", labels: [("url", url)],
+                             help: "Failed tries to deliver an event to the webhook (non-2xx answer, refused connection, timeout); each is retried.")
+    }
+
     /// 1 for the GPU's current health (`ok`, `busy`: in use by a foreign process, `missing`: not
     /// listed by nvidia-smi), 0 for the others.
     public func gpuHealth(_ id: Int, _ health: GPUResource.Health) -> Gauge {

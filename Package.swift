@@ -59,6 +59,7 @@ let package = Package(
         .target(name: "MQIHTTP", dependencies: [
             "MQICore", "MQIStore", "MQITransport", "MQIMetrics",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ], resources: [

@@ -11,9 +11,14 @@ public typealias ReadinessCheck = @Sendable () async -> [String: String]
 
 /// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`; `/` gives
 /// the metrics too when the request's `Accept` asks for them (a Prometheus scrape), else the
-/// dashboard.
+/// dashboard. Bound beyond loopback, the pages and `/api` need a token (`ReadAccess`); with
+/// `http.tls` it speaks HTTPS only.
 public enum HTTPServer {
-    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil) -> Router<MQIRequestContext> {
+    /// - Parameter readsNeedToken: whether pages and `/api` reads need a token; nil decides from
+    ///   the API's `metrics.host` (`readsNeedToken(host:)`). Tests pass `true` to check the rule on
+    ///   127.0.0.1, since they must not listen beyond loopback.
+    public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil,
+                              readsNeedToken: Bool? = nil) -> Router<MQIRequestContext> {
         let router = Router(context: MQIRequestContext.self)
         router.add(middleware: SecurityHeaders())
         // The state directory (for its free space) is known where the config is: with the API.
@@ -25,7 +30,13 @@ public enum HTTPServer {
         }
         // Before the dashboard's routes: a middleware applies to the routes added after it.
         router.add(middleware: MetricsAtRoot(exposition: exposition))
-        if let api { APIRoutes.register(on: router, api) }
+        if let api {
+            // After MetricsAtRoot, so a scrape of `/` stays open like `/metrics`.
+            if readsNeedToken ?? Self.readsNeedToken(host: api.config.metrics.host) {
+                router.add(middleware: ReadAccess(authorization: APIAuthorization(api.config.http)))
+            }
+            APIRoutes.register(on: router, api)
+        }
         router.get("/metrics") { _, _ -> Response in try await exposition() }
         router.get("/healthz") { _, _ -> Response in
             json(.ok, ["status": "ok"])
@@ -39,14 +50,28 @@ public enum HTTPServer {
     }
 
     /// The server as a service for the daemon's ServiceGroup. `onListening` gets the bound port.
+    /// With the API's `http.tls` it serves HTTPS only (and logs its https URL); whether reads need
+    /// a token follows `config.host` unless `readsNeedToken` says otherwise (tests).
     public static func application(
         config: MetricsConfig, store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil, logger: Logger,
-        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+        readsNeedToken: Bool? = nil, onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
-        Application(
-            router: router(store: store, metrics: metrics, readiness: readiness, api: api),
+        let tls = api?.config.http.tls
+        let needToken = api != nil && (readsNeedToken ?? Self.readsNeedToken(host: config.host))
+        return Application(
+            router: router(store: store, metrics: metrics, readiness: readiness, api: api, readsNeedToken: needToken),
+            server: tls.map(HTTPSConfiguration.serverBuilder) ?? .http1(),
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: "mqi-communicator"),
-            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? config.port) },
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? config.port
+                var notes: [String] = []
+                if tls != nil { notes.append("HTTPS only (http.tls)") }
+                if needToken { notes.append("pages and /api need a token (metrics.host is not loopback)") }
+                if !notes.isEmpty {
+                    logger.info("serving \(baseURL(host: config.host, port: port, tls: tls != nil)): \(notes.joined(separator: "; "))")
+                }
+                await onListening(port)
+            },
             logger: logger)
     }
 

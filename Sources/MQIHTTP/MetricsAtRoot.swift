@@ -4,7 +4,9 @@ import Hummingbird
 /// Serves the metrics at `/` to a client whose `Accept` prefers the Prometheus text format or
 /// OpenMetrics to HTML (Prometheus's scraper), so `http://host:8000/` works as a scrape target;
 /// browsers, and clients that send no `Accept`, get the dashboard. Both answers say
-/// `Vary: Accept`.
+/// `Vary: Accept`. It runs before `ReadAccess`, so the scrape of `/` stays open like `/metrics`
+/// on a server bound beyond loopback (no metric label carries a case or patient id); the
+/// dashboard at `/` still needs the token there.
 struct MetricsAtRoot<Context: RequestContext>: RouterMiddleware {
     let exposition: @Sendable () async throws -> Response
 

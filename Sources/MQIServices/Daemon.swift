@@ -59,6 +59,7 @@ public struct Daemon: Sendable {
             logger.info("replaced a stale PID file left by PID \(stale), which is no longer running", metadata: ["pid_file": "\(config.state.pidFile)"])
         }
         if config.metrics.enabled {
+            try HTTPServer.checkExposure(config)
             try HTTPServer.checkBindable(host: config.metrics.host, port: config.metrics.port)
         }
         var localDirectories = [("state.logs_dir", config.state.logsDir), ("conductor.results_dir", config.conductor.resultsDir)]

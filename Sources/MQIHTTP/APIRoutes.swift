@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import MQICore
+import MQIMetrics
 import MQIStore
 import MQITransport
 
@@ -12,12 +13,16 @@ public struct APIContext: Sendable {
     public var conductor: Conductor
     public var config: Config
     public var logger: Logger
+    /// The GPU monitor's readings of the last hour (`MQIMetrics.gpuHistory`): the GPU panel's
+    /// charts and `GET /api/gpus/{id}/history`. Nil: no history is shown.
+    public var gpuHistory: GPUHistory?
 
-    public init(store: Store, conductor: Conductor, config: Config, logger: Logger) {
+    public init(store: Store, conductor: Conductor, config: Config, logger: Logger, gpuHistory: GPUHistory? = nil) {
         self.store = store
         self.conductor = conductor
         self.config = config
         self.logger = logger
+        self.gpuHistory = gpuHistory
     }
 }
 
@@ -96,6 +101,24 @@ public enum APIRoutes {
             }
         }
 
+        router.get("/api/cases/:id/logs/:step/:attempt/stream") { request, requestContext -> Response in
+            await APIResponses.guarded(context) {
+                let caseId = try request.pathParameter("id", requestContext)
+                let step = try request.pathParameter("step", requestContext)
+                let attemptText = try request.pathParameter("attempt", requestContext)
+                guard let attempt = Int(attemptText), attempt >= 0 else {
+                    throw APIError.badRequest("attempt must be a whole number, not '\(attemptText)'")
+                }
+                // `from`, or the offset a reconnecting EventSource sends back (the last event's id).
+                var from: UInt64?
+                if let text = request.queryParameter("from") ?? request.headers[.init("Last-Event-ID")!] {
+                    guard let value = UInt64(text) else { throw APIError.badRequest("from must be a byte offset (a whole number), not '\(text)'") }
+                    from = value
+                }
+                return try await LogFollowStream(context: context).response(caseId: caseId, step: step, attempt: attempt, from: from)
+            }
+        }
+
         router.post("/api/cases/:id/retry") { request, requestContext -> Response in
             await APIResponses.guarded(context) {
                 let caller = try auth.check(request, requestContext)
@@ -114,6 +137,16 @@ public enum APIRoutes {
         router.get("/api/gpus") { _, _ -> Response in
             await APIResponses.guarded(context) {
                 APIResponses.json(["gpus": try await context.store.gpus()])
+            }
+        }
+
+        router.get("/api/gpus/:id/history") { request, requestContext -> Response in
+            await APIResponses.guarded(context) {
+                let text = try request.pathParameter("id", requestContext)
+                guard let gpuId = Int(text) else { throw APIError.badRequest("GPU id must be a number, not '\(text)'") }
+                guard try await context.store.gpus().contains(where: { $0.gpuId == gpuId }) else { throw APIError.notFound("no GPU \(gpuId)") }
+                return APIResponses.json(GPUHistoryResponse(gpuId: gpuId, windowSec: Int(context.gpuHistory?.window ?? 3600),
+                                                            samples: context.gpuHistory?.samples(gpuId: gpuId) ?? []))
             }
         }
 
@@ -158,18 +191,17 @@ public enum APIRoutes {
 
         router.get("/api/events") { request, _ -> Response in
             await APIResponses.guarded(context) {
-                var since: Date?
-                if let text = request.queryParameter("since") {
-                    guard let date = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) else {
-                        throw APIError.badRequest("since must be an ISO-8601 time with milliseconds, like 2025-04-24T01:50:14.000Z")
-                    }
-                    since = date
-                }
+                // Any ISO-8601 time, as the case list's filters take them (with or without fractions).
+                let since = try request.queryParameter("since").map { try CaseListFilter.parseTime($0, name: "since", endOfDay: false) }
                 return EventStream(context: context).response(since: since)
             }
         }
 
         Dashboard.register(on: router, context, tokenConfigured: auth.isConfigured)
+
+        // Last: the router's not-found responder runs every middleware, wherever it was added,
+        // so this one sees each request no route took, and knows every route of the API.
+        router.add(middleware: APIFallback(routes: router.routes.map { (path: "\($0.path)", method: $0.method) }))
     }
 
     /// Retry or cancel through the Conductor: 404 for an unknown case, 409 when the Conductor
@@ -200,6 +232,15 @@ struct CaseListResponse: Encodable {
     }
 }
 
+/// `GET /api/gpus/{id}/history`: the GPU monitor's readings of the last hour, oldest first.
+struct GPUHistoryResponse: Encodable {
+    var gpuId: Int
+    var windowSec: Int
+    var samples: [GPUHistorySample]
+
+    enum CodingKeys: String, CodingKey { case gpuId = "gpu_id", windowSec = "window_sec", samples }
+}
+
 struct QueuesResponse: Encodable {
     var queues: [String: Int]
     var deadLetters: [DeadLetter]
@@ -222,4 +263,46 @@ struct ConductResponse: Encodable {
     var note: String
 
     enum CodingKeys: String, CodingKey { case caseId = "case_id", previousStatus = "previous_status", status, note }
+}
+
+/// A request no route took, under `/api`: a path of the API with a method it does not have is a
+/// 405 with `Allow` (RFC 9110), any other path a 404; both as the API's JSON error.
+struct APIFallback<Context: RequestContext>: RouterMiddleware {
+    /// Each API path's segments (`{name}` or `:name` matches any one segment) and its methods.
+    var routes: [(segments: [Substring], methods: Set<HTTPRequest.Method>)]
+
+    init(routes: [(path: String, method: HTTPRequest.Method)]) {
+        var byPath: [String: Set<HTTPRequest.Method>] = [:]
+        for route in routes {
+            let path = route.path.hasPrefix("/") ? route.path : "/" + route.path
+            guard path.hasPrefix("/api/") else { continue }
+            byPath[path, default: []].insert(route.method)
+        }
+        self.routes = byPath.map { (segments: $0.key.split(separator: "/"), methods: $0.value) }
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            let path = request.uri.path
+            guard path == "/api" || path.hasPrefix("/api/") else { throw error }
+            let segments = path.split(separator: "/")
+            let allowed = routes.filter { Self.matches($0.segments, segments) }.reduce(into: Set<HTTPRequest.Method>()) { $0.formUnion($1.methods) }
+            guard !allowed.isEmpty else {
+                return APIError.notFound("no operation of the API at \(path) (the API is described at /api/openapi.json)").response
+            }
+            let allow = allowed.map(\.rawValue).sorted().joined(separator: ", ")
+            var response = APIError(status: .methodNotAllowed, error: "method_not_allowed",
+                                    detail: "\(request.method.rawValue) is not an operation of \(path): it takes \(allow)").response
+            response.headers[.allow] = allow
+            return response
+        }
+    }
+
+    static func matches(_ template: [Substring], _ segments: [Substring]) -> Bool {
+        template.count == segments.count && zip(template, segments).allSatisfy { pattern, segment in
+            pattern.hasPrefix(":") || (pattern.hasPrefix("{") && pattern.hasSuffix("}")) || pattern == segment
+        }
+    }
 }

@@ -23,6 +23,9 @@ public final class MQIMetrics: Sendable {
     public let oldestPendingResource: Gauge
     public let oldestMarkerWait: Gauge
     public let casesWaitingForMarker: Gauge
+    /// Each GPU's utilization and memory over the last hour (the GPU monitor records, the
+    /// dashboard draws it).
+    public let gpuHistory = GPUHistory()
     /// When each case directory the scanner sees without its ready marker was first seen.
     let markerWaitsSince = Mutex<[Date]>([])
     /// When each PENDING_RESOURCE case entered that status, read from its history once per

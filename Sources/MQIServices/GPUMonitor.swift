@@ -8,7 +8,8 @@ import ServiceLifecycle
 
 /// Every `gpu_monitor.interval_sec`, runs nvidia-smi through the transport and records what the
 /// hardware says: telemetry for the metrics and `mqi gpus`, and GPUs that are busy with a
-/// foreign process or have vanished, which are then not reserved. Never crashes on bad output.
+/// foreign process or have vanished, which are then not reserved; each reading also goes into the
+/// last hour's history the dashboard draws (`MQIMetrics.gpuHistory`). Never crashes on bad output.
 public struct GPUMonitor: Service {
     let config: GPUMonitorConfig
     let runner: any CommandRunner
@@ -45,7 +46,12 @@ public struct GPUMonitor: Service {
             let before = Dictionary(uniqueKeysWithValues: try await store.gpus().map { ($0.gpuId, $0.health) })
             let recovered = try await store.recordGPUTelemetry(samples, busyMemoryMB: config.busyMemoryMB)
             var healthChanged = false
+            let now = Date()
             for gpu in try await store.gpus() where gpu.status != .retired {
+                if gpu.health != .missing {
+                    metrics.gpuHistory.record(gpuId: gpu.gpuId, GPUHistorySample(
+                        at: now, utilizationPercent: gpu.utilizationPercent, memoryUsedMB: gpu.memoryUsedMB, memoryTotalMB: gpu.memoryTotalMB))
+                }
                 if let utilization = gpu.utilizationPercent { metrics.gpuUtilization(gpu.gpuId).set(to: utilization) }
                 if let used = gpu.memoryUsedMB { metrics.gpuMemoryUsed(gpu.gpuId).set(to: used * 1_048_576) }
                 if gpu.health != before[gpu.gpuId] {

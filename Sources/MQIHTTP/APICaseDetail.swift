@@ -140,6 +140,25 @@ struct StepLogs: Sendable {
         return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
     }
 
+    /// The case's logs (`<step>.<attempt>.log`, `<step>.<beam>.<attempt>.log` for a beam's run),
+    /// the most recently written first; at most `limit`.
+    func available(caseId: String, limit: Int = 200) -> [(step: String, attempt: Int)] {
+        guard let directory = try? path(caseId: caseId, step: "x", attempt: 0) else { return [] }
+        let folder = (directory as NSString).deletingLastPathComponent
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        var found: [(step: String, attempt: Int, modified: Date)] = []
+        for name in names where name.hasSuffix(".log") {
+            let stem = name.dropLast(4)
+            guard let dot = stem.lastIndex(of: "."), let attempt = Int(stem[stem.index(after: dot)...]), dot > stem.startIndex else { continue }
+            let step = String(stem[..<dot])
+            guard let file = try? self.path(caseId: caseId, step: step, attempt: attempt),
+                  let attributes = try? FileManager.default.attributesOfItem(atPath: file), attributes[.type] as? FileAttributeType == .typeRegular else { continue }
+            found.append((step, attempt, attributes[.modificationDate] as? Date ?? .distantPast))
+        }
+        found.sort { ($0.modified, $0.step, $0.attempt) > ($1.modified, $1.step, $1.attempt) }
+        return found.prefix(limit).map { ($0.step, $0.attempt) }
+    }
+
     func excerpt(caseId: String, step: String, attempt: Int, lines: Int) -> LogExcerpt {
         let path = (try? self.path(caseId: caseId, step: step, attempt: attempt))
         let tail = path.flatMap { LogTail.lines(of: $0, count: lines) }
@@ -154,16 +173,10 @@ extension APIContext {
         let history = try await store.history(caseId)
         let timeline = CaseTimeline.attempts(history, now: Date())
         let logs = StepLogs(logsDir: config.state.logsDir)
-        // Every attempt that ran, newest first, with whether its log exists; the tail of the
-        // current (or last) one that has a log.
-        var seen = Set<String>()
-        var available: [LogExcerpt] = []
-        for attempt in timeline.reversed() where attempt.phase == "running" {
-            let key = "\(attempt.step)#\(attempt.attempt)"
-            guard seen.insert(key).inserted, let path = try? logs.path(caseId: caseId, step: attempt.step, attempt: attempt.attempt),
-                  FileManager.default.fileExists(atPath: path) else { continue }
-            available.append(LogExcerpt(step: attempt.step, attempt: attempt.attempt, exists: true, lines: [],
-                                        url: StepLogs.url(caseId: caseId, step: attempt.step, attempt: attempt.attempt)))
+        // Every log of the case (each step attempt, each beam run's attempt), newest first; the
+        // tail of the current (or last) one.
+        let available = logs.available(caseId: caseId).map { log in
+            LogExcerpt(step: log.step, attempt: log.attempt, exists: true, lines: [], url: StepLogs.url(caseId: caseId, step: log.step, attempt: log.attempt))
         }
         var tail: LogExcerpt?
         if let current = summary.workflowStep, let path = try? logs.path(caseId: caseId, step: current, attempt: summary.attempt),

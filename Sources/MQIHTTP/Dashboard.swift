@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import MQICore
+import MQIMetrics
 import MQIStore
 
 /// The operators' dashboard: server-rendered pages (they show the data without JavaScript) that
@@ -30,7 +31,7 @@ enum Dashboard {
         router.get("/cases/:id") { request, requestContext -> Response in
             await page(context) {
                 let caseId = try request.pathParameter("id", requestContext)
-                return try await caseDetail(context, caseId: caseId, tokenConfigured: tokenConfigured)
+                return try await caseDetail(context, caseId: caseId, request: request, tokenConfigured: tokenConfigured)
             }
         }
     }
@@ -66,7 +67,7 @@ enum Dashboard {
             "hostBanners": hostBanner(summary.hosts, now: renderedAt), "tiles": tiles,
             "throughput": throughputChart(summary.throughput), "queues": queuesTable(summary),
             "deadLetterCount": "\(summary.deadLetters)", "deadLetters": deadLetterList(deadLetters, tokenConfigured: tokenConfigured),
-            "gpus": gpus.isEmpty ? PageTemplate.gpusEmpty.render([:]) : gpus.map(gpuCard).joined(separator: "\n"),
+            "gpus": gpus.isEmpty ? PageTemplate.gpusEmpty.render([:]) : gpus.map { gpuCard($0, history: context.gpuHistory, now: renderedAt) }.joined(separator: "\n"),
             "recentCases": caseTable(recent, id: "recent-cases", empty: "No case yet: cases appear here when the scanner finds them."),
             "communicators": context.store.isShared ? communicatorsPanel(try await context.store.instances(), now: renderedAt) : "",
         ])
@@ -97,10 +98,22 @@ enum Dashboard {
         return (.ok, layout(title: "Cases", page: "cases", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
     }
 
-    static func caseDetail(_ context: APIContext, caseId: String, tokenConfigured: Bool) async throws -> (HTTPResponse.Status, String) {
+    static func caseDetail(_ context: APIContext, caseId: String, request: Request? = nil, tokenConfigured: Bool) async throws -> (HTTPResponse.Status, String) {
         let renderedAt = Date()
-        guard let detail = try await context.caseDetail(caseId) else { throw APIError.notFound("There is no case '\(caseId)'.") }
+        guard var detail = try await context.caseDetail(caseId) else { throw APIError.notFound("There is no case '\(caseId)'.") }
         let c = detail.case
+        // `?log=<step>&attempt=<n>`: that log in the panel instead of the current one (the log
+        // links' target without JavaScript).
+        if let step = request?.queryParameter("log"), let attempt = request?.queryParameter("attempt").flatMap({ Int($0) }),
+           detail.logs.contains(where: { $0.step == step && $0.attempt == attempt }) {
+            detail.log = StepLogs(logsDir: context.config.state.logsDir).excerpt(caseId: caseId, step: step, attempt: attempt, lines: 200)
+        }
+        let matcher = detail.log.map { FailureLineMatcher(config: context.config, workflow: c.workflow, logStep: $0.step) }
+        let logLines = detail.log?.lines ?? []
+        let failures = Set(matcher?.failures(in: logLines) ?? [])
+        let logTail = logLines.enumerated().map { index, line in
+            failures.contains(index) ? PageTemplate.logLineFailure.render(["line": escape(line)]) : escape(line)
+        }.joined(separator: "\n")
         let actions = tokenConfigured
             ? PageTemplate.caseActions.render([
                 "caseId": escape(c.caseId), "cancelHidden": c.status.isFinal ? " hidden" : "",
@@ -126,8 +139,12 @@ enum Dashboard {
             "slurmJobsHidden": detail.jobs.isEmpty ? " hidden" : "", "slurmJobs": schedulerJobsTable(detail.jobs),
             "steps": stepper(detail), "timeline": timelineTable(detail.timeline),
             "logName": detail.log.map { "\(escape($0.step)) · attempt \($0.attempt)" } ?? "",
-            "logTail": escape((detail.log?.lines ?? []).joined(separator: "\n")) + (detail.log == nil ? PageTemplate.logEmpty.render([:]) : ""),
-            "logLinks": logLinks(detail.logs), "historyCount": "\(detail.history.count)", "history": historyTable(detail.history),
+            "logTail": logTail + (detail.log == nil ? PageTemplate.logEmpty.render([:]) : ""),
+            "logStep": escape(detail.log?.step ?? ""), "logAttempt": detail.log.map { "\($0.attempt)" } ?? "",
+            "logURL": escape(detail.log?.url ?? ""), "logFailures": "\(failures.count)",
+            "logLive": "\(detail.log.map { LogFollowStream.isLive(c, logStep: $0.step, attempt: $0.attempt) } ?? false)",
+            "logLinks": logLinks(detail.logs, caseId: c.caseId, shown: detail.log), "historyCount": "\(detail.history.count)",
+            "history": historyTable(detail.history),
         ])
         return (.ok, layout(title: c.caseId, page: "case", tokenConfigured: tokenConfigured, renderedAt: renderedAt, body: body))
     }
@@ -172,7 +189,7 @@ enum Dashboard {
         return PageTemplate.progress.render(["status": status.rawValue, "value": "\(value)"])
     }
 
-    static func gpuCard(_ gpu: GPUResource) -> String {
+    static func gpuCard(_ gpu: GPUResource, history: GPUHistory?, now: Date = Date()) -> String {
         let state: (String, String) = switch (gpu.status, gpu.health) {
         case (.draining, _): ("draining", "Draining")
         case (_, .missing): ("missing", "Not detected")
@@ -190,6 +207,36 @@ enum Dashboard {
             "utilizationValue": "\(utilization ?? 0)", "utilization": utilization.map { "\($0)%" } ?? "–",
             "memoryValue": "\(memoryPercent ?? 0)", "memory": memory,
             "temperature": gpu.temperatureC.map { "\(Int($0)) °C" } ?? "", "holder": holderHTML(gpu),
+            "history": gpuHistoryChart(gpu.gpuId, history?.summary(gpuId: gpu.gpuId, points: 120, now: now) ?? [],
+                                       window: history?.window ?? 3600, now: now),
+        ])
+    }
+
+    /// Utilization and memory (as a share of the total) over the last hour: two polylines over a
+    /// time axis, as inline SVG (no chart library; the CSP allows no inline style).
+    static func gpuHistoryChart(_ gpuId: Int, _ samples: [GPUHistorySample], window: TimeInterval, now: Date) -> String {
+        guard !samples.isEmpty else { return PageTemplate.gpuHistoryEmpty.render([:]) }
+        let width = 240.0, height = 48.0
+        func points(_ value: (GPUHistorySample) -> Double?) -> String {
+            samples.compactMap { sample -> String? in
+                guard let v = value(sample) else { return nil }
+                let x = max(0, min(width, (1 - now.timeIntervalSince(sample.at) / window) * width))
+                let y = height - 1 - max(0, min(100, v)) / 100 * (height - 2)
+                return String(format: "%.1f,%.1f", x, y)
+            }.joined(separator: " ")
+        }
+        let memoryPercent = { (s: GPUHistorySample) -> Double? in
+            guard let used = s.memoryUsedMB, let total = s.memoryTotalMB, total > 0 else { return nil }
+            return used / total * 100
+        }
+        func range(_ values: [Double]) -> String {
+            guard let low = values.min(), let high = values.max() else { return "–" }
+            return "\(Int(low.rounded()))–\(Int(high.rounded()))%"
+        }
+        return PageTemplate.gpuHistory.render([
+            "gpuId": "\(gpuId)", "points": "\(samples.count)", "width": "\(Int(width))", "height": "\(Int(height))", "mid": "\(height / 2)",
+            "utilPoints": points(\.utilizationPercent), "memPoints": points(memoryPercent),
+            "utilRange": range(samples.compactMap(\.utilizationPercent)), "memRange": range(samples.compactMap(memoryPercent)),
         ])
     }
 
@@ -391,10 +438,17 @@ enum Dashboard {
         return PageTemplate.historyTable.render(["rows": rows])
     }
 
-    static func logLinks(_ logs: [LogExcerpt]) -> String {
+    /// Each log of the case: a link that shows it in the log panel (the case page with `?log=`),
+    /// and its whole text (`raw`).
+    static func logLinks(_ logs: [LogExcerpt], caseId: String, shown: LogExcerpt?) -> String {
         guard !logs.isEmpty else { return "" }
         return PageTemplate.logLinks.render(["links": logs.map { log in
-            PageTemplate.logLink.render(["url": escape(log.url), "step": escape(log.step), "attempt": "\(log.attempt)"])
+            let label = LogStepName(log.step).map { "\($0.step) · beam \($0.beam) #\(log.attempt)" } ?? "\(log.step) #\(log.attempt)"
+            return PageTemplate.logLink.render([
+                "url": escape(log.url), "step": escape(log.step), "attempt": "\(log.attempt)", "label": escape(label),
+                "pageURL": "/cases/\(StepLogs.pathEscaped(caseId))?log=\(StepLogs.pathEscaped(log.step))&amp;attempt=\(log.attempt)#log",
+                "current": shown?.step == log.step && shown?.attempt == log.attempt ? " aria-current=\"true\"" : "",
+            ])
         }.joined(separator: " · ")])
     }
 

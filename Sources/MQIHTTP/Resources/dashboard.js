@@ -204,23 +204,112 @@
       list.appendChild(li);
     });
   }
-  function renderLog(detail) {
-    var pre = document.getElementById("log-tail"), name = document.getElementById("log-name");
+  // ---- the log panel: the shown attempt's log, followed live (its own event stream) while it runs ----
+  var MAX_LOG_LINES = 5000;
+  var logView = { key: null, source: null, pinned: false };
+  function logKey(step, attempt) { return step + "#" + attempt; }
+  function setLogLive(live) {
+    var pre = document.getElementById("log-tail"), dot = document.getElementById("log-live");
+    pre.dataset.live = live ? "true" : "false";
+    if (dot) dot.dataset.live = pre.dataset.live;
+  }
+  function appendLogLines(pre, lines, failures) {
     var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    if (detail.log) {
-      name.textContent = detail.log.step + " · attempt " + detail.log.attempt;
-      pre.textContent = detail.log.lines.join("\n");
+    var failed = {};
+    failures.forEach(function (i) { failed[i] = true; });
+    var count = 0;
+    lines.forEach(function (line, i) {
+      if (pre.lastChild) pre.appendChild(document.createTextNode("\n"));
+      var node = failed[i] ? el("mark", { "class": "log-fail", "data-failure": "true", "data-line": "1", title: "matches a failure pattern of this step" }, line)
+        : el("span", { "data-line": "1" }, line);
+      pre.appendChild(node); count++;
+    });
+    // Bounded: the oldest lines go (with the newline after each).
+    var shown = pre.querySelectorAll("[data-line]");
+    for (var k = 0; k < shown.length - MAX_LOG_LINES; k++) {
+      var next = shown[k].nextSibling;
+      shown[k].remove();
+      if (next && next.nodeType === 3) next.remove();
     }
+    pre.dataset.streamLines = String((parseInt(pre.dataset.streamLines, 10) || 0) + count);
+    pre.dataset.failureLines = String(pre.querySelectorAll("[data-failure]").length);
     if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+  function showLog(step, attempt, url) {
+    var pre = document.getElementById("log-tail");
+    if (!pre) return;
+    if (logView.source) { logView.source.close(); logView.source = null; }
+    logView.key = logKey(step, attempt);
+    pre.dataset.logStep = step; pre.dataset.logAttempt = String(attempt); pre.dataset.logUrl = url;
+    document.getElementById("log-name").textContent = step + " · attempt " + attempt;
+    var links = document.querySelectorAll("#log-links a[data-log-step]");
+    for (var i = 0; i < links.length; i++) {
+      if (links[i].dataset.logStep === step && links[i].dataset.logAttempt === String(attempt)) links[i].setAttribute("aria-current", "true");
+      else links[i].removeAttribute("aria-current");
+    }
+    // The stream sends the log's tail and, while the attempt runs, each line appended; then end.
+    var stream = new EventSource(url + "/stream"), first = true;
+    logView.source = stream;
+    setLogLive(true);
+    stream.addEventListener("log", function (e) {
+      if (logView.source !== stream) return;
+      var d = JSON.parse(e.data);
+      if (first) { pre.textContent = ""; pre.dataset.streamLines = "0"; first = false; }
+      if (d.skipped_bytes) {
+        if (pre.lastChild) pre.appendChild(document.createTextNode("\n"));
+        pre.appendChild(el("span", { "class": "log-skipped" }, "… " + Math.ceil(d.skipped_bytes / 1024) + " KiB of the log not shown here (raw: the whole log)"));
+      }
+      appendLogLines(pre, d.lines, d.failures);
+    });
+    stream.addEventListener("end", function () {
+      stream.close();
+      if (logView.source !== stream) return;
+      logView.source = null;
+      if (first) { pre.textContent = ""; pre.appendChild(el("span", { "class": "muted" }, "The log is empty.")); }
+      setLogLive(false);
+    });
+    stream.onerror = function () {
+      // A stream refused (404: no log yet) is closed; an interrupted one reconnects by itself
+      // from its last event.
+      if (stream.readyState === EventSource.CLOSED && logView.source === stream) { logView.source = null; setLogLive(false); }
+    };
+  }
+  function renderLog(detail) {
     var links = document.getElementById("log-links");
     links.textContent = "";
     if (detail.logs.length) {
-      links.appendChild(document.createTextNode("Whole logs: "));
+      links.appendChild(document.createTextNode("Logs (newest first): "));
       detail.logs.forEach(function (l, i) {
         if (i) links.appendChild(document.createTextNode(" · "));
-        links.appendChild(el("a", { href: l.url }, l.step + " #" + l.attempt));
+        var m = /^(.*)\.([0-9]+)$/.exec(l.step);
+        var a = el("a", { href: caseURL(detail["case"].case_id) + "?log=" + encodeURIComponent(l.step) + "&attempt=" + l.attempt + "#log",
+          "data-log-step": l.step, "data-log-attempt": l.attempt, "data-log-url": l.url }, m ? m[1] + " · beam " + m[2] + " #" + l.attempt : l.step + " #" + l.attempt);
+        if (logKey(l.step, l.attempt) === logView.key) a.setAttribute("aria-current", "true");
+        links.appendChild(a);
+        links.appendChild(document.createTextNode(" "));
+        links.appendChild(el("a", { "class": "raw muted", href: l.url, title: "the whole log as text" }, "raw"));
       });
     }
+    // Once the followed log has ended, the case's current one (a new attempt, the next step),
+    // unless the operator picked a log. Beam runs side by side do not take turns.
+    if (!logView.pinned && !logView.source && detail.log && logKey(detail.log.step, detail.log.attempt) !== logView.key) {
+      showLog(detail.log.step, detail.log.attempt, detail.log.url);
+    }
+  }
+  function startLogPanel() {
+    var pre = document.getElementById("log-tail");
+    if (!pre) return;
+    if (pre.dataset.logStep) logView.key = logKey(pre.dataset.logStep, pre.dataset.logAttempt);
+    logView.pinned = /[?&]log=/.test(window.location.search);
+    if (pre.dataset.live === "true" && window.EventSource) showLog(pre.dataset.logStep, pre.dataset.logAttempt, pre.dataset.logUrl);
+    document.getElementById("log-links").addEventListener("click", function (e) {
+      var a = e.target.closest ? e.target.closest("a[data-log-step]") : null;
+      if (!a || !window.EventSource || e.ctrlKey || e.metaKey || e.shiftKey) return;
+      e.preventDefault();
+      logView.pinned = true;
+      if (window.history && history.replaceState) history.replaceState(null, "", a.getAttribute("href"));
+      showLog(a.dataset.logStep, a.dataset.logAttempt, a.dataset.logUrl);
+    });
   }
   function refreshDetail() {
     var head = document.getElementById("case");
@@ -445,6 +534,6 @@
     }
   }, 1000);
   var pre = document.getElementById("log-tail");
-  if (pre) pre.scrollTop = pre.scrollHeight;
+  if (pre) { pre.scrollTop = pre.scrollHeight; startLogPanel(); }
   if (window.EventSource) connect(); else setConnection("disconnected");
 })();

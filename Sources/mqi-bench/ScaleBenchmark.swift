@@ -35,15 +35,26 @@ enum ScaleBenchmark {
         let daemon = try await startDaemon(mqi: mqi, config: configPath, log: dir.file("daemon.log"))
         defer { daemon.stop() }
 
+        func caseIds(_ path: String) -> Int {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").components(separatedBy: "\"case_id\"").count - 1
+        }
         let list = try median((0..<3).map { _ in
-            try timedRun(mqi, ["cases", "list", "--status", "FAILED", "--json", "--config", configPath], outputPath: dir.file("failed.json")).seconds
+            let run = try timedRun(mqi, ["cases", "list", "--status", "FAILED", "--json", "--config", configPath], outputPath: dir.file("failed.json"))
+            guard run.status == 0 else { throw BenchError("mqi cases list exited with \(run.status)") }
+            return run.seconds
         })
-        let listed = ((try? String(contentsOfFile: dir.file("failed.json"), encoding: .utf8)) ?? "").components(separatedBy: "\"case_id\"").count - 1
+        let listed = caseIds(dir.file("failed.json"))
         var sqliteBaseline: Double?
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/sqlite3") {
             sqliteBaseline = try median((0..<3).map { _ in
-                try timedRun("/usr/bin/sqlite3", ["-json", config.state.database,
-                                                  "SELECT * FROM cases WHERE status = 'FAILED' ORDER BY created_at DESC, rowid DESC LIMIT 10000"]).seconds
+                let run = try timedRun("/usr/bin/sqlite3", ["-json", config.state.database,
+                                                            "SELECT * FROM cases WHERE status = 'FAILED' ORDER BY created_at DESC, rowid DESC LIMIT 10000"],
+                                       outputPath: dir.file("failed-sqlite3.json"))
+                // A baseline that failed (say "database is locked": the CLI does not wait) is no baseline.
+                guard run.status == 0, caseIds(dir.file("failed-sqlite3.json")) == failedCount else {
+                    throw BenchError("sqlite3 exited with \(run.status) and \(caseIds(dir.file("failed-sqlite3.json"))) of \(failedCount) rows")
+                }
+                return run.seconds
             })
         }
 

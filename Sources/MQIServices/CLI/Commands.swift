@@ -55,8 +55,10 @@ public enum Commands {
                 }
                 filter = parsed
             }
-            let cases = try await Daemon.openStore(config).cases(status: filter, limit: limit)
-            print(json ? try Reports.jsonText(cases) : Reports.casesTable(cases))
+            // Read-only: the listing writes nothing and runs no migration (see openForReading).
+            let store = try Store.openForReading(state: config.state, maxDeliveries: config.retry.maxAttempts)
+            let cases = try await store.cases(status: filter, limit: limit)
+            print(json ? Reports.casesJSON(cases) : Reports.casesTable(cases))
         }
     }
 

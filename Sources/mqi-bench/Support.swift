@@ -205,13 +205,15 @@ func httpGet(port: Int, path: String, timeoutSec: Int = 5) -> (status: Int, body
 
 /// Runs a program to its end with output into `outputPath` (or discarded; standard error too
 /// with `errorsToOutput`, else discarded), in `directory` when given; returns the wall seconds
-/// from the spawn to the child's exit and its exit status (128 + the signal that ended it).
+/// from the spawn to the child's exit, its exit status (128 + the signal that ended it) and the
+/// CPU seconds (user + system) it and the children it waited for used, which, unlike the wall,
+/// other work on the machine hardly changes.
 ///
 /// `posix_spawn` and a blocking `waitpid`, not `Process`: Foundation's `waitUntilExit` on
 /// Linux polls its run loop in 50 ms slices, so every wall it measured was rounded up to the
 /// next 50 ms (a 9 ms `sqlite3` read as 51 ms).
 func timedRun(_ executable: String, _ arguments: [String], outputPath: String? = nil, errorsToOutput: Bool = false,
-              append: Bool = false, directory: String? = nil) throws -> (seconds: Double, status: Int32) {
+              append: Bool = false, directory: String? = nil) throws -> (seconds: Double, status: Int32, cpuSeconds: Double) {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -249,11 +251,13 @@ func timedRun(_ executable: String, _ arguments: [String], outputPath: String? =
     let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
     guard spawned == 0 else { throw BenchError("cannot start \(executable): \(String(cString: strerror(spawned)))") }
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 {
-        guard errno == EINTR else { throw BenchError("waitpid \(pid): \(String(cString: strerror(errno)))") }
+    var usage = rusage()
+    while wait4(pid, &status, 0, &usage) < 0 {
+        guard errno == EINTR else { throw BenchError("wait4 \(pid): \(String(cString: strerror(errno)))") }
     }
     let seconds = nowEpoch() - started
-    return (seconds, status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+    let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    return (seconds, status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f), cpu)
 }
 
 /// `VmHWM` (peak resident set) of a process, in MB.

@@ -5,17 +5,21 @@ import MQICore
 extension Store {
     /// Opens the state for a command that only reads (`mqi cases list`): the SQLite file
     /// read-only, so the command writes nothing, runs no migration and takes no lock the daemon
-    /// holds. The opening `open(state:)` does for a writer costs a write transaction whenever
-    /// the daemon is not running (GRDB creates the WAL with a throw-away table), a writer
-    /// connection and the migrations check under the directory lock.
+    /// holds, and skips what `open(state:)` does for a writer: a writer connection, GRDB's
+    /// write transaction that makes sure the WAL exists, and the migrations.
     ///
     /// The same checks and errors as `open(state:)`: the file's access, a newer mqi's schema
-    /// refused, SQLite's damage reported as such. Falls back to `open(state:)`, unchanged, for
-    /// PostgreSQL, for a database file that does not exist yet (created empty, as before) and
-    /// for one with migrations still to run (migrated, as before: the reader's queries need
-    /// the current schema).
+    /// refused, SQLite's damage reported as such. Read-only only while the database's -wal and
+    /// -shm exist (the daemon is running, the usual case): a read-only connection cannot remove
+    /// the ones it would create, and those would then belong to whoever ran the command, not
+    /// to the daemon's account. Falls back to `open(state:)`, unchanged, otherwise: for
+    /// PostgreSQL, a database file that does not exist yet (created empty, as before), one
+    /// without its -wal and -shm, and one with migrations still to run (migrated, as before:
+    /// the reader's queries need the current schema).
     public static func openForReading(state: StateConfig, maxDeliveries: Int = 5) throws -> Store {
-        guard !state.isPostgres, FileManager.default.fileExists(atPath: state.database),
+        let files = FileManager.default
+        guard !state.isPostgres, files.fileExists(atPath: state.database), files.fileExists(atPath: state.database + "-wal"),
+              files.fileExists(atPath: state.database + "-shm"),
               var store = try openReadOnly(path: state.database, maxDeliveries: maxDeliveries) else {
             return try open(state: state, maxDeliveries: maxDeliveries)
         }

@@ -27,7 +27,7 @@ enum SnakemakeBenchmark {
             return [.notAvailable(section, name, unit: "x", goal: "<= \(goal) x", note: "n/a (no Snakemake: \(error))")]
         }
 
-        var smkWalls: [Double] = []
+        var smkRuns: [(wall: Double, cpu: Double)] = []
         var mqiRuns: [MQIRun] = []
         let dir = try BenchDirectory("snakemake")
         defer { if !keep { dir.remove() } }
@@ -42,7 +42,7 @@ enum SnakemakeBenchmark {
                 let site = dir.file("\(tool)-\(round)")
                 try writeSite(site, cases: cases, cores: cores, cleanup: false)
                 if tool == "snakemake" {
-                    smkWalls.append(try runSnakemake(snakemake, site: site, cores: cores, cases: cases))
+                    smkRuns.append(try runSnakemake(snakemake, site: site, cores: cores, cases: cases))
                 } else {
                     mqiRuns.append(try await runMQI(mqi, site: site, cases: cases))
                 }
@@ -55,15 +55,16 @@ enum SnakemakeBenchmark {
         try writeSite(withCleanupSite, cases: cases, cores: cores, cleanup: true)
         let withCleanup = try await runMQI(mqi, site: withCleanupSite, cases: cases)
 
-        let smk = ScaleBenchmark.median(smkWalls)
+        let smk = ScaleBenchmark.median(smkRuns.map(\.wall)), smkCPU = ScaleBenchmark.median(smkRuns.map(\.cpu))
+        let mqiCPU = ScaleBenchmark.median(mqiRuns.map(\.cpu))
         let middle = mqiRuns.sorted { $0.wall < $1.wall }[mqiRuns.count / 2]
         let steps = Double(cases * 4)
         let venvNote = install.map { "venv installed in \(fmt($0)) s, not measured" } ?? "venv reused"
         return [
             .info(section, "snakemake --cores \(cores) wall (median of \(rounds))", smk, unit: "s",
-                  note: "Snakemake \(version) (\(venvNote): \(venvDirectory())); \(fmt(steps / smk)) steps/s; runs \(smkWalls.map { fmt($0) }.joined(separator: ", ")) s"),
+                  note: "Snakemake \(version) (\(venvNote): \(venvDirectory())); \(fmt(steps / smk)) steps/s; runs \(smkRuns.map { fmt($0.wall) }.joined(separator: ", ")) s; CPU \(fmt(smkCPU)) s with its jobs"),
             .info(section, "mqi run --exit-when-idle wall (median of \(rounds))", middle.wall, unit: "s",
-                  note: "hpc.cleanup: never (the Snakefile removes nothing either); \(fmt(steps / middle.wall)) steps/s; runs \(mqiRuns.map { fmt($0.wall) }.joined(separator: ", ")) s"),
+                  note: "hpc.cleanup: never (the Snakefile removes nothing either); \(fmt(steps / middle.wall)) steps/s; runs \(mqiRuns.map { fmt($0.wall) }.joined(separator: ", ")) s; CPU \(fmt(mqiCPU)) s with its commands (\(String(format: "%.2f", mqiCPU / max(smkCPU, 1e-6)))x Snakemake's)"),
             .goal(section, name, middle.wall / smk, unit: "x", limit: goal,
                   baseline: "\(String(format: "%.1f", smk / middle.wall))x faster than Snakemake \(version), same run"),
             .info(section, "  of which: mqi process start -> first case registered", middle.startUp * 1000, unit: "ms",
@@ -176,7 +177,7 @@ enum SnakemakeBenchmark {
 
     /// `snakemake --cores N --snakefile Snakefile` in the site (defaults otherwise: its lock and
     /// `.snakemake` metadata are its durable state, as the database is mqi's; log to a file).
-    static func runSnakemake(_ snakemake: String, site: String, cores: Int, cases: Int) throws -> Double {
+    static func runSnakemake(_ snakemake: String, site: String, cores: Int, cases: Int) throws -> (wall: Double, cpu: Double) {
         let log = (site as NSString).appendingPathComponent("snakemake.log")
         let run = try timedRun(snakemake, ["--cores", String(cores), "--snakefile", "Snakefile"], outputPath: log,
                                errorsToOutput: true, directory: site)
@@ -184,7 +185,7 @@ enum SnakemakeBenchmark {
         guard run.status == 0, results.count == cases else {
             throw BenchError("snakemake exited with \(run.status) and \(results.count) of \(cases) results; see \(log)")
         }
-        return run.seconds
+        return (run.seconds, run.cpuSeconds)
     }
 
     /// One `mqi run`: its wall and where the time went, in seconds.
@@ -198,6 +199,8 @@ enum SnakemakeBenchmark {
         var exit: Double
         /// Last COMPLETED to the IdleWatcher's "nothing left to do" line (nil without it).
         var idleSeen: Double?
+        /// CPU seconds of the daemon and the commands it waited for.
+        var cpu: Double
     }
 
     /// `mqi run --config config.yaml --exit-when-idle --log-format json` in the site.
@@ -216,7 +219,7 @@ enum SnakemakeBenchmark {
             throw BenchError("mqi run exited with \(run.status) and \(completed.count) of \(cases) cases COMPLETED; see \(log)")
         }
         return MQIRun(wall: run.seconds, startUp: first - started, work: last - first, exit: ended - last,
-                      idleSeen: logTime(log, containing: "nothing left to do").map { $0 - last })
+                      idleSeen: logTime(log, containing: "nothing left to do").map { $0 - last }, cpu: run.cpuSeconds)
     }
 
     /// The `timestamp` of the first JSON log line whose message contains `text`.

@@ -30,6 +30,7 @@ extension Store {
             try Self.insert(OutgoingMessage(kind: .newCaseFound, body: MessageBody(caseId: caseId)), db: db, now: now)
             try Self.history(db, caseId: caseId, at: now, event: "registered", status: .new, step: nil, attempt: nil,
                              message: "case found by the scanner; workflow \(workflow)")
+            try Self.recordEvent(db, .caseReceived, caseId: caseId, status: CaseStatus.new.rawValue, error: nil, detail: ["workflow": workflow], at: now)
             return true
         }
         if inserted { bell.ring(.conductor) }
@@ -48,6 +49,7 @@ extension Store {
                 """, arguments: [caseId, workflow, reason, now, now, now])
             guard db.changesCount == 1 else { return false }
             try Self.history(db, caseId: caseId, at: now, event: "rejected", status: .failed, step: nil, attempt: nil, message: reason)
+            try Self.recordEvent(db, .caseFailed, caseId: caseId, status: CaseStatus.failed.rawValue, error: reason, detail: ["workflow": workflow], at: now)
             return true
         }
     }
@@ -250,6 +252,10 @@ extension Store {
         for command in decision.commands { try insert(command, db: db, now: now) }
         try history(db, caseId: state.caseId, at: now, event: event.name, status: state.status, step: stepName,
                     attempt: state.stepIndex == nil ? nil : state.attempt, message: decision.note)
+        if state.status != previous.status, let told = caseEvent(for: state.status) {
+            try recordEvent(db, told, caseId: state.caseId, status: state.status.rawValue, error: state.error,
+                            detail: ["workflow": state.workflow], at: now)
+        }
     }
 
     static func history(_ db: any SQLConnection, caseId: String, at: Date, event: String, status: CaseStatus, step: String?, attempt: Int?, message: String) throws {
@@ -349,6 +355,11 @@ extension Store {
                 let before = GPUResource.Health(rawValue: row["health"]) ?? .ok
                 guard let sample = samples.first(where: { $0.index == id }) else {
                     try db.execute(sql: "UPDATE gpu_resources SET health = 'missing' WHERE gpu_id = ?", arguments: [id])
+                    if before != .missing {
+                        try Self.recordEvent(db, .gpuMissing, caseId: nil, status: GPUResource.Health.missing.rawValue,
+                                             error: "GPU \(id) is not listed by nvidia-smi (gpu_monitor.command); it is not reserved until it is back",
+                                             detail: ["gpu_id": id], at: now)
+                    }
                     continue
                 }
                 let foreign = status == "free" && (sample.memoryUsedMB ?? 0) > busyMemoryMB

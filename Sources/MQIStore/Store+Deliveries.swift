@@ -103,6 +103,8 @@ extension Store {
             try Self.insert(OutgoingMessage(kind: .newCaseFound, body: MessageBody(caseId: jobId)), db: db, now: now)
             try Self.history(db, caseId: jobId, at: now, event: "registered", status: .new, step: nil, attempt: nil,
                              message: "follow-up of case \(caseId) for delivery \(folder); workflow \(workflow)")
+            try Self.recordEvent(db, .caseReceived, caseId: jobId, status: CaseStatus.new.rawValue, error: nil,
+                                 detail: ["workflow": workflow, "followup_of": caseId], at: now)
             try Self.history(db, caseId: caseId, at: now, event: "followup", status: .completed, step: nil, attempt: nil,
                              message: "follow-up job \(jobId) started for delivery \(folder) (workflow \(workflow))")
             return true

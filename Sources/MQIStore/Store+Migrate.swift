@@ -3,11 +3,13 @@ import MQICore
 
 extension Store {
     /// The tables `copyState` copies, in an order that keeps references valid. `readiness_probe`
-    /// and `instances` are left out: they describe a running daemon, not the state.
+    /// and `instances` are left out: they describe a running daemon, not the state. The webhooks'
+    /// outbox and cursors are copied with their ids: events not delivered yet are delivered from
+    /// the new state, none twice.
     static let copiedTables = ["cases", "case_events", "case_plan_beams", "beam_runs", "gpu_resources", "messages", "dead_letters",
-                               "hosts", "scheduler_jobs", "deliveries"]
+                               "hosts", "scheduler_jobs", "deliveries", "outbox", "webhook_cursors"]
     /// Tables whose `id` the target numbers itself afterwards (identity columns on PostgreSQL).
-    static let identityTables = ["case_events", "messages", "dead_letters"]
+    static let identityTables = ["case_events", "messages", "dead_letters", "outbox"]
 
     /// Copies this SQLite state (cases, history, queues, dead letters, GPU table, …) into `target`,
     /// which must be empty, in one transaction of the target: it has everything or nothing.

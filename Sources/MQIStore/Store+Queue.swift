@@ -185,6 +185,10 @@ extension Store {
             """, arguments: [id, row["queue"] as String, row["kind"] as String, row["case_id"] as String, row["body"] as String,
                              row["deliveries"] as Int, error, row["created_at"] as Date, now])
         try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [id])
+        let caseId: String = row["case_id"]
+        let caseStatus = try String.fetchOne(db, sql: "SELECT status FROM cases WHERE case_id = ?", arguments: [caseId])
+        try recordEvent(db, .deadLetter, caseId: caseId, status: caseStatus, error: error,
+                        detail: ["queue": row["queue"] as String, "kind": row["kind"] as String], at: now)
         guard let kind = MessageKind(rawValue: row["kind"]), let body = try? decode(row["body"]) else { return nil }
         let failure: MessageKind
         switch kind {

@@ -276,6 +276,37 @@ public struct Store: Sendable {
                 );
                 """)
         }
+        migrator.registerMigration("v13-outbox") { db in
+            // Events for the webhooks (notifications.webhooks), recorded with their cause;
+            // AUTOINCREMENT: an id is never reused, even after the newest rows were pruned. Ids
+            // start at the creation time in milliseconds, so a database rebuilt after damage
+            // numbers above the one set aside (receivers dedupe by id). Each webhook's cursor:
+            // the last event it got, and which communicator delivers it now.
+            try db.execute(sql: """
+                CREATE TABLE outbox (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    event TEXT NOT NULL,
+                    case_id TEXT,
+                    status TEXT,
+                    error TEXT,
+                    detail TEXT,
+                    at DATETIME NOT NULL
+                );
+                CREATE INDEX outbox_at ON outbox(at);
+                INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+                CREATE TABLE webhook_cursors (
+                    url TEXT PRIMARY KEY NOT NULL,
+                    delivered_id INTEGER NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    last_error TEXT,
+                    failing_since DATETIME,
+                    lease_owner TEXT,
+                    lease_expires_at DATETIME,
+                    created_at DATETIME NOT NULL,
+                    updated_at DATETIME NOT NULL
+                );
+                """)
+        }
         return migrator
     }
 

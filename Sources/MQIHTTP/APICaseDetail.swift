@@ -179,9 +179,16 @@ extension APIContext {
             LogExcerpt(step: log.step, attempt: log.attempt, exists: true, lines: [], url: StepLogs.url(caseId: caseId, step: log.step, attempt: log.attempt))
         }
         var tail: LogExcerpt?
+        // A `for_each: beam` step's runs: the one that failed the case, else a running one.
+        let beamRun = summary.beams.first { $0.status == .failed } ?? summary.beams.first { $0.status == .running }
+        let beamLog = beamRun.flatMap { run in summary.workflowStep.map { "\($0).\(run.beam)" } }.flatMap { step in
+            available.first { $0.step == step && $0.attempt == beamRun?.attempt }
+        }
         if let current = summary.workflowStep, let path = try? logs.path(caseId: caseId, step: current, attempt: summary.attempt),
            FileManager.default.fileExists(atPath: path) {
             tail = logs.excerpt(caseId: caseId, step: current, attempt: summary.attempt, lines: logLines)
+        } else if let beamLog {
+            tail = logs.excerpt(caseId: caseId, step: beamLog.step, attempt: beamLog.attempt, lines: logLines)
         } else if let last = available.first {
             tail = logs.excerpt(caseId: caseId, step: last.step, attempt: last.attempt, lines: logLines)
         }

@@ -138,7 +138,7 @@ enum Dashboard {
             "fractionsHidden": detail.fractions.isEmpty ? " hidden" : "", "fractions": fractionsTable(detail.fractions),
             "slurmJobsHidden": detail.jobs.isEmpty ? " hidden" : "", "slurmJobs": schedulerJobsTable(detail.jobs),
             "steps": stepper(detail), "timeline": timelineTable(detail.timeline),
-            "logName": detail.log.map { "\(escape($0.step)) · attempt \($0.attempt)" } ?? "",
+            "logName": detail.log.map { escape(logName($0.step, attempt: $0.attempt)) } ?? "",
             "logTail": logTail + (detail.log == nil ? PageTemplate.logEmpty.render([:]) : ""),
             "logStep": escape(detail.log?.step ?? ""), "logAttempt": detail.log.map { "\($0.attempt)" } ?? "",
             "logURL": escape(detail.log?.url ?? ""), "logFailures": "\(failures.count)",
@@ -212,15 +212,17 @@ enum Dashboard {
         ])
     }
 
-    /// Utilization and memory (as a share of the total) over the last hour: two polylines over a
-    /// time axis, as inline SVG (no chart library; the CSP allows no inline style).
+    /// Utilization and memory (as a share of the total) over the last hour, or since the first
+    /// reading when that is later (a daemon just started): two polylines over a time axis ending
+    /// now, as inline SVG (no chart library; the CSP allows no inline style).
     static func gpuHistoryChart(_ gpuId: Int, _ samples: [GPUHistorySample], window: TimeInterval, now: Date) -> String {
-        guard !samples.isEmpty else { return PageTemplate.gpuHistoryEmpty.render([:]) }
+        guard let first = samples.first else { return PageTemplate.gpuHistoryEmpty.render([:]) }
         let width = 240.0, height = 48.0
+        let span = max(1, min(window, now.timeIntervalSince(first.at)))
         func points(_ value: (GPUHistorySample) -> Double?) -> String {
             samples.compactMap { sample -> String? in
                 guard let v = value(sample) else { return nil }
-                let x = max(0, min(width, (1 - now.timeIntervalSince(sample.at) / window) * width))
+                let x = max(0, min(width, (1 - now.timeIntervalSince(sample.at) / span) * width))
                 let y = height - 1 - max(0, min(100, v)) / 100 * (height - 2)
                 return String(format: "%.1f,%.1f", x, y)
             }.joined(separator: " ")
@@ -237,6 +239,7 @@ enum Dashboard {
             "gpuId": "\(gpuId)", "points": "\(samples.count)", "width": "\(Int(width))", "height": "\(Int(height))", "mid": "\(height / 2)",
             "utilPoints": points(\.utilizationPercent), "memPoints": points(memoryPercent),
             "utilRange": range(samples.compactMap(\.utilizationPercent)), "memRange": range(samples.compactMap(memoryPercent)),
+            "span": span >= window - 30 ? "last hour" : span >= 120 ? "last \(Int(span / 60)) min" : "last \(Int(span.rounded())) s",
         ])
     }
 
@@ -436,6 +439,11 @@ enum Dashboard {
             ])
         }.joined()
         return PageTemplate.historyTable.render(["rows": rows])
+    }
+
+    /// `run_moqui_sim · beam 2 · attempt 1` for a beam's run, `run_interpreter · attempt 1` otherwise.
+    static func logName(_ step: String, attempt: Int) -> String {
+        LogStepName(step).map { "\($0.step) · beam \($0.beam) · attempt \(attempt)" } ?? "\(step) · attempt \(attempt)"
     }
 
     /// Each log of the case: a link that shows it in the log panel (the case page with `?log=`),

@@ -60,13 +60,14 @@ public final class GPUHistory: Sendable {
         return samples.withLock { $0[gpuId] ?? [] }.filter { $0.at >= horizon }
     }
 
-    /// `samples(gpuId:now:)` averaged into at most `points` buckets of equal length over the
-    /// window, oldest first (a bucket without a sample is left out): what a small chart draws.
+    /// `samples(gpuId:now:)` averaged into at most `points` buckets of equal length from the
+    /// oldest sample (or the window's start) to `now`, oldest first (a bucket without a sample is
+    /// left out): what a small chart draws.
     public func summary(gpuId: Int, points: Int, now: Date = Date()) -> [GPUHistorySample] {
         let all = samples(gpuId: gpuId, now: now)
-        guard points > 0, all.count > points else { return all }
-        let start = now.addingTimeInterval(-window)
-        let width = window / Double(points)
+        guard points > 0, all.count > points, let first = all.first else { return all }
+        let start = max(now.addingTimeInterval(-window), first.at)
+        let width = max(now.timeIntervalSince(start), 1) / Double(points)
         var buckets: [Int: [GPUHistorySample]] = [:]
         for sample in all {
             buckets[min(points - 1, max(0, Int(sample.at.timeIntervalSince(start) / width))), default: []].append(sample)

@@ -241,7 +241,8 @@
     if (logView.source) { logView.source.close(); logView.source = null; }
     logView.key = logKey(step, attempt);
     pre.dataset.logStep = step; pre.dataset.logAttempt = String(attempt); pre.dataset.logUrl = url;
-    document.getElementById("log-name").textContent = step + " · attempt " + attempt;
+    var beam = /^(.*)\.([0-9]+)$/.exec(step);
+    document.getElementById("log-name").textContent = (beam ? beam[1] + " · beam " + beam[2] : step) + " · attempt " + attempt;
     var links = document.querySelectorAll("#log-links a[data-log-step]");
     for (var i = 0; i < links.length; i++) {
       if (links[i].dataset.logStep === step && links[i].dataset.logAttempt === String(attempt)) links[i].setAttribute("aria-current", "true");
@@ -290,11 +291,21 @@
         links.appendChild(el("a", { "class": "raw muted", href: l.url, title: "the whole log as text" }, "raw"));
       });
     }
-    // Once the followed log has ended, the case's current one (a new attempt, the next step),
-    // unless the operator picked a log. Beam runs side by side do not take turns.
-    if (!logView.pinned && !logView.source && detail.log && logKey(detail.log.step, detail.log.attempt) !== logView.key) {
-      showLog(detail.log.step, detail.log.attempt, detail.log.url);
-    }
+    // Once the followed log has ended, one that is still written (a new attempt, the next step,
+    // another beam's run), unless the operator picked a log. Beam runs side by side do not take turns.
+    if (logView.pinned || logView.source) return;
+    var c = detail["case"], next = null;
+    [detail.log].concat(detail.logs).forEach(function (l) { if (!next && l && logIsLive(c, l.step, l.attempt)) next = l; });
+    if (next && logKey(next.step, next.attempt) !== logView.key) showLog(next.step, next.attempt, next.url);
+  }
+  // Whether the attempt may still write to its log (as the server's LogFollowStream.isLive).
+  function logIsLive(c, step, attempt) {
+    if (c.status !== "PROCESSING" && c.status !== "PENDING_RESOURCE") return false;
+    if (c.workflow_step === step) return c.attempt === Number(attempt);
+    var m = /^(.*)\.([0-9]+)$/.exec(step);
+    return !!m && c.workflow_step === m[1] && (c.beams || []).some(function (b) {
+      return b.number === Number(m[2]) && b.attempt === Number(attempt) && (b.status === "RUNNING" || b.status === "WAITING");
+    });
   }
   function startLogPanel() {
     var pre = document.getElementById("log-tail");

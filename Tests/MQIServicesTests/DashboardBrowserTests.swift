@@ -1,9 +1,13 @@
 import Foundation
+import Hummingbird
 import Logging
 import MQICore
+import MQIHTTP
+import MQIMetrics
 import MQIStore
 import MQITransport
 import MQITestSupport
+import ServiceLifecycle
 import Synchronization
 import Testing
 @testable import MQIServices
@@ -145,6 +149,235 @@ struct DashboardBrowserTests {
         #expect(detailDOM.contains("outcome-succeeded"))
         #expect(detailDOM.contains("run_moqui_sim"))
         #expect(detailDOM.contains("data-action=\"retry\""), "token configured: the buttons exist")
+    }
+
+    /// The browser test's MOQUI stand-in, by the case's number (the last part of its study UID):
+    /// case 1's beam 1 fails once with a retryable error, then every beam of case 1 runs until
+    /// `CTL/go` exists (a progress line every 0.5 s), then writes a last line and succeeds; cases 2
+    /// and 4 fail with a FATAL ERROR; the others run the demo's stand-in.
+    static func consoleSimulator(control: String, demo: String) -> String {
+        """
+        #!/bin/sh
+        set -u
+        say() { printf '%s\\n' "$*"; }
+        CTL=\(ShellQuote.quote(control))
+        case_dir= out= beam= prev=
+        for arg in "$@"; do
+            case $prev in
+                --case-dir) case_dir=$arg ;;
+                --out) out=$arg ;;
+                --beam) beam=$arg ;;
+            esac
+            prev=$arg
+        done
+        n=${case_dir%/}; n=${n##*.}
+        case $n in
+        1)
+            say "MOQUI Monte Carlo dose engine (browser test stand-in)"
+            say "Beam $beam"
+            if [ "$beam" = 1 ] && [ ! -e "$CTL/beam1-failed" ]; then
+                : > "$CTL/beam1-failed"
+                say "Uploading particles with batch.. : Particle count --> 100000 with 100 batches"
+                say "FATAL ERROR: cudaMalloc failed (out of memory): No free GPU remains on this node"
+                sleep 5
+                exit 3
+            fi
+            say "Uploading particles with batch.. : Particle count --> 100000 with 100 batches"
+            k=1
+            while [ ! -e "$CTL/go" ]; do
+                say "Generating particles for ($k of 100 batches)"
+                [ "$k" -ge 99 ] || k=$((k + 1))
+                sleep 0.5
+            done
+            say "LIVE LINE beam $beam: written after the page was opened"
+            say "Generating particles for (100 of 100 batches)"
+            mkdir -p "$out" && say "stand-in dose" > "$out/RTDOSE_beam$beam.dcm"
+            say "Total execution time: 1.000 s"
+            ;;
+        2|4)
+            say "MOQUI Monte Carlo dose engine (browser test stand-in)"
+            say "Beam $beam"
+            say "Uploading particles with batch.. : Particle count --> 100000 with 10 batches"
+            say "FATAL ERROR: CUDA error: an illegal memory access was encountered (beam $beam)"
+            sleep 5
+            exit 3
+            ;;
+        *)
+            exec /bin/sh \(ShellQuote.quote(demo)) "$@"
+            ;;
+        esac
+
+        """
+    }
+
+    /// The operators' console, screenshot by screenshot (kept in `.artifacts/`): the case list
+    /// filtered by status, received dates and text; a case whose beams run with its log followed
+    /// live (and a beam's failed attempt one click away, its failure line marked); a FAILED case;
+    /// the GPU panel with each GPU's last hour.
+    @Test(.enabled(if: chromium != nil, "chromium is not installed (scripts/test installs it): the dashboard browser test is skipped"),
+          .timeLimit(.minutes(4)))
+    func consoleScreenshots() async throws {
+        let temp = try TemporaryDirectory("mqi-console")
+        defer { temp.remove() }
+        let site = try DemoSite.create(at: temp.file("site"), cases: 4, gpus: [0, 1, 2, 3, 4, 5], perBeam: true)
+        let control = temp.file("control")
+        try FileManager.default.createDirectory(atPath: control, withIntermediateDirectories: true)
+        let simulator = temp.file("site/bin/console-sim.sh")
+        try Self.consoleSimulator(control: control, demo: temp.file("site/bin/moquisim.sh")).write(toFile: simulator, atomically: true, encoding: .utf8)
+        var configText = try String(contentsOfFile: site.configPath, encoding: .utf8)
+        let simLine = try #require(configText.split(separator: "\n").first { $0.contains("run_moqui_sim:") && $0.contains("moquisim.sh") })
+        configText = configText.replacingOccurrences(of: simLine, with: simLine.replacingOccurrences(of: "moquisim.sh", with: "console-sim.sh"))
+        try configText.write(toFile: site.configPath, atomically: true, encoding: .utf8)
+        let config = try ConfigLoader.load(path: site.configPath)
+        let ids = try DemoSite.caseIDs(in: config.scanner.localLogdata, depth: 3)
+        let id = { (number: Int) in try #require(ids.first { $0.hasSuffix(".3.\(number)") }, "\(ids)") }
+        let live = try id(1), failed = try id(2)
+
+        let port = Mutex<Int?>(nil)
+        let stop = OneShot()
+        var server = Daemon(config: config, logger: CapturedLogs().logger(level: .info), onListening: { bound in port.withLock { $0 = bound } })
+        server.shutdown = stop
+        let daemon = Task { [server] in try await server.run() }
+        var stopped = false
+        defer { if !stopped { stop.fire() } }
+        #expect(await eventually(within: 30) { port.withLock { $0 } != nil }, "the daemon did not start listening")
+        let base = "http://127.0.0.1:\(try #require(port.withLock { $0 }))"
+        let started = Date()
+        let store = try Daemon.openStore(config)
+        // Case 1: beam 1 failed once (retryable) and runs again, its other beams run; 2 and 4 failed.
+        let ready = try await eventually(within: 90) {
+            let beams = try await store.caseSummary(live)?.beams ?? []
+            let failedCount = try await store.cases(status: .failed).count
+            return failedCount == 2 && beams.count == 3 && beams.allSatisfy { $0.status == .running }
+                && beams.first { $0.beam == 1 }?.attempt == 2
+        }
+        let liveSummary = try await store.caseSummary(live)
+        #expect(ready, "case 1 is not running its beams with beam 1 on attempt 2: \(String(describing: liveSummary))")
+        // A few GPU readings (every 2 s) for the chart.
+        let settle = 12 - Date().timeIntervalSince(started)
+        if settle > 0 { try await Task.sleep(for: .seconds(settle)) }
+
+        func shot(_ name: String, _ path: String, size: String = "1280,1000") async throws -> String {
+            let png = (Self.artifacts as NSString).appendingPathComponent(name)
+            try? FileManager.default.removeItem(atPath: png)
+            _ = try await Self.browser(base + path, ["--screenshot=\(png)"], userDataDir: temp.file("chrome-\(name)"), size: size)
+            #expect(FileManager.default.fileExists(atPath: png), "no screenshot \(png)")
+            return png
+        }
+        func dom(_ path: String, _ name: String) async throws -> String {
+            let text = try await Self.browser(base + path, ["--dump-dom"], userDataDir: temp.file("chrome-dom-\(name)"))
+            try text.write(toFile: (Self.artifacts as NSString).appendingPathComponent("console-\(name).html"), atomically: true, encoding: .utf8)
+            return text
+        }
+        func casePath(_ caseId: String) -> String { "/cases/" + caseId.addingPercentEncoding(withAllowedCharacters: .alphanumerics)! }
+
+        // The list, filtered: FAILED, received yesterday or today, "DEMO" in the id.
+        let day = DateFormatter()
+        day.dateFormat = "yyyy-MM-dd"
+        day.timeZone = .current
+        let listPath = "/cases?status=FAILED&received_from=\(day.string(from: Date().addingTimeInterval(-86_400)))&received_to=\(day.string(from: Date()))&q=DEMO"
+        let listPNG = try await shot("console-cases-filtered.png", listPath, size: "1280,700")
+        let listDOM = try await dom(listPath, "cases-filtered")
+        let rows = Self.caseRows(listDOM)
+        #expect(Set(rows.map(\.id)) == Set([try id(2), try id(4)]), "\(rows)")
+        #expect(rows.allSatisfy { $0.status == "FAILED" })
+        #expect(listDOM.contains(#"<option value="FAILED" selected"#) || listDOM.contains(#"value="FAILED" selected"#), "the status filter is shown")
+
+        // Case 1 while its beams run: the log panel follows a running beam's log.
+        let livePNG = try await shot("console-case-live.png", casePath(live), size: "1280,2000")
+        // Beam 1's failed attempt, one click away: its failure line marked.
+        let attemptPath = casePath(live) + "?log=run_moqui_sim.1&attempt=1"
+        let attemptPNG = try await shot("console-case-failed-attempt.png", attemptPath, size: "1280,2000")
+        let attemptDOM = try await dom(attemptPath, "case-failed-attempt")
+        #expect(attemptDOM.contains(#"data-failure="true""#) && attemptDOM.contains("No free GPU remains on this node</mark>"), "the failure line is not marked")
+        #expect(attemptDOM.contains("run_moqui_sim · beam 1 #1") && attemptDOM.contains("run_moqui_sim · beam 1 #2"), "every attempt's log is linked")
+        // The FAILED case: failed beams, its log with the FATAL ERROR marked.
+        let failedPNG = try await shot("console-case-failed.png", casePath(failed), size: "1280,2000")
+        let failedDOM = try await dom(casePath(failed), "case-failed")
+        #expect(failedDOM.contains(#"data-beam-status="FAILED""#), "no failed beam in the beam runs")
+        #expect(failedDOM.contains("an illegal memory access was encountered"))
+        #expect(failedDOM.range(of: #"<mark class="log-fail"[^>]*>FATAL ERROR: CUDA error"#, options: .regularExpression) != nil, "the failure line is not marked")
+        // The log shown is the failed beam's.
+        let failedBeam = try #require(try await store.caseSummary(failed)?.beams.first { $0.status == .failed })
+        #expect(failedDOM.contains("run_moqui_sim · beam \(failedBeam.beam) · attempt 1</span>"), "not the failed beam's log")
+        // The GPU panel: holder, state, and the last hour as a chart with points.
+        let gpuPNG = try await shot("console-gpus.png", "/", size: "1280,1700")
+        let overviewDOM = try await dom("/", "overview")
+        let points = overviewDOM.matches(of: try Regex(#"class="spark-util" points="([^"]*)""#)).map { match in
+            (match.output[1].substring ?? "").split(separator: " ").count
+        }
+        // The daemon hands its GPU monitor's history to the pages (APIContext.gpuHistory).
+        #expect(points.count == 6 && points.allSatisfy { $0 >= 3 }, "utilization points per GPU chart: \(points)")
+        #expect(overviewDOM.contains(#"data-gpu-state="reserved""#) && overviewDOM.contains(#"data-gpu-state="free""#))
+
+        // The live page: opened while the beams run; then they write their last line and end.
+        // The dump comes once the event streams end (Chromium's virtual time stands still while
+        // one is open): the daemon stops below.
+        let liveDump = Task { try await Self.browser(base + casePath(live), ["--virtual-time-budget=8000", "--dump-dom"], userDataDir: temp.file("chrome-live"), timeout: 120) }
+        try await Task.sleep(for: .seconds(4))
+        FileManager.default.createFile(atPath: (control as NSString).appendingPathComponent("go"), contents: nil)
+        #expect(try await eventually(within: 60) { try await store.caseSummary(live)?.status == .completed }, "case 1 did not complete")
+        try await Task.sleep(for: .milliseconds(1500))
+        stop.fire()
+        _ = try? await daemon.value
+        stopped = true
+        let liveDOM = try await liveDump.value
+        try liveDOM.write(toFile: (Self.artifacts as NSString).appendingPathComponent("console-case-live.html"), atomically: true, encoding: .utf8)
+        let pre = try #require(liveDOM.range(of: #"<pre class="log" id="log-tail""#).map { String(liveDOM[$0.lowerBound...]) })
+        let logText = String(pre[..<(pre.range(of: "</pre>")?.lowerBound ?? pre.endIndex)])
+        #expect(logText.contains("LIVE LINE beam"), "the line written after the page opened did not arrive: \(logText.suffix(600))")
+        #expect((Int(Self.attribute("data-stream-lines", ofTag: #"<pre class="log" id="log-tail""#, in: liveDOM) ?? "") ?? 0) > 0)
+        #expect(Self.attribute("data-live", ofTag: #"<pre class="log" id="log-tail""#, in: liveDOM) == "false", "the stream ended with the attempt")
+        print("console screenshots: \([listPNG, livePNG, attemptPNG, failedPNG, gpuPNG].joined(separator: " "))")
+    }
+
+    /// The GPU panel in a browser, fed the way the daemon feeds it: the GPU monitor polls the demo's
+    /// stand-in nvidia-smi and records into `MQIMetrics.gpuHistory`, which the pages draw.
+    @Test(.enabled(if: chromium != nil, "chromium is not installed (scripts/test installs it): the dashboard browser test is skipped"),
+          .timeLimit(.minutes(2)))
+    func gpuPanelDrawsTheMonitorsReadings() async throws {
+        let temp = try TemporaryDirectory("mqi-gpu-panel")
+        defer { temp.remove() }
+        let site = try DemoSite.create(at: temp.file("site"), cases: 0, gpus: [0, 1, 2, 3])
+        let config = try ConfigLoader.load(path: site.configPath)
+        let store = try Daemon.openStore(config)
+        _ = try await store.reconcileGPUs(configured: [0, 1, 2, 3])
+        // A case on the interpreter step holds a GPU.
+        let conductor = Conductor(config: config)
+        #expect(try await store.registerCase("CASE-GPU-HOLDER", workflow: "default_qa"))
+        _ = try await store.conduct(.newCaseFound, caseId: "CASE-GPU-HOLDER", conductor: conductor)
+        _ = try await store.conduct(.stepSucceeded(stepIndex: 0, attempt: 1), caseId: "CASE-GPU-HOLDER", conductor: conductor)
+        let metrics = MQIMetrics()
+        let monitor = GPUMonitor(config: config.gpuMonitor, runner: LocalCommandRunner(), store: store, conductor: conductor,
+                                 metrics: metrics, logger: CapturedLogs().logger())
+        // Readings every 0.5 s (the daemon's monitor: every gpu_monitor.interval_sec).
+        for _ in 0..<8 {
+            #expect(await monitor.poll()?.count == 4)
+            try await Task.sleep(for: .milliseconds(500))
+        }
+
+        let api = APIContext(store: store, conductor: conductor, config: config, logger: CapturedLogs().logger(), gpuHistory: metrics.gpuHistory)
+        let port = Mutex<Int?>(nil)
+        let app = Application(router: HTTPServer.router(store: store, metrics: metrics, readiness: { [:] }, api: api),
+                              configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } })
+        let group = ServiceGroup(configuration: .init(services: [app], logger: CapturedLogs().logger()))
+        let server = Task { try await group.run() }
+        defer { server.cancel() }
+        #expect(await eventually(within: 20) { port.withLock { $0 } != nil }, "the HTTP server did not start")
+        let base = "http://127.0.0.1:\(try #require(port.withLock { $0 }))"
+        let png = (Self.artifacts as NSString).appendingPathComponent("console-gpus-monitor.png")
+        try? FileManager.default.removeItem(atPath: png)
+        _ = try await Self.browser(base + "/", ["--screenshot=\(png)"], userDataDir: temp.file("chrome-shot"), size: "1280,1300")
+        let dom = try await Self.browser(base + "/", ["--dump-dom"], userDataDir: temp.file("chrome-dom"))
+        await group.triggerGracefulShutdown()
+        _ = try? await server.value
+        #expect(FileManager.default.fileExists(atPath: png))
+        let charts = dom.matches(of: try Regex(#"class="spark-util" points="([^"]*)""#)).map { ($0.output[1].substring ?? "").split(separator: " ").count }
+        #expect(charts == [8, 8, 8, 8], "utilization points per GPU: \(charts)")
+        #expect(dom.contains(#"data-points="8""#))
+        #expect(dom.contains("CASE-GPU-HOLDER") && dom.contains(#"data-gpu-state="reserved""#), "the holder is shown")
+        print("GPU panel screenshot: \(png)")
     }
 
     /// A browser left open on the overview (real time: no dump, no virtual time) sees the daemon go

@@ -145,6 +145,13 @@ public struct Daemon: Sendable {
             services.append(.init(service: HostWatch(reachability: reachability, runner: transports.runner, store: store, logger: logger),
                                   serviceName: "HostWatch"))
         }
+        if !config.notifications.webhooks.isEmpty {
+            // Every event is recorded whether or not webhooks are configured; this delivers them.
+            // A webhook new to the state starts here, before the scanner registers anything.
+            let notifier = Notifier(config: config.notifications, store: store, instance: store.instance, logger: logger, metrics: metrics)
+            try await notifier.registerWebhooks()
+            services.append(.init(service: notifier, serviceName: "Notifier"))
+        }
         if config.gpuMonitor.enabled {
             let monitor = GPUMonitor(config: config.gpuMonitor, runner: transports.runner, store: store,
                                      conductor: conductor, metrics: metrics, logger: logger)

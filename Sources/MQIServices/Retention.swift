@@ -4,7 +4,9 @@ import MQIStore
 
 /// What `retention` keeps: step logs (`state.logs_dir/<case>/`) of cases finished more than
 /// `logs_days` ago and the history (`case_events`) of cases finished more than `events_days`
-/// ago are deleted; the case rows stay. Run by the daemon (`RetentionService`) and `mqi prune`.
+/// ago are deleted; the case rows stay. Webhook events (the outbox) recorded more than
+/// `events_days` ago that every configured webhook got are deleted too. Run by the daemon
+/// (`RetentionService`) and `mqi prune`.
 public struct Retention: Sendable {
     public var config: RetentionConfig
     public var logsDir: String
@@ -29,9 +31,11 @@ public struct Retention: Sendable {
         public var events: [EventPrune] = []
         /// Log directories that could not be removed, with why.
         public var problems: [String] = []
+        /// Delivered webhook events (the outbox).
+        public var outboxEvents = 0
 
         public var eventCount: Int { events.reduce(0) { $0 + $1.events } }
-        public var isEmpty: Bool { logDirectories.isEmpty && events.isEmpty && problems.isEmpty }
+        public var isEmpty: Bool { logDirectories.isEmpty && events.isEmpty && problems.isEmpty && outboxEvents == 0 }
     }
 
     public func prune(dryRun: Bool) async throws -> Report {
@@ -67,6 +71,7 @@ public struct Retention: Sendable {
             report.logBytes += bytes
         }
         report.events = try await store.pruneEvents(ofCasesFinishedBefore: eventsCutoff, dryRun: dryRun)
+        report.outboxEvents = try await store.pruneOutbox(before: eventsCutoff, dryRun: dryRun)
         return report
     }
 
@@ -79,6 +84,7 @@ public struct Retention: Sendable {
         lines += report.logDirectories.map { "  log \($0)" }
         lines.append("\(verb) \(report.eventCount) history event\(report.eventCount == 1 ? "" : "s") of \(report.events.count) case\(report.events.count == 1 ? "" : "s") finished more than \(format(config.eventsDays)) days ago")
         lines += report.events.map { "  events \($0.caseId): \($0.events)" }
+        lines.append("\(verb) \(report.outboxEvents) delivered webhook event\(report.outboxEvents == 1 ? "" : "s") recorded more than \(format(config.eventsDays)) days ago")
         lines += report.problems.map { "  problem: \($0)" }
         return lines
     }

@@ -28,8 +28,8 @@ public struct RetentionService: Service {
         do {
             let report = try await retention.prune(dryRun: false)
             for problem in report.problems { logger.warning("retention: \(problem)") }
-            guard !report.logDirectories.isEmpty || !report.events.isEmpty else { return }
-            logger.info("retention: removed \(report.logDirectories.count) case log directories (\(report.logFiles) files, \(report.logBytes) bytes) and \(report.eventCount) history events of \(report.events.count) cases",
+            guard !report.logDirectories.isEmpty || !report.events.isEmpty || report.outboxEvents > 0 else { return }
+            logger.info("retention: removed \(report.logDirectories.count) case log directories (\(report.logFiles) files, \(report.logBytes) bytes), \(report.eventCount) history events of \(report.events.count) cases and \(report.outboxEvents) delivered webhook events",
                         metadata: ["retention.logs_days": "\(retention.config.logsDays)", "retention.events_days": "\(retention.config.eventsDays)"])
         } catch {
             logger.warning("retention: pruning failed (tried again in a day): \(error)")

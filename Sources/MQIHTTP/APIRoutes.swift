@@ -149,8 +149,16 @@ public enum APIRoutes {
                 let text = try request.pathParameter("id", requestContext)
                 guard let gpuId = Int(text) else { throw APIError.badRequest("GPU id must be a number, not '\(text)'") }
                 guard try await context.store.gpus().contains(where: { $0.gpuId == gpuId }) else { throw APIError.notFound("no GPU \(gpuId)") }
-                return APIResponses.json(GPUHistoryResponse(gpuId: gpuId, windowSec: Int(context.gpuHistory?.window ?? 3600),
-                                                            samples: context.gpuHistory?.samples(gpuId: gpuId) ?? []))
+                // `points`: averaged into at most that many (what a chart draws), else every reading.
+                var points: Int?
+                if let text = request.queryParameter("points") {
+                    guard let value = Int(text), (1...3600).contains(value) else {
+                        throw APIError.badRequest("points must be a whole number from 1 to 3600, not '\(text)'")
+                    }
+                    points = value
+                }
+                let samples = points.map { context.gpuHistory?.summary(gpuId: gpuId, points: $0) } ?? context.gpuHistory?.samples(gpuId: gpuId)
+                return APIResponses.json(GPUHistoryResponse(gpuId: gpuId, windowSec: Int(context.gpuHistory?.window ?? 3600), samples: samples ?? []))
             }
         }
 

@@ -250,6 +250,9 @@ import Testing
             #expect(samples.last?["utilization_percent"] as? Double == 87)
             #expect(samples.last?["memory_total_mb"] as? Double == 81559)
             #expect(try await APITests.request(client, "/api/gpus/1/history").json()["samples"] as? [Any] != nil)
+            let averaged = try await APITests.request(client, "/api/gpus/0/history?points=10").json()["samples"] as? [[String: Any]]
+            #expect(averaged?.count == 10, "30 readings over 30 min in 10 spans")
+            #expect(try await APITests.request(client, "/api/gpus/0/history?points=0").status == .badRequest)
             #expect(try await APITests.request(client, "/api/gpus/7/history").status == .notFound)
             #expect(try await APITests.request(client, "/api/gpus/x/history").status == .badRequest)
         }

@@ -334,7 +334,7 @@ struct DashboardBrowserTests {
     /// The GPU panel in a browser, fed the way the daemon feeds it: the GPU monitor polls the demo's
     /// stand-in nvidia-smi and records into `MQIMetrics.gpuHistory`, which the pages draw.
     @Test(.enabled(if: chromium != nil, "chromium is not installed (scripts/test installs it): the dashboard browser test is skipped"),
-          .timeLimit(.minutes(2)))
+          .timeLimit(.minutes(3)))
     func gpuPanelDrawsTheMonitorsReadings() async throws {
         let temp = try TemporaryDirectory("mqi-gpu-panel")
         defer { temp.remove() }
@@ -370,6 +370,29 @@ struct DashboardBrowserTests {
         try? FileManager.default.removeItem(atPath: png)
         _ = try await Self.browser(base + "/", ["--screenshot=\(png)"], userDataDir: temp.file("chrome-shot"), size: "1280,1300")
         let dom = try await Self.browser(base + "/", ["--dump-dom"], userDataDir: temp.file("chrome-dom"))
+
+        // A page left open draws the charts again every 30 s from /api/gpus/{id}/history (its console says so).
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try #require(Self.chromium))
+        process.arguments = ["--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(temp.file("chrome-open"))", "--window-size=1280,800",
+                             "--enable-logging=stderr", "--v=0", "--remote-debugging-port=0", base + "/"]
+        let console = temp.file("chrome.err")
+        FileManager.default.createFile(atPath: console, contents: nil)
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: console))
+        defer { try? err.close() }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = err
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        for _ in 0..<4 { _ = await monitor.poll() }
+        func redrawn() -> String? {
+            let text = (try? String(contentsOfFile: console, encoding: .utf8)) ?? ""
+            guard let range = text.range(of: "GPU charts redrawn: ") else { return nil }
+            return String(text[range.upperBound...].prefix { $0 == "," || $0.isNumber })
+        }
+        #expect(await eventually(within: 45) { redrawn() != nil }, "the open page did not draw its charts again")
+        #expect(redrawn() == "12,12,12,12", "readings per GPU in the redraw: \(redrawn() ?? "none")")
+        process.terminate()
         await group.triggerGracefulShutdown()
         _ = try? await server.value
         #expect(FileManager.default.fileExists(atPath: png))

@@ -444,6 +444,49 @@
     return true;
   }
 
+  // The GPU cards' last hour, drawn again every 30 s (as the server draws it: Dashboard.gpuHistoryChart).
+  function drawGPUHistory(card, h) {
+    var old = field(card, "history");
+    if (!old) return;
+    var now = Date.now(), samples = h.samples;
+    if (!samples.length) return;
+    var W = 240, H = 48, span = Math.max(1, Math.min(h.window_sec, (now - new Date(samples[0].at)) / 1000));
+    function pts(value) {
+      return samples.map(function (x) {
+        var v = value(x);
+        if (v == null) return null;
+        var px = Math.max(0, Math.min(W, (1 - (now - new Date(x.at)) / 1000 / span) * W));
+        return px.toFixed(1) + "," + (H - 1 - Math.max(0, Math.min(100, v)) / 100 * (H - 2)).toFixed(1);
+      }).filter(function (p) { return p; }).join(" ");
+    }
+    var label = span >= h.window_sec - 30 ? "last hour" : span >= 120 ? "last " + Math.floor(span / 60) + " min" : "last " + Math.round(span) + " s";
+    var fig = el("figure", { "class": "gpu-history", "data-field": "history", "data-points": samples.length });
+    var chart = svg("svg", { viewBox: "0 0 " + W + " " + H, "class": "sparkline", role: "img", "aria-label": "GPU " + h.gpu_id + ": utilization and memory, " + label });
+    chart.appendChild(svg("line", { "class": "spark-grid", x1: 0, x2: W, y1: H / 2, y2: H / 2 }));
+    chart.appendChild(svg("polyline", { "class": "spark-mem", points: pts(function (x) { return x.memory_used_mb != null && x.memory_total_mb ? x.memory_used_mb / x.memory_total_mb * 100 : null; }) }));
+    chart.appendChild(svg("polyline", { "class": "spark-util", points: pts(function (x) { return x.utilization_percent; }) }));
+    fig.appendChild(chart);
+    var caption = el("figcaption", { "class": "small muted" });
+    caption.appendChild(el("span", { "class": "key key-util" })); caption.appendChild(document.createTextNode("utilization "));
+    caption.appendChild(el("span", { "class": "key key-mem" })); caption.appendChild(document.createTextNode("memory · " + label));
+    fig.appendChild(caption);
+    old.replaceWith(fig);
+  }
+  function refreshGPUHistory() {
+    var cards = document.querySelectorAll(".gpu-card[data-gpu-id]"), counts = [], left = cards.length;
+    function done(i, n) {
+      counts[i] = n;
+      if (--left === 0 && window.console) console.info("mqi-dashboard: GPU charts redrawn: " + counts.join(","));
+    }
+    Array.prototype.forEach.call(cards, function (card, i) {
+      fetch("/api/gpus/" + encodeURIComponent(card.dataset.gpuId) + "/history?points=120", { cache: "no-store" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (h) { if (h) drawGPUHistory(card, h); done(i, h ? h.samples.length : 0); })
+        .catch(function () { done(i, 0); });
+    });
+  }
+  if (page === "overview") setInterval(refreshGPUHistory, 30000);
+
   // ---- catching up after a reconnect or a resync ----
   function resync() {
     fetch("/api/summary", { cache: "no-store" }).then(function (r) { return r.json(); }).then(applySummary).catch(function () {});

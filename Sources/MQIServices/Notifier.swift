@@ -118,7 +118,15 @@ struct Notifier: Service {
                 }
                 for event in events {
                     try Task.checkCancellation()
-                    let outcome = await post(event, to: webhook, session: session)
+                    // A POST in flight at shutdown finishes (within timeout_sec) and its outcome
+                    // is recorded: cut between the receiver's 2xx and the cursor, the event would
+                    // be sent again by the next holder. Hence its own task, which shutdown's
+                    // cancellation does not reach.
+                    let attempt = Task { () async throws -> (failure: String?, kept: Bool) in
+                        if let reason = await post(event, to: webhook, session: session) { return (reason, true) }
+                        return (nil, try await store.markWebhookDelivered(url: webhook.url, owner: instance, through: event.id, leaseSec: leaseSec))
+                    }
+                    let (outcome, kept) = try await attempt.value
                     if let reason = outcome {
                         metrics?.webhookFailures(label).increment()
                         let tries = try await store.markWebhookFailed(url: webhook.url, owner: instance, error: reason)
@@ -138,7 +146,7 @@ struct Notifier: Service {
                                     metadata: ["webhook.event_id": "\(event.id)"])
                         outage = nil
                     }
-                    guard try await store.markWebhookDelivered(url: webhook.url, owner: instance, through: event.id, leaseSec: leaseSec) else {
+                    guard kept else {
                         // The lease lapsed (this process stalled): whoever holds it now goes on from the cursor.
                         logger.warning("webhook \(label): lost the delivery lease after event \(event.id); another communicator may send it again (same id)")
                         break

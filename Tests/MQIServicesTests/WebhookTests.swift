@@ -13,18 +13,20 @@ struct WebhookTests {
     /// A receiver: answers 503 to its first `refuse` POSTs, then 200 (after `delay` seconds);
     /// logs every POST (its headers, body and answer) as one JSON line, before answering.
     static let receiverScript = """
-        import http.server, json, sys, time
+        import http.server, json, sys, threading, time
         port, log, refuse, delay = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
         count = [0]
+        lock = threading.Lock()
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
-                count[0] += 1
-                answer = 503 if count[0] <= refuse else 200
-                record = {'answer': answer, 'path': self.path, 'auth': self.headers.get('Authorization'),
-                          'type': self.headers.get('Content-Type'), 'body': json.loads(body)}
-                with open(log, 'a') as f:
-                    f.write(json.dumps(record) + '\\n')
+                with lock:
+                    count[0] += 1
+                    answer = 503 if count[0] <= refuse else 200
+                    record = {'answer': answer, 'path': self.path, 'auth': self.headers.get('Authorization'),
+                              'type': self.headers.get('Content-Type'), 'body': json.loads(body), 'start': time.time()}
+                    with open(log, 'a') as f:
+                        f.write(json.dumps(record) + '\\n')
                 if answer == 200 and delay > 0:
                     time.sleep(delay)
                 self.send_response(answer)
@@ -32,7 +34,8 @@ struct WebhookTests {
                 self.end_headers()
             def log_message(self, *args):
                 pass
-        http.server.HTTPServer(('127.0.0.1', port), Handler).serve_forever()
+        # Threads: POSTs that overlap (two communicators delivering at once) would show.
+        http.server.ThreadingHTTPServer(('127.0.0.1', port), Handler).serve_forever()
         """
 
     /// One receiver process on a fixed port, started and stopped at will.
@@ -82,6 +85,7 @@ struct WebhookTests {
             var auth: String?
             var type: String?
             var body: [String: Any]
+            var start: Double
             var id: Int64 { (body["id"] as? NSNumber)?.int64Value ?? -1 }
         }
 
@@ -91,7 +95,7 @@ struct WebhookTests {
                 guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                       let body = object["body"] as? [String: Any] else { return nil }
                 return Request(answer: (object["answer"] as? Int) ?? 0, path: (object["path"] as? String) ?? "", auth: object["auth"] as? String,
-                               type: object["type"] as? String, body: body)
+                               type: object["type"] as? String, body: body, start: (object["start"] as? Double) ?? 0)
             }
         }
 
@@ -267,5 +271,57 @@ struct WebhookTests {
         daemon.signal(SIGTERM)
         #expect(await daemon.wait(upTo: 30) == 0, "\(daemon.output.suffix(2000))")
         #expect(try await store.webhookCursor(url: url)?.leaseOwner == nil, "a graceful shutdown gives the delivery up")
+    }
+
+    @Test(.timeLimit(.minutes(2)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") && PostgresServer.isAvailable,
+                                            "needs python3 and PostgreSQL"))
+    func twoCommunicatorsOnPostgreSQLDeliverEachEventOnceNeverAtTheSameTime() async throws {
+        let temp = try TemporaryDirectory("mqi-webhook-pg")
+        defer { temp.remove() }
+        let script = temp.file("receiver.py")
+        try Self.receiverScript.write(toFile: script, atomically: true, encoding: .utf8)
+        let receiver = Receiver(port: try Self.freePort(), log: temp.file("hook.jsonl"), script: script)
+        defer { if let pid = receiver.process?.processIdentifier { kill(pid, SIGKILL) } }
+        // Each answer takes 50 ms: two deliveries at once would overlap at the (threaded) receiver.
+        try await receiver.start(delay: 0.05)
+        let location = try PostgresLocation(url: try PostgresServer.shared().freshDatabase(prefix: "webhook"))
+        var first = try Store(postgres: location)
+        first.instance = "first"
+        var second = try Store(postgres: location)
+        second.instance = "second"
+        let url = "http://127.0.0.1:\(receiver.port)/hook"
+        let config = NotificationsConfig(webhooks: [WebhookConfig(url: url, events: [.caseReceived])], timeoutSec: 2, maxBackoffSec: 1)
+        let logs = CapturedLogs()
+        let notifiers = [first, second].map { store in
+            Notifier(config: config, store: store, instance: store.instance, logger: logs.logger(), metrics: nil, pollSec: 0.05)
+        }
+        for notifier in notifiers { try await notifier.registerWebhooks() }
+        let running = notifiers.map { notifier in Task { try await notifier.run() } }
+        defer { for task in running { task.cancel() } }
+        // Both communicators record events while both deliver.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, store) in [first, second].enumerated() {
+                group.addTask { for number in 0..<15 { try await store.registerCase("c\(index)-\(number)", workflow: "qa") } }
+            }
+            try await group.waitForAll()
+        }
+        var expected = try await first.outboxEvents().map(\.id)
+        #expect(expected.count == 30)
+        #expect(await eventually(within: 30) { receiver.accepted.count >= expected.count }, "\(receiver.accepted.count) of \(expected.count)")
+        // The holder stops (a graceful shutdown gives the lease up): the other goes on from the cursor.
+        let holder = try #require(try await first.webhookCursor(url: url)?.leaseOwner)
+        let index = holder == "first" ? 0 : 1
+        running[index].cancel()
+        _ = await running[index].result
+        for number in 0..<10 { try await first.registerCase("late-\(number)", workflow: "qa") }
+        expected = try await first.outboxEvents().map(\.id)
+        #expect(await eventually(within: 30) { receiver.accepted.count >= expected.count }, "\(receiver.accepted.count) of \(expected.count)")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(receiver.accepted == expected, "every event once, in order, from two communicators")
+        #expect(try await first.webhookCursor(url: url)?.leaseOwner == (holder == "first" ? "second" : "first"))
+        let starts = receiver.requests.map(\.start)
+        let overlapping = zip(starts, starts.dropFirst()).filter { $1 - $0 < 0.045 }
+        #expect(overlapping.isEmpty, "POSTs less than one answer apart: \(overlapping)")
+        print("webhook on PostgreSQL: \(expected.count) events from two communicators, delivered once each by \(holder) then the other")
     }
 }

@@ -1,11 +1,14 @@
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import MQICore
 @testable import MQIHTTP
 import MQIMetrics
 import MQIStore
 import MQITestSupport
+import ServiceLifecycle
+import Synchronization
 import Testing
 @testable import MQIServices
 
@@ -168,6 +171,37 @@ import Testing
             #expect(try await APITests.request(client, "\(base)/run_moqui_sim/1/stream?from=-1").status == .badRequest)
             #expect(try await APITests.request(client, "/api/cases/NO-SUCH/logs/run_moqui_sim/1/stream").status == .notFound)
         }
+    }
+
+    /// A log followed while the daemon stops does not hold up its graceful shutdown: the stream
+    /// closes within a poll interval (without `end`: the client resumes after a restart).
+    @Test(.enabled(if: HTTPExposureTests.curl != nil, "curl is needed"), .timeLimit(.minutes(1)))
+    func anOpenStreamDoesNotHoldUpGracefulShutdown() async throws {
+        let fixture = try APITests.Fixture(token: false)
+        defer { fixture.remove() }
+        let id = "CASE-shutdown"
+        _ = try await Self.caseAtSimulation(fixture, id)
+        let port = Mutex<Int?>(nil)
+        let app = Application(router: HTTPServer.router(store: fixture.store, metrics: MQIMetrics(), readiness: { [:] }, api: fixture.context),
+                              configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } })
+        let group = ServiceGroup(configuration: .init(services: [app], logger: Logger(label: "test")))
+        let server = Task { try await group.run() }
+        #expect(await eventually(within: 20) { port.withLock { $0 } != nil })
+        let url = "http://127.0.0.1:\(try #require(port.withLock { $0 }))/api/cases/\(id)/logs/run_moqui_sim/1/stream"
+        let out = fixture.temp.file("curl.out")
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: try #require(HTTPExposureTests.curl))
+        curl.arguments = ["--silent", "--no-buffer", "--max-time", "30", "--output", out, url]
+        try curl.run()
+        defer { if curl.isRunning { curl.terminate() } }
+        #expect(await eventually(within: 20) { ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").contains("event: log") }, "no log event")
+        let stopping = Date()
+        await group.triggerGracefulShutdown()
+        _ = try? await server.value
+        #expect(Date().timeIntervalSince(stopping) < 5, "the shutdown waited \(Date().timeIntervalSince(stopping)) s for the stream")
+        #expect(await eventually(within: 5) { !curl.isRunning }, "the stream stayed open")
+        #expect(!((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").contains("event: end"), "an interrupted stream does not say end")
     }
 
     @Test func casePageMarksFailureLinesAndLinksEveryAttempt() async throws {

@@ -15,6 +15,16 @@ public struct OutboxEvent: Sendable, Equatable {
     public var at: Date
     /// Fields of the payload besides the common ones (`host`, `gpu_id`, `queue`, `kind`), a JSON object.
     public var detail: String?
+
+    public init(id: Int64, event: String, caseId: String?, status: String?, error: String?, at: Date, detail: String?) {
+        self.id = id
+        self.event = event
+        self.caseId = caseId
+        self.status = status
+        self.error = error
+        self.at = at
+        self.detail = detail
+    }
 }
 
 /// Where a webhook's delivery stands: the last event it got, and who delivers it now.

@@ -324,4 +324,14 @@ struct WebhookTests {
         #expect(overlapping.isEmpty, "POSTs less than one answer apart: \(overlapping)")
         print("webhook on PostgreSQL: \(expected.count) events from two communicators, delivered once each by \(holder) then the other")
     }
+
+    @Test func theURLIsLoggedWithoutCredentialsAndThePayloadHasEveryFieldNullOrNot() throws {
+        #expect(Notifier.display("https://alice:pw@hooks.example.org:8443/mqi?token=abc#x") == "https://hooks.example.org:8443/mqi")
+        let event = OutboxEvent(id: 7, event: "gpu_missing", caseId: nil, status: "missing", error: "GPU 1 is not listed",
+                                at: Date(timeIntervalSince1970: 1_750_000_000.25), detail: #"{"gpu_id":1}"#)
+        let body = try #require(try JSONSerialization.jsonObject(with: Notifier.payload(event, instance: "site-a")) as? [String: Any])
+        #expect(Set(body.keys) == ["id", "event", "case_id", "status", "error", "at", "instance", "gpu_id"])
+        #expect(body["id"] as? Int == 7 && body["gpu_id"] as? Int == 1 && body["case_id"] is NSNull && body["instance"] as? String == "site-a")
+        #expect(body["at"] as? String == "2025-06-15T15:06:40.250Z")
+    }
 }

@@ -110,11 +110,11 @@ public enum APIRoutes {
                     throw APIError.badRequest("attempt must be a whole number, not '\(attemptText)'")
                 }
                 // `from`, or the offset a reconnecting EventSource sends back (the last event's id).
-                // Each one sent must be digits, even beside the other (`from` wins).
+                // Each one sent must be 1 to 19 digits (any such number fits), even beside the other (`from` wins).
                 var from: UInt64?
                 for (name, text) in [("from", request.queryParameter("from")), ("Last-Event-ID", request.headers[.init("Last-Event-ID")!])] {
                     guard let text else { continue }
-                    guard text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }), let value = UInt64(text) else {
+                    guard text.utf8.count <= 19, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }), let value = UInt64(text) else {
                         throw APIError.badRequest("\(name) must be a byte offset (a whole number), not '\(text)'")
                     }
                     from = from ?? value

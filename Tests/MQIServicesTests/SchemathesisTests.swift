@@ -90,7 +90,10 @@ struct SchemathesisTests {
         let summary = Self.summary(run.output)
         #expect(run.status == 0, "schemathesis \(run.status.map { "exited with status \($0)" } ?? "timed out") after \(Int(seconds)) s against \(base):\n\(summary)")
         #expect(run.output.contains("Test cases:"), "schemathesis printed no summary:\n\(summary)")
-        print("schemathesis against the daemon: \(Int(seconds)) s\n\(run.output.components(separatedBy: "=== SUMMARY ===").last ?? "")")
+        // With the token and the site's case ids, retry, cancel or replay went through at least once.
+        let changes = daemon.output.split(separator: "\n").filter { $0.contains("through the API by schemathesis") }
+        #expect(!changes.isEmpty, "no retry, cancel or replay went through: the token or the case ids never reached them")
+        print("schemathesis against the daemon: \(Int(seconds)) s; retries, cancels and replays applied: \(changes.count)\n\(changes.prefix(10).joined(separator: "\n"))\n\(run.output.components(separatedBy: "=== SUMMARY ===").last ?? "")")
 
         #expect(daemon.process.isRunning, "the daemon died under schemathesis:\n\(daemon.output.suffix(3000))")
         daemon.signal(SIGTERM)

@@ -36,8 +36,12 @@ enum APIResponses {
         date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
 
+    /// A value that cannot be encoded (a NaN reading) is a 500 that says so, not its status with an error body.
     static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
-        let data = (try? encoder.encode(value)) ?? Data(#"{"error":"internal","detail":"the response could not be encoded"}"#.utf8)
+        guard let data = try? encoder.encode(value) else {
+            return Response(status: .internalServerError, headers: [.contentType: "application/json; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: #"{"detail":"the response could not be encoded as JSON","error":"internal"}"#)))
+        }
         return Response(status: status, headers: [.contentType: "application/json; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }

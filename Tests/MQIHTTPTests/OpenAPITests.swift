@@ -115,6 +115,13 @@ import Testing
         }
     }
 
+    /// A body JSON cannot hold (a NaN reading) is a 500 that says so, never its 200 with an error inside.
+    @Test func aBodyThatCannotBeEncodedIsA500() throws {
+        let response = APIResponses.json(["utilization_percent": Double.nan])
+        #expect(response.status == .internalServerError)
+        #expect(APIResponses.json(["utilization_percent": 1.5]).status == .ok)
+    }
+
     /// A method a documented path does not have is a 405 that names the ones it has (RFC 9110),
     /// and a path under /api that is no operation a 404, both as the API's JSON error; schemathesis
     /// sends such requests (TRACE /api/gpus got an empty 404 before).

@@ -171,10 +171,10 @@ public struct Daemon: Sendable {
             let readiness = Readiness(store: store, runner: transports.runner, reachability: transports.reachability)
             let onListening = self.onListening
             let host = config.metrics.host
-            let api = APIContext(store: store, conductor: conductor, config: config, logger: logger)
+            let api = APIContext(store: store, conductor: conductor, config: config, logger: logger, gpuHistory: metrics.gpuHistory)
             let app = HTTPServer.application(config: config.metrics, store: store, metrics: metrics, readiness: { await readiness.problems() },
                                              api: api, logger: logger, onListening: { port in
-                                                 logger.info("serving /metrics, /healthz and /readyz on http://\(host):\(port)")
+                                                 logger.info("serving /metrics, /healthz and /readyz on \(HTTPServer.baseURL(host: host, port: port, tls: config.http.tls != nil))")
                                                  await onListening?(port)
                                              })
             services.append(.init(service: app, serviceName: "HTTPServer"))

@@ -171,10 +171,11 @@ public struct Daemon: Sendable {
             let readiness = Readiness(store: store, runner: transports.runner, reachability: transports.reachability)
             let onListening = self.onListening
             let host = config.metrics.host
+            let tls = config.http.tls != nil
             let api = APIContext(store: store, conductor: conductor, config: config, logger: logger, gpuHistory: metrics.gpuHistory)
             let app = HTTPServer.application(config: config.metrics, store: store, metrics: metrics, readiness: { await readiness.problems() },
                                              api: api, logger: logger, onListening: { port in
-                                                 logger.info("serving /metrics, /healthz and /readyz on \(HTTPServer.baseURL(host: host, port: port, tls: config.http.tls != nil))")
+                                                 logger.info("serving /metrics, /healthz and /readyz on \(HTTPServer.baseURL(host: host, port: port, tls: tls))")
                                                  await onListening?(port)
                                              })
             services.append(.init(service: app, serviceName: "HTTPServer"))

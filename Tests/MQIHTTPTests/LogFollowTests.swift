@@ -199,7 +199,7 @@ import Testing
         let stopping = Date()
         await group.triggerGracefulShutdown()
         _ = try? await server.value
-        #expect(Date().timeIntervalSince(stopping) < 5, "the shutdown waited \(Date().timeIntervalSince(stopping)) s for the stream")
+        #expect(Date().timeIntervalSince(stopping) < 15, "the shutdown (a stream holding it up would last until curl's 30 s) waited \(Date().timeIntervalSince(stopping)) s for the stream")
         #expect(await eventually(within: 5) { !curl.isRunning }, "the stream stayed open")
         #expect(!((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").contains("event: end"), "an interrupted stream does not say end")
     }

@@ -170,7 +170,7 @@ struct MoquiProfileTests {
         try await Daemon(config: config, logger: CapturedLogs().logger(), exitWhenIdle: true).run()
         // Seconds instead of the engine's 600 s hang (alone ≈ 0.7 s; the whole suite in parallel
         // on 2 cores has taken 15 s).
-        #expect(Date().timeIntervalSince(started) < 40)
+        #expect(Date().timeIntervalSince(started) < 90, "the hung engine sleeps 600 s; under the whole suite's load the kill took 45 s once")
         let store = try Daemon.openStore(config)
         let summary = try #require(try await store.caseSummary("CASE-1"))
         #expect(summary.status == .failed)

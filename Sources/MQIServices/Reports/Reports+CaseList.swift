@@ -173,7 +173,7 @@ enum ISODate {
             second += 86_400
             days -= 1
         }
-        let (year, month, day) = civil(days)
+        let (year, month, day) = SQLDate.civil(fromDays: days)
         func digits(_ value: Int64, _ count: Int) {
             var divisor: Int64 = 1
             for _ in 1..<count { divisor *= 10 }
@@ -188,19 +188,5 @@ enum ISODate {
         bytes.append(46); digits(Int64(millisecond), 3)
         bytes.append(90) // Z
         return true
-    }
-
-    /// Proleptic Gregorian year, month and day of a day count since 1970-01-01 (Howard
-    /// Hinnant's `civil_from_days`).
-    static func civil(_ days: Int64) -> (Int64, Int64, Int64) {
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let dayOfEra = z - era * 146_097
-        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let mp = (5 * dayOfYear + 2) / 153
-        let day = dayOfYear - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
     }
 }

@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // Pure values and logic: config, workflow, the Conductor's decisions, templates. No I/O
@@ -37,6 +38,7 @@ let package = Package(
         .target(name: "MQITransport", dependencies: [
             "MQICore",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Every metric the communicator exports, on one Prometheus registry passed to whoever
         // updates or serves it (the services, the HTTP endpoint).

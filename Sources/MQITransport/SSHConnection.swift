@@ -59,9 +59,17 @@ public actor SSHConnection {
     /// Called for every new TCP connection (master) opened: the `mqi_ssh_connections_opened_total` metric.
     let onConnectionOpened: @Sendable () -> Void
 
+    /// The long-lived remote shells that run `runScript`'s scripts without a session (and a
+    /// login-shell start-up) each (`SSHShell`).
+    nonisolated let shells: SSHShellPool
+
+    /// `persistentShells`: how many long-lived remote shells commands may use at once (0: every
+    /// command in a session of its own, as before).
     public init(config: SSHConfig, retry: RetryPolicy, logger: Logger, controlPersistSec: Int = 600,
-                reconnectPatienceSec: Double = 12, timing: Timing = .system, onConnectionOpened: @escaping @Sendable () -> Void = {}) throws {
+                reconnectPatienceSec: Double = 12, timing: Timing = .system, persistentShells: Int = 2,
+                onConnectionOpened: @escaping @Sendable () -> Void = {}) throws {
         self.onConnectionOpened = onConnectionOpened
+        self.shells = SSHShellPool(limit: persistentShells)
         self.reconnectPatienceSec = reconnectPatienceSec
         self.config = config
         self.retry = retry
@@ -270,8 +278,10 @@ public actor SSHConnection {
         return output?.status == 0
     }
 
-    /// Stops the master (tests, benchmarks; the daemon leaves it to ControlPersist).
+    /// Stops the master (tests, benchmarks; the daemon leaves it to ControlPersist), and the
+    /// remote shells with it.
     public func closeMaster() async {
+        shells.closeAll()
         _ = try? await SSHProcess.run("/usr/bin/env", ["ssh"] + baseOptions + ["-O", "exit", hostArgument], timeoutSec: 10)
         masterUp = false
     }
@@ -290,10 +300,94 @@ public actor SSHConnection {
     /// A failure of the connection (the master is gone) throws a transient `TransportError`
     /// after marking the master down; when `idempotent`, the script is run once more on a
     /// re-established master first. A non-zero exit of the script itself is returned.
+    ///
+    /// The script runs in one of the connection's long-lived remote shells when one is free (or
+    /// comes free within a moment), with the same status, outputs and stdin; in a session of its
+    /// own when none is, or when the shell fails before it took the script.
     nonisolated func runScript(_ script: String, arguments: [String] = [], stdin: Data? = nil, timeoutSec: Double,
                                idempotent: Bool = true) async throws -> SSHProcessOutput {
-        try await run(try Self.scriptCommand(script, arguments: arguments), stdin: stdin, timeoutSec: timeoutSec, idempotent: idempotent)
+        // Built first even when a shell runs the script: a script too long for a session of its
+        // own is refused whatever the shells' state.
+        let command = try Self.scriptCommand(script, arguments: arguments)
+        if shells.enabled,
+           let output = try await runInShell(Self.program(script, arguments: arguments), stdin: stdin, timeoutSec: timeoutSec, idempotent: idempotent) {
+            return output
+        }
+        return try await run(command, stdin: stdin, timeoutSec: timeoutSec, idempotent: idempotent)
     }
+
+    /// What /bin/sh runs for `runScript`: the arguments set, then the script.
+    static func program(_ script: String, arguments: [String]) -> String {
+        // `set --` even without arguments: the script must not see the loader's words as `$@`.
+        (["set --"] + arguments.map(ShellQuote.quote)).joined(separator: " ") + "\n" + script
+    }
+
+    /// Runs the program in a long-lived remote shell; nil when it is to run in a plain session
+    /// (no shell free, shells held off after a failure, or the shell failed before it took it).
+    private nonisolated func runInShell(_ program: String, stdin: Data?, timeoutSec: Double, idempotent: Bool) async throws -> SSHProcessOutput? {
+        try await ensureMaster()
+        guard let lease = await shells.checkout() else { return nil }
+        let shell: SSHShell
+        switch lease {
+        case .shell(let idle):
+            shell = idle
+        case .start:
+            do {
+                shell = try SSHShell(arguments: ["ssh"] + clientOptions + [hostArgument, try Self.scriptCommand(SSHShell.serverScript, arguments: [])])
+            } catch {
+                shells.discard(nil, shellFault: true)
+                logger.debug("cannot start a remote shell on \(destination): \(error)", metadata: ["ssh.host": "\(config.host)"])
+                return nil
+            }
+        }
+        guard let exchange = await shell.run(program: Data(program.utf8), stdin: stdin ?? Data(), nonce: shells.nextNonce(), timeoutSec: timeoutSec) else {
+            shells.discard(shell, shellFault: false)
+            if Task.isCancelled { throw CancellationError() }
+            // The command may still run there: end the shell's session (its process group).
+            await killRemoteSession(of: shell)
+            throw TransportError("ssh to \(destination): the command did not finish within \(Int(timeoutSec)) s (timeout)", transient: true)
+        }
+        switch exchange {
+        case .done(let output):
+            shells.checkin(shell)
+            return output
+        case .notStarted(let reason):
+            shells.discard(shell, shellFault: true)
+            logger.debug("the remote shell on \(destination) did not take a command (\(reason)\(shell.sshMessage.isEmpty ? "" : "; ssh said: " + shell.sshMessage)); it runs in a session of its own",
+                         metadata: ["ssh.host": "\(config.host)"])
+            return nil
+        case .lost(let reason):
+            shells.discard(shell, shellFault: true)
+            let detail = reason + (shell.sshMessage.isEmpty ? "" : "; ssh said: " + shell.sshMessage)
+            logger.debug("the remote shell on \(destination) ended during a command: \(detail)", metadata: ["ssh.host": "\(config.host)"])
+            // Run again in a session of its own only what may run twice (as after a lost connection).
+            if idempotent { return nil }
+            if await checkMaster() {
+                throw TransportError("ssh to \(destination): the remote shell ended while the command ran (\(detail)); it may or may not have completed",
+                                     transient: true)
+            }
+            await masterLost(detail)
+            throw TransportError("ssh to \(destination): the connection was lost (\(detail))", transient: true)
+        }
+    }
+
+    /// After a timeout in a shell: TERM, then KILL, to the remote shell's session (the shell and
+    /// whatever it ran; a step started with `setsid` has a session of its own), in a plain session.
+    private nonisolated func killRemoteSession(of shell: SSHShell) async {
+        guard let group = shell.remoteGroup, let leader = Int(group), leader > 1 else { return }
+        let script = #"""
+            [ "$(ps -o sid= -p "$1" 2>/dev/null | tr -d ' ')" = "$1" ] || exit 0
+            kill -s TERM -- "-$1" 2>/dev/null
+            sleep 0.5
+            kill -s KILL -- "-$1" 2>/dev/null
+            exit 0
+            """#
+        guard let command = try? Self.scriptCommand(script, arguments: [String(leader)]) else { return }
+        _ = try? await run(command, timeoutSec: 10)
+    }
+
+    /// Long-lived remote shells started so far (each one ssh session).
+    package nonisolated var persistentShellsStarted: Int { shells.shellsStarted }
 
     /// The program /bin/sh runs: decode the base64 words (its `$@`) and run the result. A host
     /// without `base64` fails (status 127) instead of silently running nothing.
@@ -305,8 +399,7 @@ public actor SSHConnection {
 
     /// The remote command line of `runScript`: `/bin/sh -c '<loader>' mqi-script <base64 words>`.
     static func scriptCommand(_ script: String, arguments: [String]) throws -> String {
-        // `set --` even without arguments: the script must not see the base64 words as `$@`.
-        let program = (["set --"] + arguments.map(ShellQuote.quote)).joined(separator: " ") + "\n" + script
+        let program = Self.program(script, arguments: arguments)
         let encoded = Data(program.utf8).base64EncodedString()
         // Words of at most 1000 characters: old csh-family shells limit the length of one word.
         var words: [Substring] = []

@@ -114,10 +114,15 @@ public struct Daemon: Sendable {
         let scanner = CaseScanner(config: config.scanner, store: store, logger: logger, metrics: metrics,
                                   hasVerifiedResults: { caseId in await ResultManifest.check((resultsDir as NSString).appendingPathComponent(caseId)) == nil },
                                   waitListPath: MarkerWaitList.path(state: config.state), followupsDir: followupsDir)
+        // Rung each time the Conductor has decided every queued event: the idle check's cue.
+        let conductorDrained = Doorbell()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "CaseScanner"),
-            .init(service: ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics),
-                  serviceName: "ConductorService"),
+            .init(service: {
+                var service = ConductorService(store: store, conductor: conductor, retry: config.retry, logger: logger, metrics: metrics)
+                service.drained = conductorDrained
+                return service
+            }(), serviceName: "ConductorService"),
             .init(service: RemoteExecutorService(
                 store: store, executor: transports.executor, logsDir: config.state.logsDir,
                 // Under Slurm each claimed command is at most one job: max_jobs bounds them.
@@ -185,7 +190,7 @@ public struct Daemon: Sendable {
                                   serviceName: "ShutdownTrigger"))
         }
         if exitWhenIdle {
-            services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger,
+            services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger, drained: conductorDrained,
                                                        otherWork: { await cleanup?.hasPendingWork() ?? false }),
                                   successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "IdleWatcher"))
         }
@@ -281,33 +286,37 @@ struct ShutdownTrigger: Service {
 }
 
 /// Ends the daemon once nothing is NEW, PROCESSING or PENDING_RESOURCE, no message is queued
-/// or leased, and a fresh scan found nothing new (`--exit-when-idle`).
+/// or leased (a retry scheduled for later included), no other work is pending, and a fresh scan
+/// found nothing new (`--exit-when-idle`). It looks each time the Conductor has decided every
+/// queued event (the last case's COMPLETED is such a moment), and every `interval` besides.
 struct IdleWatcher: Service {
     let store: Store
     let scanner: CaseScanner
     let logger: Logger
+    /// Rung when the Conductor's queue is empty.
+    var drained: Doorbell?
     /// Work besides the queues that must finish first (the HPC cleanup of completed cases).
     var otherWork: @Sendable () async -> Bool = { false }
     var interval: Double = 0.2
 
     func run() async throws {
-        var idleChecks = 0
+        let cue = drained ?? Doorbell()
         while !Task.isCancelled {
-            try await Task.sleep(for: .seconds(interval))
-            guard try await store.activity().isIdle, await !otherWork() else {
-                idleChecks = 0
-                continue
-            }
+            await cue.wait(upTo: interval)
+            try Task.checkCancellation()
+            guard try await isIdle() else { continue }
             let scan = await scanner.scan()
-            guard scan.registered == 0, scan.settling == 0 else {
-                idleChecks = 0
-                continue
-            }
-            idleChecks += 1
-            if idleChecks >= 2 {
-                logger.info("nothing left to do; shutting down (--exit-when-idle)")
-                return
-            }
+            guard scan.registered == 0, scan.settling == 0 else { continue }
+            // Once more after the scan: a case the scanner service registered while this scan
+            // ran (its registration and its new_case_found commit together) is seen now.
+            guard try await isIdle() else { continue }
+            logger.info("nothing left to do; shutting down (--exit-when-idle)")
+            return
         }
+    }
+
+    func isIdle() async throws -> Bool {
+        guard try await store.activity().isIdle else { return false }
+        return await !otherWork()
     }
 }

@@ -7,7 +7,7 @@ import MQITransport
 
 /// Claims messages from one queue under a lease, renews the lease while the handler works, and
 /// acknowledges (with the handler's result event) or gives the message back with backoff.
-/// Several loops run concurrently; an idle loop sleeps on the queue's doorbell.
+/// Up to `concurrency` handlers run at once; while none is needed it sleeps on the queue's doorbell.
 struct QueueWorker: Sendable {
     var store: Store
     var queue: QueueName
@@ -29,38 +29,51 @@ struct QueueWorker: Sendable {
     /// It throws to give the message back for redelivery.
     typealias Handler = @Sendable (ClaimedMessage) async throws -> OutgoingMessage?
 
-    func run(_ handle: @escaping Handler) async {
-        await withTaskGroup(of: Void.self) { group in
-            for index in 0..<concurrency {
-                let owner = "\(store.instance)/\(name)-\(ProcessInfo.processInfo.processIdentifier)-\(index)"
-                group.addTask { await loop(owner: owner, handle) }
-            }
-        }
-    }
+    /// Called whenever a claim finds the queue empty (the daemon's idle check listens to the
+    /// Conductor's: all events handled).
+    var onEmpty: (@Sendable () -> Void)?
+    /// The handler deletes the message itself in its own transaction (the Conductor's decision):
+    /// a nil result then needs no second write to acknowledge it.
+    var handlerAcknowledges = false
 
-    func loop(owner: String, _ handle: @escaping Handler) async {
+    /// One loop claims for up to `concurrency` handlers running at once. (A loop per handler,
+    /// each woken by every published message, made a write transaction per idle loop per
+    /// message: a step's end cost the executor queue ten claims, nine of them empty.)
+    func run(_ handle: @escaping Handler) async {
         let doorbell = store.bell.doorbell(for: queue)
-        while !Task.isCancelled {
-            // An outage pauses the work that needs the host instead of cycling through deliveries.
-            if let gate, !gate.current.reachable {
-                await gate.waitUntilReachable()
-                continue
+        let prefix = "\(store.instance)/\(name)-\(ProcessInfo.processInfo.processIdentifier)-"
+        await withTaskGroup(of: Int.self) { group in
+            // A slot names the lease owner, as a loop per handler did before.
+            var free = Array((0..<concurrency).reversed())
+            while !Task.isCancelled {
+                guard let slot = free.last else {
+                    guard let done = await group.next() else { break }
+                    free.append(done)
+                    continue
+                }
+                // An outage pauses the work that needs the host instead of cycling through deliveries.
+                if let gate, !gate.current.reachable {
+                    await gate.waitUntilReachable()
+                    continue
+                }
+                let message: ClaimedMessage?
+                do {
+                    message = try await store.claim(queue, kinds: kinds, owner: prefix + "\(slot)", leaseSec: leaseSec)
+                } catch is CancellationError {
+                    break  // shutdown: not an error
+                } catch {
+                    logger.error("cannot claim from \(queue.rawValue): \(error)", metadata: ["queue": "\(queue.rawValue)"])
+                    await doorbell.wait(upTo: idlePollSec)
+                    continue
+                }
+                guard let message else {
+                    onEmpty?()
+                    await doorbell.wait(upTo: idlePollSec)
+                    continue
+                }
+                free.removeLast()
+                group.addTask { await process(message, handle); return slot }
             }
-            let message: ClaimedMessage?
-            do {
-                message = try await store.claim(queue, kinds: kinds, owner: owner, leaseSec: leaseSec)
-            } catch is CancellationError {
-                break  // shutdown: not an error
-            } catch {
-                logger.error("cannot claim from \(queue.rawValue): \(error)", metadata: ["queue": "\(queue.rawValue)"])
-                await doorbell.wait(upTo: idlePollSec)
-                continue
-            }
-            guard let message else {
-                await doorbell.wait(upTo: idlePollSec)
-                continue
-            }
-            await process(message, handle)
         }
     }
 
@@ -93,6 +106,8 @@ struct QueueWorker: Sendable {
         }
         do {
             switch result {
+            case .success(nil) where handlerAcknowledges:
+                break
             case .success(let event):
                 try await store.complete(message, publishing: event)
             case .failure(let error) where error is CancellationError:

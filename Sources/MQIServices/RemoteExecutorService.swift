@@ -107,7 +107,15 @@ public struct RemoteExecutorService: Service {
             return now.status == .processing && now.stepIndex == stepIndex && now.attempt == attempt
         }
         // A command for a case that moved on (cancelled, or a newer attempt) is not run.
-        guard try await store.caseExists(body.caseId), await isCurrent() else {
+        // (One read: a case that is gone has no state.)
+        let runnable: Bool
+        if beam == nil {
+            let state = try await store.caseState(body.caseId)
+            runnable = state.map { $0.status == .processing && $0.stepIndex == stepIndex && $0.attempt == attempt } ?? false
+        } else {
+            runnable = try await store.caseExists(body.caseId) ? await isCurrent() : false
+        }
+        guard runnable else {
             logger.info("skipping \(step)\(beam.map { " beam \($0)" } ?? "") attempt \(attempt): the case is no longer at this step",
                         metadata: ["case_id": "\(body.caseId)"])
             return nil

@@ -75,30 +75,65 @@ extension Store {
     public func conduct(_ event: ConductorEvent, caseId: String, conductor: Conductor, acknowledging message: ClaimedMessage? = nil,
                         audit: String? = nil) async throws -> [AppliedDecision] {
         let now = now()
-        let (applied, published) = try await pool.write { db -> ([AppliedDecision], [OutgoingMessage]) in
-            if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
-            guard let state = try Self.caseState(db, caseId) else { return ([], []) }
-            let free = try Self.freeGPUs(db)
-            let usable = try Self.usableGPUCount(db)
-            // Only cases ahead of this one in the line (all of them when it does not wait itself).
-            let line = try Self.waitingCases(db)
-            let waiting = Array(line.prefix { $0.caseId != caseId })
-            let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
-            let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting, usable: usable))
-            try Self.apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
-            if let audit, decision.outcome == .applied {
-                try Self.history(db, caseId: caseId, at: now, event: "operator", status: decision.state.status, step: nil, attempt: nil, message: audit)
-            }
-            var applied = [AppliedDecision(event: event, decision: decision, previousStatus: state.status)]
-            // GPUs freed, or the head of the wait left it: the cases behind may start now.
-            if !decision.release.isEmpty || (state.status == .pendingResource && decision.state.status != .pendingResource) {
-                applied += try Self.dispatchPending(conductor: conductor, db: db, now: now)
-            } else if decision.outcome == .applied, decision.state.status == .pendingResource {
-                applied += try Self.warnUnservable(conductor: conductor, db: db, now: now)
-            }
-            return (applied, applied.flatMap(\.decision.commands))
+        let applied = try await pool.write { db -> [AppliedDecision] in
+            try Self.conduct(event, caseId: caseId, conductor: conductor, acknowledging: message, audit: audit, db: db, now: now)
         }
-        ring(published)
+        ring(applied.flatMap(\.decision.commands))
+        return applied
+    }
+
+    /// One event of a batch for `conduct(_:conductor:)`: the event, its case and its message.
+    public struct ConductorDelivery: Sendable {
+        public var event: ConductorEvent
+        public var caseId: String
+        public var message: ClaimedMessage
+
+        public init(event: ConductorEvent, caseId: String, message: ClaimedMessage) {
+            self.event = event
+            self.caseId = caseId
+            self.message = message
+        }
+    }
+
+    /// Runs the Conductor on several events, in order, and persists all their decisions with the
+    /// acknowledgements of their messages in ONE transaction: each event's decision set is
+    /// persisted as `conduct` does it (and sees the ones before it), and either all of them
+    /// commit or none does (then every message is still queued, leased to its claimer).
+    /// Returns each event's applied decisions, in order.
+    public func conduct(_ deliveries: [ConductorDelivery], conductor: Conductor) async throws -> [[AppliedDecision]] {
+        let now = now()
+        let applied = try await pool.write { db -> [[AppliedDecision]] in
+            try deliveries.map { delivery in
+                try Self.conduct(delivery.event, caseId: delivery.caseId, conductor: conductor, acknowledging: delivery.message,
+                                 audit: nil, db: db, now: now)
+            }
+        }
+        ring(applied.joined().flatMap(\.decision.commands))
+        return applied
+    }
+
+    static func conduct(_ event: ConductorEvent, caseId: String, conductor: Conductor, acknowledging message: ClaimedMessage?,
+                        audit: String?, db: any SQLConnection, now: Date) throws -> [AppliedDecision] {
+        if let message { try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [message.id]) }
+        guard let state = try caseState(db, caseId) else { return [] }
+        let free = try freeGPUs(db)
+        let usable = try usableGPUCount(db)
+        // Only cases ahead of this one in the line (all of them when it does not wait itself).
+        let line = try waitingCases(db)
+        let waiting = Array(line.prefix { $0.caseId != caseId })
+        let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
+        let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting, usable: usable))
+        try apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
+        if let audit, decision.outcome == .applied {
+            try history(db, caseId: caseId, at: now, event: "operator", status: decision.state.status, step: nil, attempt: nil, message: audit)
+        }
+        var applied = [AppliedDecision(event: event, decision: decision, previousStatus: state.status)]
+        // GPUs freed, or the head of the wait left it: the cases behind may start now.
+        if !decision.release.isEmpty || (state.status == .pendingResource && decision.state.status != .pendingResource) {
+            applied += try dispatchPending(conductor: conductor, db: db, now: now)
+        } else if decision.outcome == .applied, decision.state.status == .pendingResource {
+            applied += try warnUnservable(conductor: conductor, db: db, now: now)
+        }
         return applied
     }
 

@@ -45,6 +45,12 @@ extension Store {
     /// A message whose lease expired is available again; one that was delivered
     /// `maxDeliveries` times already goes to the dead letters instead.
     public func claim(_ queue: QueueName, kinds: KindFilter = .all, owner: String, leaseSec: Double) async throws -> ClaimedMessage? {
+        try await claim(queue, kinds: kinds, owner: owner, leaseSec: leaseSec, limit: 1).first
+    }
+
+    /// Claims up to `limit` of the oldest available messages of `queue` in one transaction, in
+    /// the order they are to be handled (each as `claim` would take it).
+    public func claim(_ queue: QueueName, kinds: KindFilter = .all, owner: String, leaseSec: Double, limit: Int) async throws -> [ClaimedMessage] {
         let now = now()
         let (kindClause, kindArgument): (String, String?) = switch kinds {
         case .all: ("", nil)
@@ -56,12 +62,13 @@ extension Store {
         // PostgreSQL: each claim locks the row it takes and skips rows other claims hold, beside the
         // serialized writes (SQLite serializes it anyway).
         let skipLocked = pool.dialect == .postgres ? " FOR UPDATE SKIP LOCKED" : ""
-        let (claimed, published) = try await pool.write(.rowLocks) { db -> (ClaimedMessage?, [OutgoingMessage]) in
+        let (claimed, published) = try await pool.write(.rowLocks) { db -> ([ClaimedMessage], [OutgoingMessage]) in
             var published: [OutgoingMessage] = []
+            var claimed: [ClaimedMessage] = []
             // Results of running steps go before new cases: a burst of new cases must not hold
             // up the next step of cases already on a GPU. (Each case's own events cannot be
             // reordered by this: its first command only exists after its new_case_found.)
-            while let row = try SQLRow.fetchOne(db, sql: """
+            while claimed.count < limit, let row = try SQLRow.fetchOne(db, sql: """
                 SELECT * FROM messages
                 WHERE queue = ? AND available_at <= ? AND (lease_owner IS NULL OR lease_expires_at <= ?) \(kindClause)
                 ORDER BY kind = 'new_case_found', available_at, id LIMIT 1\(skipLocked)
@@ -91,11 +98,10 @@ extension Store {
                 try db.execute(sql: """
                     UPDATE messages SET lease_owner = ?, lease_expires_at = ?, deliveries = deliveries + 1 WHERE id = ?
                     """, arguments: [owner, now.addingTimeInterval(leaseSec), id])
-                let message = ClaimedMessage(id: id, queue: queue, kind: kind, body: body,
-                                             deliveries: deliveries + 1, leaseOwner: owner)
-                return (message, published)
+                claimed.append(ClaimedMessage(id: id, queue: queue, kind: kind, body: body,
+                                              deliveries: deliveries + 1, leaseOwner: owner))
             }
-            return (nil, published)
+            return (claimed, published)
         }
         ring(published)
         return claimed

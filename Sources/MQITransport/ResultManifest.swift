@@ -26,9 +26,9 @@ public enum ResultManifest {
 
     /// The `sha256sum` lines of every regular file under `directory` but a manifest (sorted,
     /// paths relative: `./a/b`), like `find . -type f | LC_ALL=C sort | xargs sha256sum`. Blocking.
-    static func listing(of directory: String) throws -> String {
+    static func listing(of directory: String, cancellation: BlockingWork.Cancellation? = nil) throws -> String {
         let names = try regularFiles(in: directory)
-        let digests = try digests(of: names.map { directory + "/" + String(decoding: $0, as: UTF8.self) })
+        let digests = try digests(of: names.map { directory + "/" + String(decoding: $0, as: UTF8.self) }, cancellation: cancellation)
         var text = ""
         for (name, digest) in zip(names, digests) {
             text += line(digest: digest, name: String(decoding: name, as: UTF8.self))
@@ -199,11 +199,11 @@ public enum ResultManifest {
     }
 
     /// The SHA-256 (lower-case hex) of each file, hashed on every core. Throws the first failure.
-    static func digests(of paths: [String]) throws -> [String] {
-        try digests(of: paths, failuresAsResults: false).map { try $0.get() }
+    static func digests(of paths: [String], cancellation: BlockingWork.Cancellation? = nil) throws -> [String] {
+        try digests(of: paths, failuresAsResults: false, cancellation: cancellation).map { try $0.get() }
     }
 
-    private static func digests(of paths: [String], failuresAsResults: Bool) throws -> [Result<String, Failure>] {
+    private static func digests(of paths: [String], failuresAsResults: Bool, cancellation: BlockingWork.Cancellation? = nil) throws -> [Result<String, Failure>] {
         let results = Mutex([Result<String, Failure>?](repeating: nil, count: paths.count))
         let next = Atomic<Int>(0)
         let workers = min(max(ProcessInfo.processInfo.activeProcessorCount, 1), max(paths.count, 1))
@@ -211,7 +211,7 @@ public enum ResultManifest {
             var buffer = [UInt8](repeating: 0, count: 1 << 20)
             while true {
                 let index = next.add(1, ordering: .relaxed).oldValue
-                guard index < paths.count else { return }
+                guard index < paths.count, cancellation?.isCancelled != true else { return }
                 let result = Result { try sha256(ofFile: paths[index], buffer: &buffer) }.mapError { $0 as? Failure ?? Failure(reason: "\($0)") }
                 results.withLock { $0[index] = result }
                 if case .failure = result, !failuresAsResults {
@@ -220,6 +220,7 @@ public enum ResultManifest {
                 }
             }
         }
+        try cancellation?.check()
         let collected = results.withLock { $0 }
         if !failuresAsResults {
             for (path, result) in zip(paths, collected) {

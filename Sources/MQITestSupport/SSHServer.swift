@@ -12,7 +12,8 @@ import Glibc
 public final class SSHServer: Sendable {
     public let temp: TemporaryDirectory
     public let port: Int
-    /// The account the client logs in as: `root`, or `mqihpc-<shell>` (see `init(loginShell:)`).
+    /// The account the client logs in as: `root`, `mqihpc-<shell>` (see `init(loginShell:)`), or
+    /// `mqislow-<shell>` (`slowLogin`).
     public let user: String
     public var configPath: String { temp.file("sshd_config") }
     public var logPath: String { temp.file("sshd.log") }
@@ -31,10 +32,22 @@ public final class SSHServer: Sendable {
     /// (`useradd -m`, unlocked for key login). The key file is readable by that account (sshd
     /// reads it as the user); what the account must write to, give it with `giveToUser(_:)`.
     /// `extraConfig`: more sshd_config lines (e.g. `SetEnv SLURM_CONF=…` for the sessions).
-    public init(loginShell: String? = nil, extraConfig: String = "") throws {
+    /// `slowLogin`: log in as the account `mqislow-<shell name>` (bash, zsh or tcsh; bash when
+    /// `loginShell` is nil) whose rc file sleeps that many seconds and counts each login shell's
+    /// start-up (`loginShellStarts`), standing in for an HPC account that loads environment
+    /// modules; the other accounts are left alone.
+    public init(loginShell: String? = nil, extraConfig: String = "", slowLogin: Double? = nil) throws {
         temp = try TemporaryDirectory("mqi-sshd")
         port = try Self.freePort()
-        if let loginShell {
+        var extraConfig = extraConfig
+        if let slowLogin {
+            let shell = loginShell ?? "/bin/bash"
+            user = try Self.ensureAccount(loginShell: shell, prefix: "mqislow-")
+            try Self.installLoginHook(user: user, shell: shell)
+            FileManager.default.createFile(atPath: temp.file("logins"), contents: nil)
+            chmod(temp.file("logins"), 0o666)
+            extraConfig += "\nSetEnv MQI_LOGIN_COUNTER=\(temp.file("logins")) MQI_LOGIN_SLEEP=\(slowLogin)\n"
+        } else if let loginShell {
             user = try Self.ensureAccount(loginShell: loginShell)
         } else {
             user = "root"
@@ -96,12 +109,51 @@ public final class SSHServer: Sendable {
         candidates.filter { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
-    /// Creates (once) the account `mqihpc-<shell name>` with `loginShell`, unlocked for key login.
-    static func ensureAccount(loginShell: String) throws -> String {
+    /// Login shells started in this server's sessions so far (with `slowLogin`; 0 otherwise):
+    /// every ssh session (a command, an rsync, a long-lived shell) starts one.
+    public var loginShellStarts: Int {
+        ((try? String(contentsOfFile: temp.file("logins"), encoding: .utf8)) ?? "").split(separator: "\n").count
+    }
+
+    /// The hook in the account's rc file (the one its shell reads for `ssh host command`): with
+    /// `MQI_LOGIN_COUNTER` and `MQI_LOGIN_SLEEP` in the session's environment (set by the
+    /// server's `SetEnv`), one line appended to the counter and a sleep.
+    static func installLoginHook(user: String, shell: String) throws {
+        guard let entry = getpwnam(user) else { throw TestSupportError("no account \(user)") }
+        let home = String(cString: entry.pointee.pw_dir)
+        let uid = entry.pointee.pw_uid, gid = entry.pointee.pw_gid
+        let marker = "# mqi-login-hook"
+        let rcFile: String, hook: String
+        switch (shell as NSString).lastPathComponent {
+        case "bash":
+            rcFile = home + "/.bashrc"
+            hook = #"[ -z "$MQI_LOGIN_COUNTER" ] || echo login >> "$MQI_LOGIN_COUNTER"; [ -z "$MQI_LOGIN_SLEEP" ] || sleep "$MQI_LOGIN_SLEEP""#
+        case "zsh":
+            rcFile = home + "/.zshenv"
+            hook = #"[ -z "$MQI_LOGIN_COUNTER" ] || echo login >> "$MQI_LOGIN_COUNTER"; [ -z "$MQI_LOGIN_SLEEP" ] || sleep "$MQI_LOGIN_SLEEP""#
+        case "tcsh", "csh":
+            rcFile = home + "/.tcshrc"
+            hook = "if ( $?MQI_LOGIN_COUNTER ) echo login >> \"$MQI_LOGIN_COUNTER\"\nif ( $?MQI_LOGIN_SLEEP ) sleep $MQI_LOGIN_SLEEP"
+        default:
+            throw TestSupportError("slowLogin needs a bash, zsh or tcsh account (\(shell) reads no rc file for ssh commands)")
+        }
+        try accountLock.withLock { _ in
+            let old = (try? String(contentsOfFile: rcFile, encoding: .utf8)) ?? ""
+            guard !old.contains(marker) else { return }
+            // First: Debian's .bashrc returns early for non-interactive shells.
+            try (marker + "\n" + hook + "\n" + old).write(toFile: rcFile, atomically: true, encoding: .utf8)
+            _ = chown(rcFile, uid, gid)
+            chmod(rcFile, 0o644)
+        }
+    }
+
+    /// Creates (once) the account `<prefix><shell name>` (`mqihpc-tcsh`) with `loginShell`,
+    /// unlocked for key login.
+    static func ensureAccount(loginShell: String, prefix: String = "mqihpc-") throws -> String {
         guard FileManager.default.isExecutableFile(atPath: loginShell) else {
             throw TestSupportError("the login shell \(loginShell) is not installed (scripts/test installs tcsh)")
         }
-        let name = "mqihpc-" + (loginShell as NSString).lastPathComponent
+        let name = prefix + (loginShell as NSString).lastPathComponent
         try accountLock.withLock { _ in
             if let entry = getpwnam(name) {
                 if String(cString: entry.pointee.pw_shell) != loginShell {

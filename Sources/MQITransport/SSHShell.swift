@@ -195,26 +195,30 @@ final class SSHShell: Sendable {
     /// Runs one request with a time limit. On timeout or cancellation the local ssh is killed
     /// (the shell is then of no further use) and nil is returned; the caller tells which.
     func run(program: Data, stdin: Data, nonce: String, timeoutSec: Double) async -> Exchange? {
-        let answer = OneShotValue<Exchange>()
-        DispatchQueue.global().async { [self] in
-            answer.set(exchangeBlocking(program: program, stdin: stdin, nonce: nonce))
-        }
-        let first = await withTaskGroup(of: Exchange?.self) { group in
-            group.addTask { await answer.value() }
+        await withTaskGroup(of: Exchange?.self) { group in
+            // A continuation, not a cancellable wait: the thread's answer is always awaited, so
+            // no read of this shell is left behind when the group ends.
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    DispatchQueue.global().async {
+                        continuation.resume(returning: self.exchangeBlocking(program: program, stdin: stdin, nonce: nonce))
+                    }
+                }
+            }
             group.addTask {
                 try? await Task.sleep(for: .seconds(timeoutSec))
                 return nil
             }
             let first = await group.next()!
             group.cancelAll()
-            if first == nil { interrupt() }
-            return first
+            if first != nil { return first }
+            // Timed out or cancelled: ssh is killed, and the exchange returns at once (with the
+            // command's answer if it came in the meantime).
+            interrupt()
+            let second = await group.next()!
+            if case .done = second { return second }
+            return nil
         }
-        if first == nil {
-            // The thread returns as soon as ssh is gone; wait for it, so no read is left behind.
-            await answer.value()
-        }
-        return first
     }
 }
 

@@ -1,0 +1,193 @@
+import Foundation
+import Logging
+import MQICore
+import MQITestSupport
+import Testing
+@testable import MQITransport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Scripts run in long-lived remote shells (`SSHShell`) against a real sshd whose account's rc
+/// file counts login-shell start-ups (`SSHServer(slowLogin:)`): same answers as sessions of
+/// their own, one login for many commands, and a shell that dies or hangs is replaced.
+@Suite(.serialized, .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
+struct SSHShellTests {
+    static let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+    static func connection(_ server: SSHServer, shells: Int = 2) throws -> SSHConnection {
+        try SSHConnection(config: server.sshConfig(), retry: RetryPolicy(maxAttempts: 3, initialDelaySec: 0.2, maxDelaySec: 1),
+                          logger: quiet, reconnectPatienceSec: 5, persistentShells: shells)
+    }
+
+    /// The local ssh processes this test process started that still run (not zombies).
+    static func sshChildren() -> [pid_t] {
+        let me = getpid()
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard stat[stat.index(after: open)..<close] == "ssh", fields.count > 1, fields[0] != "Z", pid_t(fields[1]) == me else { return nil }
+            return pid
+        }
+    }
+
+    static func isRunning(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+        return !stat[stat.index(after: close)...].hasPrefix(" Z")
+    }
+
+    /// The same scripts give the same status, stdout, stderr through a shell as through a
+    /// session of their own: bytes 0-255, outputs over 64 KiB, stdin, exit statuses (255 too).
+    @Test(.timeLimit(.minutes(2)), arguments: SSHServer.installedShells(["/bin/bash", "/usr/bin/tcsh"]))
+    func aShellAnswersLikeASessionOfItsOwn(shell: String) async throws {
+        let server = try SSHServer(loginShell: shell, slowLogin: 0.05)
+        defer { server.remove() }
+        try await server.start()
+        let shared = try Self.connection(server)
+        let plain = try Self.connection(server, shells: 0)
+        var bytes = Data((0...255).map { UInt8($0) })
+        for _ in 0..<300 { bytes.append(contentsOf: (0...255).map { UInt8($0) }) }  // 77 KB of every byte value
+        let cases: [(script: String, arguments: [String], stdin: Data?)] = [
+            ("cat; printf 'err\\n' >&2", [], bytes),
+            ("head -c 200000 /dev/zero | tr '\\0' o; head -c 100000 /dev/zero | tr '\\0' e >&2; exit 7", [], nil),
+            (#"printf '[%s]' "$@"; exit 255"#, ["it's", "$HOME", "a\nb", "", "!!"], nil),
+            ("read -r line; echo \"got $line\"; cat >/dev/null; echo \"$#\"", [], Data("first\nrest".utf8)),
+            ("test -t 0 || echo no-terminal; cat", [], nil),
+        ]
+        for (script, arguments, stdin) in cases {
+            let viaShell = try await shared.runScript(script, arguments: arguments, stdin: stdin, timeoutSec: 20)
+            let viaSession = try await plain.runScript(script, arguments: arguments, stdin: stdin, timeoutSec: 20)
+            #expect(viaShell.status == viaSession.status, "\(shell) \(script): \(viaShell.status) vs \(viaSession.status) \(viaShell.stderrText)")
+            #expect(viaShell.stdout == viaSession.stdout, "\(shell) \(script): \(viaShell.stdout.count) vs \(viaSession.stdout.count) bytes")
+            #expect(viaShell.stderr == viaSession.stderr, "\(shell) \(script): \(viaShell.stderrText) vs \(viaSession.stderrText)")
+        }
+        let first = try await shared.runScript("cat", stdin: bytes, timeoutSec: 20)
+        #expect(first.stdout == bytes)
+        // Every one of those commands went through the one shell: one login for them all.
+        #expect(shared.persistentShellsStarted == 1)
+        await shared.closeMaster()
+        await plain.closeMaster()
+        #expect(await eventually(within: 5) { Self.sshChildren().isEmpty }, "ssh processes left: \(Self.sshChildren())")
+    }
+
+    /// Sixty commands, one after another and eight at a time: one or two login shells, where
+    /// sessions of their own start one each.
+    @Test(.timeLimit(.minutes(2)))
+    func manyCommandsStartAboutOneLoginShell() async throws {
+        let server = try SSHServer(slowLogin: 0.1)
+        defer { server.remove() }
+        try await server.start()
+        let connection = try Self.connection(server)
+        let runner = SSHCommandRunner(connection: connection)
+        _ = try await runner.capture("true", timeoutSec: 20)
+        let before = server.loginShellStarts
+        for index in 0..<30 {
+            let result = try await runner.capture("echo poll-\(index)", timeoutSec: 20)
+            #expect(result.output == "poll-\(index)\n")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<30 {
+                group.addTask {
+                    let result = try await runner.capture("echo burst-\(index)", timeoutSec: 20)
+                    #expect(result.output == "burst-\(index)\n")
+                }
+            }
+            try await group.waitForAll()
+        }
+        let logins = server.loginShellStarts - before
+        print("60 commands through the shells: \(logins) login shell(s) started (the first shell started before)")
+        #expect(logins <= 1, "\(logins) login shells for 60 commands")
+
+        let plain = try Self.connection(server, shells: 0)
+        let plainBefore = server.loginShellStarts
+        for _ in 0..<5 { _ = try await SSHCommandRunner(connection: plain).capture("true", timeoutSec: 20) }
+        #expect(server.loginShellStarts - plainBefore == 5, "the counter does not count sessions")
+        await connection.closeMaster()
+        await plain.closeMaster()
+    }
+
+    /// kill -9 of the remote shell while it runs a command: an idempotent command runs again in
+    /// a session of its own and succeeds, one that is not fails as transient; later commands
+    /// get a new shell.
+    @Test(.timeLimit(.minutes(2)))
+    func aKilledShellFallsBackAndIsReplaced() async throws {
+        let server = try SSHServer(slowLogin: 0.05)
+        defer { server.remove() }
+        try await server.start()
+        let connection = try Self.connection(server, shells: 1)
+        let temp = try TemporaryDirectory("mqi-shell-kill")
+        defer { temp.remove() }
+        try server.giveToUser(temp.path)
+        // The script's parent is the shell's /bin/sh.
+        func shellPid() async throws -> pid_t {
+            let answer = try await connection.runScript("echo $PPID", timeoutSec: 20)
+            return try #require(pid_t(answer.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }
+        let firstShell = try await shellPid()
+        #expect(Self.isRunning(firstShell))
+        let marker = temp.file("runs")
+        let script = "echo run >> \(ShellQuote.quote(marker)); sleep 2; echo done"
+        async let idempotent = connection.runScript(script, timeoutSec: 30)
+        #expect(await eventually(within: 10) { FileManager.default.fileExists(atPath: marker) })
+        kill(firstShell, SIGKILL)
+        let output = try await idempotent
+        #expect(output.stdoutText == "done\n" && output.status == 0)
+        // Run twice: in the killed shell, then in a session of its own.
+        #expect(try String(contentsOfFile: marker, encoding: .utf8) == "run\nrun\n")
+        #expect(connection.persistentShellsStarted == 1)
+
+        // A new shell after the hold-off (1 s after one failure).
+        try await Task.sleep(for: .seconds(1.2))
+        let secondShell = try await shellPid()
+        #expect(secondShell != firstShell)
+        #expect(connection.persistentShellsStarted == 2)
+
+        // Not idempotent: not run again, a transient error.
+        try? FileManager.default.removeItem(atPath: marker)
+        async let once = connection.runScript(script, timeoutSec: 30, idempotent: false)
+        #expect(await eventually(within: 10) { FileManager.default.fileExists(atPath: marker) })
+        kill(secondShell, SIGKILL)
+        do {
+            _ = try await once
+            Issue.record("a command cut off in a dead shell was reported as done")
+        } catch let error as TransportError {
+            #expect(error.isTransient, "\(error)")
+        }
+        try await Task.sleep(for: .seconds(2.5))
+        #expect(try String(contentsOfFile: marker, encoding: .utf8) == "run\n")
+        let meanwhile = try await connection.runScript("echo fine", timeoutSec: 20)
+        #expect(meanwhile.stdoutText == "fine\n")
+        await connection.closeMaster()
+    }
+
+    /// A command over its time limit: a transient timeout error at the limit, its remote
+    /// processes killed, and the next command in a new shell.
+    @Test(.timeLimit(.minutes(2)))
+    func aTimeoutKillsTheCommandAndReplacesTheShell() async throws {
+        let server = try SSHServer(loginShell: "/usr/bin/tcsh", slowLogin: 0.05)
+        defer { server.remove() }
+        try await server.start()
+        let connection = try Self.connection(server, shells: 1)
+        let temp = try TemporaryDirectory("mqi-shell-timeout")
+        defer { temp.remove() }
+        try server.giveToUser(temp.path)
+        _ = try await connection.runScript("true", timeoutSec: 20)
+        let pidFile = temp.file("pid")
+        let started = Date()
+        do {
+            _ = try await connection.runScript("sh -c 'echo $$ > \(pidFile); exec sleep 60'", timeoutSec: 1.5)
+            Issue.record("no timeout")
+        } catch let error as TransportError {
+            #expect(error.isTransient && error.message.contains("timeout"), "\(error)")
+        }
+        let took = Date().timeIntervalSince(started)
+        #expect(took >= 1.5 && took < 15, "the timeout took \(took) s")
+        let sleeper = try #require(pid_t((try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""))
+        #expect(await eventually(within: 10) { !Self.isRunning(sleeper) }, "the command's process \(sleeper) still runs")
+        let next = try await connection.runScript("echo next", timeoutSec: 20)
+        #expect(next.stdoutText == "next\n")
+        #expect(connection.persistentShellsStarted == 2)
+        await connection.closeMaster()
+    }
+}

@@ -39,6 +39,7 @@ struct MQIBench: AsyncParsableCommand {
         }
         if sections.contains("ssh") {
             figures += await SSHFigures.run(quick: quick)
+            figures += await SSHSessionFigures.run(quick: quick)
         }
         if sections.contains("beams") {
             figures += try await BeamBenchmark.run(beams: 4, gpus: 4, secondsPerBeam: 1, rounds: quick ? 3 : 5, keep: keep)

@@ -118,11 +118,22 @@ extension Store {
         guard let state = try caseState(db, caseId) else { return [] }
         let free = try freeGPUs(db)
         let usable = try usableGPUCount(db)
-        // Only cases ahead of this one in the line (all of them when it does not wait itself).
-        let line = try waitingCases(db)
-        let waiting = Array(line.prefix { $0.caseId != caseId })
-        let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
-        let decision = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: othersWaiting, usable: usable))
+        // Most decisions do not depend on who waits for GPUs (a step that keeps its GPU, a case
+        // that completes): the line, every waiting case read, is read only when the decision
+        // would differ with others waiting.
+        let unhindered = conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: false, usable: usable))
+        let decision: Decision
+        if conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: true, usable: usable)) == unhindered {
+            decision = unhindered
+        } else {
+            // Only cases ahead of this one in the line (all of them when it does not wait itself).
+            let line = try waitingCases(db)
+            let waiting = Array(line.prefix { $0.caseId != caseId })
+            let othersWaiting = conductor.othersWaiting(waiting, usable: usable)
+            decision = othersWaiting
+                ? conductor.decide(state, event, gpus: GPUAvailability(free: free, othersWaiting: true, usable: usable))
+                : unhindered
+        }
         try apply(decision, event: event, previous: state, conductor: conductor, db: db, now: now)
         if let audit, decision.outcome == .applied {
             try history(db, caseId: caseId, at: now, event: "operator", status: decision.state.status, step: nil, attempt: nil, message: audit)
@@ -148,7 +159,8 @@ extension Store {
     static func dispatchPending(conductor: Conductor, db: any SQLConnection, now: Date) throws -> [AppliedDecision] {
         var applied: [AppliedDecision] = []
         let usable = try usableGPUCount(db)
-        for state in try waitingCases(db) {
+        let line = try waitingCases(db)
+        for state in line {
             // A case the usable GPUs can never serve waits for the hardware, not for its turn:
             // it does not hold up the cases behind it.
             guard conductor.canBeServed(state, usable: usable) else { continue }
@@ -162,7 +174,9 @@ extension Store {
             // A case whose beams still wait keeps its place: later cases do not overtake it.
             if decision.state.beams.contains(where: { $0.status == .waiting }) { break }
         }
-        return applied + (try warnUnservable(conductor: conductor, db: db, now: now))
+        // Only cases that can be served were started: the others still wait as read.
+        let started = Set(applied.map(\.decision.state.caseId))
+        return applied + (try warnUnservable(conductor: conductor, db: db, now: now, waiting: line.filter { !started.contains($0.caseId) }))
     }
 
     /// Cases waiting for GPUs, first come first served.
@@ -194,10 +208,11 @@ extension Store {
 
     /// One warning per case and wait: a waiting case whose step needs more GPUs than are usable
     /// now says so once (in its history and, through the returned item, in the log).
-    static func warnUnservable(conductor: Conductor, db: any SQLConnection, now: Date) throws -> [AppliedDecision] {
+    /// `waiting`: the waiting cases when the caller has just read them.
+    static func warnUnservable(conductor: Conductor, db: any SQLConnection, now: Date, waiting: [CaseState]? = nil) throws -> [AppliedDecision] {
         let usable = try usableGPUCount(db)
         var warnings: [AppliedDecision] = []
-        for state in try waitingCases(db) where !conductor.canBeServed(state, usable: usable) {
+        for state in try waiting ?? waitingCases(db) where !conductor.canBeServed(state, usable: usable) {
             let warned = try Bool.fetchOne(db, sql: """
                 SELECT EXISTS(SELECT 1 FROM case_events e JOIN cases c ON c.case_id = e.case_id
                               WHERE e.case_id = ? AND e.event = 'waits_for_hardware' AND e.at >= coalesce(c.pending_since, ''))

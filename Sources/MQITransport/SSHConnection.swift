@@ -389,6 +389,9 @@ public actor SSHConnection {
     /// Long-lived remote shells started so far (each one ssh session).
     package nonisolated var persistentShellsStarted: Int { shells.shellsStarted }
 
+    /// The local ssh processes of the idle long-lived shells (tests check none outlives `closeMaster`).
+    package nonisolated var persistentShellProcesses: [Int32] { shells.idlePids }
+
     /// The program /bin/sh runs: decode the base64 words (its `$@`) and run the result. A host
     /// without `base64` fails (status 127) instead of silently running nothing.
     static let scriptLoader = #"s=$(printf %s "$@" | base64 -d) && eval "$s""#

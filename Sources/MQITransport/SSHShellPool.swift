@@ -35,6 +35,9 @@ final class SSHShellPool: Sendable {
     /// The live shells (idle or running a command).
     var count: Int { state.withLock { $0.running } }
 
+    /// The local ssh processes of the idle shells (for tests: gone after `closeAll`).
+    var idlePids: [pid_t] { state.withLock { $0.idle.map(\.pid) } }
+
     /// Whether shells are in use at all.
     var enabled: Bool { limit > 0 }
 

@@ -124,7 +124,7 @@ public struct LocalStepExecutor: StepExecutor {
 
     /// Starts the wrapper in a new session; the returned signal fires when it exits.
     func spawn(_ run: StepRun, runDir: String) throws -> OneShot {
-        let wrapperArguments = ["-c", RunDirectories.stepWrapper, "mqi-step", runDir, run.logPath, run.command]
+        let wrapperArguments = ["-c", Self.stepWrapper, "mqi-step", runDir, run.logPath, run.command]
         let arguments = ["-w", "/bin/sh"] + wrapperArguments
         var environment = ProcessInfo.processInfo.environment
         environment.merge(run.environment) { $1 }
@@ -159,6 +159,21 @@ public struct LocalStepExecutor: StepExecutor {
         }
         return exited
     }
+
+    /// `RunDirectories.stepWrapper`'s protocol (`identity`, `pid`, `stopped`, `exit_code`), with
+    /// the command run by a subshell of the wrapper instead of a new `/bin/sh`: a fork without
+    /// an exec, one program start fewer on the way to every step's command. The subshell runs it
+    /// as `sh -c` would: no positional parameters, none of the wrapper's names, and its `exit`
+    /// or `exec` ends only the subshell, so the wrapper still records the exit code.
+    static let stepWrapper = RunDirectories.recordIdentity + #"""
+        echo $$ > "$1/pid" || exit 127
+        if [ -e "$1/stopped" ]; then echo 143 > "$1/exit_code"; exit 143; fi
+        ( unset -f mqi_identity; unset d b s; eval "set --
+        $3" ) > "$2" 2>&1 < /dev/null
+        code=$?
+        echo $code > "$1/exit_code"
+        exit $code
+        """#
 
     func waitForAdopted(_ runDir: String) async throws {
         while Self.readExitCode(runDir) == nil {

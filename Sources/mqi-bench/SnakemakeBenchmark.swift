@@ -72,7 +72,7 @@ enum SnakemakeBenchmark {
             .info(section, "  of which: first case registered -> last COMPLETED", middle.work * 1000, unit: "ms",
                   note: "\(fmt(steps / middle.work)) steps/s while working; \(String(format: "%.3f", (middle.startUp + middle.work) / smk)) x Snakemake's wall up to here"),
             .info(section, "  of which: last COMPLETED -> idle seen (--exit-when-idle)", middle.idleSeen.map { $0 * 1000 }, unit: "ms",
-                  note: "the IdleWatcher polls every 200 ms and wants two idle polls in a row"),
+                  note: "the IdleWatcher looks as soon as the Conductor's queue drains: idle, a scan, idle again"),
             .info(section, "  of which: idle seen -> process exit", middle.idleSeen.map { (middle.exit - $0) * 1000 }, unit: "ms",
                   note: "graceful shutdown of the service group"),
             .info(section, "mqi run --exit-when-idle wall with hpc.cleanup: after_download (the default)", withCleanup.wall, unit: "s",

@@ -371,19 +371,24 @@ public actor SSHConnection {
         }
     }
 
-    /// After a timeout in a shell: TERM, then KILL, to the remote shell's session (the shell and
-    /// whatever it ran; a step started with `setsid` has a session of its own), in a plain session.
+    /// After a timeout in a shell: TERM, then KILL a second later, to the remote shell's session
+    /// (the shell and whatever it ran; a step started with `setsid` has a session of its own), in
+    /// a plain session. Best effort, at most 5 s: the timeout is reported either way.
     private nonisolated func killRemoteSession(of shell: SSHShell) async {
         guard let group = shell.remoteGroup, let leader = Int(group), leader > 1 else { return }
         let script = #"""
             [ "$(ps -o sid= -p "$1" 2>/dev/null | tr -d ' ')" = "$1" ] || exit 0
             kill -s TERM -- "-$1" 2>/dev/null
-            sleep 0.5
-            kill -s KILL -- "-$1" 2>/dev/null
+            (sleep 1; kill -s KILL -- "-$1") < /dev/null > /dev/null 2>&1 &
             exit 0
             """#
         guard let command = try? Self.scriptCommand(script, arguments: [String(leader)]) else { return }
-        _ = try? await run(command, timeoutSec: 10)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { _ = try? await self.run(command, timeoutSec: 5) }
+            group.addTask { try? await Task.sleep(for: .seconds(5)) }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     /// Long-lived remote shells started so far (each one ssh session).

@@ -11,12 +11,14 @@ import Glibc
 /// Protocol, one request at a time:
 /// - client: `MQI-REQ <nonce> <script bytes> <stdin bytes>\n`, the script, the stdin bytes;
 /// - shell: `MQI-GOT <nonce>\n` once it has read the request (before it runs anything), then
-///   runs the script with `/bin/sh` (stdin from the bytes, stdout and stderr into files, so a
-///   background process never holds the session's output open), then
+///   runs the script with `/bin/sh` (stdin from the bytes, stdout and stderr into files made
+///   afresh for each request, so a background process never holds the session's output open
+///   nor writes into the next command's output), then
 ///   `MQI-DONE <nonce> <status> <stdout bytes> <stderr bytes>\n` and both outputs.
 ///
 /// `MQI-GOT` tells a request the shell never started (safe to run elsewhere) from one that may
-/// have run. At start the shell prints `MQI-SHELL <pid> <process group>`; the group is what a
+/// have run. Its files live in `$TMPDIR/mqi-shell.<pid>.*`, removed when it ends, and by the next
+/// shell of the account when it was killed. At start the shell prints `MQI-SHELL <pid> <process group>`; the group is what a
 /// timeout kills remotely.
 final class SSHShell: Sendable {
     /// What an exchange came to.
@@ -45,7 +47,11 @@ final class SSHShell: Sendable {
     /// The program the remote /bin/sh runs (sent as the command of the ssh session, through
     /// `SSHConnection.scriptCommand`, so every login shell passes it on unchanged).
     static let serverScript = #"""
-        t=$(mktemp -d "${TMPDIR:-/tmp}/mqi-shell.XXXXXX") || exit 1
+        for o in "${TMPDIR:-/tmp}"/mqi-shell.*.*; do
+          p=${o##*/mqi-shell.}; p=${p%%.*}
+          [ -O "$o" ] && ! kill -0 "$p" 2>/dev/null && rm -rf "$o"
+        done
+        t=$(mktemp -d "${TMPDIR:-/tmp}/mqi-shell.$$.XXXXXX") || exit 1
         trap 'rm -rf "$t"' EXIT
         trap 'exit 129' HUP
         trap 'exit 141' PIPE
@@ -53,6 +59,7 @@ final class SSHShell: Sendable {
         echo "MQI-SHELL $$ $(ps -o pgid= -p $$ | tr -d ' ')"
         while IFS=' ' read -r w n s i; do
           [ "$w" = MQI-REQ ] || exit 2
+          rm -f "$t/i" "$t/o" "$t/e"
           head -c "$s" > "$t/s" || exit 3
           if [ "$i" -gt 0 ]; then head -c "$i" > "$t/i" || exit 3; else : > "$t/i"; fi
           echo "MQI-GOT $n"

@@ -101,6 +101,26 @@ struct SSHShellTests {
         await plain.closeMaster()
     }
 
+    /// A command that leaves a process in the background writing to its stdout returns at once,
+    /// and what that process writes later is not taken for the next command's output.
+    @Test(.timeLimit(.minutes(1)))
+    func aBackgroundProcessHoldsNothingOpen() async throws {
+        let server = try SSHServer(slowLogin: 0.05)
+        defer { server.remove() }
+        try await server.start()
+        let connection = try Self.connection(server, shells: 1)
+        _ = try await connection.runScript("true", timeoutSec: 20)
+        let started = Date()
+        let first = try await connection.runScript("(sleep 1; echo late; echo late >&2) & echo now", timeoutSec: 20)
+        #expect(first.stdoutText == "now\n")
+        #expect(Date().timeIntervalSince(started) < 0.9, "the background process held the command up")
+        try await Task.sleep(for: .seconds(0.5))
+        let second = try await connection.runScript("sleep 1; echo mine", timeoutSec: 20)
+        #expect(second.stdoutText == "mine\n" && second.stderr.isEmpty, "\(second.stdoutText) \(second.stderrText)")
+        #expect(connection.persistentShellsStarted == 1)
+        await connection.closeMaster()
+    }
+
     /// kill -9 of the remote shell while it runs a command: an idempotent command runs again in
     /// a session of its own and succeeds, one that is not fails as transient; later commands
     /// get a new shell.

@@ -25,11 +25,10 @@ enum SSHProcess {
         // child through a descriptor the child inherits, which ssh hands over to the
         // ControlMaster it forks, so some exits were never reported.
         var outFDs: [Int32] = [-1, -1], errFDs: [Int32] = [-1, -1], inFDs: [Int32] = [-1, -1]
+        // Close-on-exec from the start: a child spawned meanwhile by another thread (a long-lived
+        // shell, the master) must not inherit them, or the end of file would wait for it.
         func cloexecPipe(_ fds: inout [Int32]) -> Bool {
-            guard pipe(&fds) == 0 else { return false }
-            _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-            return true
+            systemPipe2(&fds, O_CLOEXEC) == 0
         }
         guard cloexecPipe(&outFDs), cloexecPipe(&errFDs), stdin == nil || cloexecPipe(&inFDs) else {
             throw TransportError("cannot create pipes: \(String(cString: strerror(errno)))")

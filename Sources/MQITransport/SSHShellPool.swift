@@ -4,11 +4,15 @@ import Synchronization
 /// The few long-lived remote shells of one connection (`SSHShell`). A command takes an idle
 /// shell, or starts one while fewer than `limit` run, or waits up to `waitSec` for one to come
 /// free; otherwise (and while shells are held off after a failure) it runs in a plain session.
-/// A shell that fails is dropped and no new one starts for a while (`retryDelay`, doubling
-/// with consecutive failures, reset by the next success).
+/// A shell is replaced after `maxAgeSec`. A shell that fails is dropped and no new one starts
+/// for a while (`retryDelay`, doubling with consecutive failures, reset by the next success).
 final class SSHShellPool: Sendable {
     let limit: Int
     let waitSec: Double
+    /// A shell older than this is replaced when next taken: it keeps the environment its login
+    /// set up, and a site's change to the account's rc files (new module versions) reaches the
+    /// commands within this time.
+    let maxAgeSec: Double
 
     private struct State {
         var idle: [SSHShell] = []
@@ -20,9 +24,10 @@ final class SSHShellPool: Sendable {
     }
     private let state = Mutex(State())
 
-    init(limit: Int, waitSec: Double = 0.5) {
+    init(limit: Int, waitSec: Double = 0.5, maxAgeSec: Double = 3600) {
         self.limit = max(0, limit)
         self.waitSec = waitSec
+        self.maxAgeSec = maxAgeSec
     }
 
     deinit {
@@ -55,7 +60,7 @@ final class SSHShellPool: Sendable {
             let lease = state.withLock { state -> Lease?? in
                 if let held = state.heldOffUntil, ContinuousClock.now < held { return .some(nil) }
                 while let shell = state.idle.popLast() {
-                    if shell.isAlive { return .some(.shell(shell)) }
+                    if shell.isAlive, ContinuousClock.now - shell.started < .seconds(maxAgeSec) { return .some(.shell(shell)) }
                     state.running -= 1
                     shell.close()
                 }

@@ -101,6 +101,32 @@ struct SSHShellTests {
         await plain.closeMaster()
     }
 
+    /// The pool's bookkeeping, with local processes standing in for shells: reuse, replacement
+    /// after the maximum age, the wait for a busy one, and the hold-off after a failure.
+    @Test(.timeLimit(.minutes(1)))
+    func thePoolReusesAgesOutAndHoldsOff() async throws {
+        let pool = SSHShellPool(limit: 1, waitSec: 0.2, maxAgeSec: 0.5)
+        guard case .start = try #require(await pool.checkout()) else { Issue.record("no start"); return }
+        let first = try SSHShell(arguments: ["sleep", "30"])
+        pool.checkin(first)
+        guard case .shell(let again) = try #require(await pool.checkout()) else { Issue.record("not reused"); return }
+        #expect(again === first)
+        // Busy: after the wait, a plain session.
+        #expect(await pool.checkout() == nil)
+        pool.checkin(again)
+        try await Task.sleep(for: .seconds(0.6))
+        // Too old: closed, and a new one is to be started.
+        guard case .start = try #require(await pool.checkout()) else { Issue.record("not replaced"); return }
+        #expect(!Self.isRunning(first.pid))
+        pool.discard(nil, shellFault: true)
+        // Held off for 1 s after a failure.
+        #expect(await pool.checkout() == nil)
+        try await Task.sleep(for: .seconds(1))
+        guard case .start = try #require(await pool.checkout()) else { Issue.record("still held off"); return }
+        pool.discard(nil, shellFault: false)
+        #expect(pool.shellsStarted == 3)
+    }
+
     /// A command that leaves a process in the background writing to its stdout returns at once,
     /// and what that process writes later is not taken for the next command's output.
     @Test(.timeLimit(.minutes(1)))

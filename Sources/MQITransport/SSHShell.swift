@@ -17,9 +17,9 @@ import Glibc
 ///   `MQI-DONE <nonce> <status> <stdout bytes> <stderr bytes>\n` and both outputs.
 ///
 /// `MQI-GOT` tells a request the shell never started (safe to run elsewhere) from one that may
-/// have run. Its files live in `$TMPDIR/mqi-shell.<pid>.*`, removed when it ends, and by the next
-/// shell of the account when it was killed. At start the shell prints `MQI-SHELL <pid> <process group>`; the group is what a
-/// timeout kills remotely.
+/// have run. Its files live in `$TMPDIR/mqi-shell.<pid>.*`, removed when it ends (and by the
+/// account's next shell when it was killed). At start the shell prints
+/// `MQI-SHELL <pid> <process group>`; the group is what a timeout kills remotely.
 final class SSHShell: Sendable {
     /// What an exchange came to.
     enum Exchange: Sendable {
@@ -132,18 +132,21 @@ final class SSHShell: Sendable {
         }
     }
 
-    /// Kills the local ssh (the remote shell sees its session end) and reaps it. Idempotent.
+    /// Kills the local ssh (the remote shell sees its session end), reaps it and closes our ends
+    /// of its pipes. Idempotent.
     func close() {
-        let reap = state.withLock { state -> Bool in
-            guard !state.closed else { return false }
+        let (first, reap) = state.withLock { state -> (Bool, Bool) in
+            guard !state.closed else { return (false, false) }
             state.closed = true
-            return !state.reaped
+            return (true, !state.reaped)
         }
-        guard reap else { return }
-        kill(pid, SIGKILL)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        state.withLock { $0.reaped = true }
+        guard first else { return }
+        if reap {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            state.withLock { $0.reaped = true }
+        }
         Glibc.close(input)
         // The reader's descriptor is closed by the exchange thread if one runs, else here.
         reader.closeWhenIdle()

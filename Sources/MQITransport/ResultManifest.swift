@@ -203,7 +203,7 @@ public enum ResultManifest {
         try digests(of: paths, failuresAsResults: false, cancellation: cancellation).map { try $0.get() }
     }
 
-    private static func digests(of paths: [String], failuresAsResults: Bool, cancellation: BlockingWork.Cancellation? = nil) throws -> [Result<String, Failure>] {
+    static func digests(of paths: [String], failuresAsResults: Bool, cancellation: BlockingWork.Cancellation? = nil) throws -> [Result<String, Failure>] {
         let results = Mutex([Result<String, Failure>?](repeating: nil, count: paths.count))
         let next = Atomic<Int>(0)
         let workers = min(max(ProcessInfo.processInfo.activeProcessorCount, 1), max(paths.count, 1))
@@ -257,5 +257,154 @@ public enum ResultManifest {
             text.append(digits[Int(byte & 0xF)])
         }
         return String(decoding: text, as: UTF8.self)
+    }
+}
+
+extension ResultManifest {
+    /// Checks files against a manifest while they arrive (a download): files already in place
+    /// are hashed during the copy, so the check after it reads only what changed since.
+    ///
+    /// A file hashed early counts only if nothing touched it afterwards: its device, inode,
+    /// size, mtime and ctime are the same at the final check as when it was read, and its
+    /// ctime is older than a probe file written (same file system, same clock) before the read.
+    /// Any later write or rename gives it a ctime at least the probe's, so a byte flipped after
+    /// the early read, even with its mtime put back, is read again and caught. Everything else is
+    /// hashed at the end. Blocking methods: run them on threads of their own.
+    final class ArrivalCheck: Sendable {
+        struct Entry: Sendable {
+            /// `./a/b`, as in the manifest.
+            var name: String
+            var path: String
+            var digest: String
+        }
+
+        struct Stamp: Equatable {
+            var device: UInt64, inode: UInt64, size: Int64
+            var mtime: timespec, ctime: timespec
+
+            init(_ info: stat) {
+                device = UInt64(info.st_dev)
+                inode = UInt64(info.st_ino)
+                size = Int64(info.st_size)
+                mtime = info.st_mtim
+                ctime = info.st_ctim
+            }
+
+            static func == (a: Stamp, b: Stamp) -> Bool {
+                a.device == b.device && a.inode == b.inode && a.size == b.size
+                    && a.mtime.tv_sec == b.mtime.tv_sec && a.mtime.tv_nsec == b.mtime.tv_nsec
+                    && a.ctime.tv_sec == b.ctime.tv_sec && a.ctime.tv_nsec == b.ctime.tv_nsec
+            }
+        }
+
+        struct Seen {
+            var stamp: Stamp
+            var digest: String
+        }
+
+        let entries: [Entry]
+        let probePath: String
+        private let seen: Mutex<[Int: Seen]>
+        private let stopped = Atomic<Bool>(false)
+
+        /// `entries`: the manifest's files (`./a/b` names) under `directory`. `probeDirectory`: a
+        /// directory on the same file system for the probe (not inside `directory`).
+        init(entries: [(name: String, digest: String)], directory: String, probeDirectory: String) {
+            self.entries = entries.map { Entry(name: $0.name, path: directory + "/" + $0.name, digest: $0.digest) }
+            probePath = probeDirectory + "/.mqi-probe-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+            seen = Mutex([:])
+        }
+
+        /// Hashes the files that are in place, round after round, until `stop()` (or all are done).
+        func hashArrivals(cancellation: BlockingWork.Cancellation? = nil, pause: Double = 0.02) {
+            defer { unlink(probePath) }
+            var pending = Array(entries.indices)
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while !pending.isEmpty, !stopped.load(ordering: .relaxed), cancellation?.isCancelled != true {
+                guard let probe = touchProbe() else { return }
+                // Files arrive roughly in the manifest's order: a round ends after a run of
+                // files not there yet, rather than trying every one of them each time.
+                var misses = 0
+                pending.removeAll { index in
+                    guard misses < 16, !stopped.load(ordering: .relaxed) else { return false }
+                    guard let found = hashIfSettled(entries[index].path, olderThan: probe, buffer: &buffer) else {
+                        misses += 1
+                        return false
+                    }
+                    misses = 0
+                    seen.withLock { $0[index] = found }
+                    return true
+                }
+                if !pending.isEmpty { Thread.sleep(forTimeInterval: pause) }
+            }
+        }
+
+        func stop() {
+            stopped.store(true, ordering: .relaxed)
+        }
+
+        /// After the copy: nil when every file of the manifest is there with its checksum, else
+        /// the failures (`./a/b: FAILED`); and the bytes of the files. Hashes what was not
+        /// hashed early or changed since, on every core.
+        func finish() -> (problems: String?, bytes: Int64) {
+            let early = seen.withLock { $0 }
+            var stamps: [Stamp?] = []
+            var again: [Int] = []
+            for (index, entry) in entries.enumerated() {
+                var info = stat()
+                let stamp = lstat(entry.path, &info) == 0 ? Stamp(info) : nil
+                stamps.append(stamp)
+                if stamp == nil || early[index]?.stamp != stamp { again.append(index) }
+            }
+            let hashed = (try? ResultManifest.digests(of: again.map { entries[$0].path }, failuresAsResults: true)) ?? []
+            var now: [Int: Result<String, Failure>] = [:]
+            for (index, result) in zip(again, hashed) { now[index] = result }
+            var failed: [String] = []
+            var bytes: Int64 = 0
+            for (index, entry) in entries.enumerated() {
+                bytes += stamps[index]?.size ?? 0
+                switch now[index] ?? early[index].map({ .success($0.digest) }) ?? .failure(Failure(reason: "not hashed")) {
+                case .success(let digest) where digest == entry.digest: continue
+                case .success: failed.append("\(entry.name): FAILED")
+                case .failure(let failure): failed.append("\(entry.name): FAILED open or read (\(failure.reason))")
+                }
+            }
+            return (failed.isEmpty ? nil : failed.joined(separator: "\n"), bytes)
+        }
+
+        /// Writes a byte into the probe; its ctime, or nil when it cannot be written.
+        private func touchProbe() -> timespec? {
+            let descriptor = open(probePath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            guard descriptor >= 0 else { return nil }
+            defer { close(descriptor) }
+            var byte: UInt8 = 0x2E
+            var info = stat()
+            guard Glibc.write(descriptor, &byte, 1) == 1, fstat(descriptor, &info) == 0 else { return nil }
+            return info.st_ctim
+        }
+
+        /// The file's stamp and SHA-256 when it is a regular file last changed before `probe` and
+        /// unchanged while it was read; nil otherwise (not there yet, still settling, changed).
+        private func hashIfSettled(_ path: String, olderThan probe: timespec, buffer: inout [UInt8]) -> Seen? {
+            let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard descriptor >= 0 else { return nil }
+            defer { close(descriptor) }
+            var before = stat()
+            guard fstat(descriptor, &before) == 0, before.st_mode & S_IFMT == S_IFREG,
+                  (before.st_ctim.tv_sec, before.st_ctim.tv_nsec) < (probe.tv_sec, probe.tv_nsec) else { return nil }
+            var hasher = SHA256()
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                if count == 0 { break }
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return nil
+                }
+                buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+            }
+            var after = stat()
+            guard fstat(descriptor, &after) == 0, Stamp(after) == Stamp(before) else { return nil }
+            return Seen(stamp: Stamp(before), digest: ResultManifest.hex(hasher.finalize()))
+        }
     }
 }

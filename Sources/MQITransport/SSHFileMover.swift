@@ -42,8 +42,8 @@ public struct SSHFileMover: FileMover {
 
     public func upload(caseId: String, from localCase: String) async throws -> TransferReport {
         try CaseInspection.check(localCase)
-        let report = try LocalFileMover.measure(localCase)
-        // Hashed on threads of its own while the remote side is prepared and the copy runs.
+        // Measured and hashed on threads of their own while the remote side is prepared and the copy runs.
+        async let measured = BlockingWork.run("mqi-measure") { _ in try LocalFileMover.measure(localCase) }
         async let hashed = BlockingWork.run("mqi-manifest") { cancellation in try ResultManifest.listing(of: localCase, cancellation: cancellation) }
         let staging = Self.join(uploadDir, Self.stagingName)
         let partial = Self.join(staging, caseId)
@@ -60,7 +60,7 @@ public struct SSHFileMover: FileMover {
             let manifest = try await hashed
             prepare = try await connection.runScript(Self.prepareScript, arguments: arguments + ["1"], stdin: Data(manifest.utf8), timeoutSec: 3600)
         }
-        if prepare.stdoutText.contains("MQI-DONE") { return report }
+        if prepare.stdoutText.contains("MQI-DONE") { return try await measured }
         if prepare.stdoutText.contains("MQI-NOASIDE") {
             throw TransportError("cannot move the run directories of a previous life of case \(caseId) aside in \(runs.root) on \(connection.destination): \(prepare.stderrText)",
                                  transient: false)
@@ -74,7 +74,7 @@ public struct SSHFileMover: FileMover {
         try await beforeVerify?(partial)
         let checked = try await connection.runScript(Self.verifyAndRenameScript, arguments: [partial, final], stdin: Data(manifest.utf8), timeoutSec: 3600)
         let text = checked.stdoutText
-        if text.contains("MQI-OK") { return report }
+        if text.contains("MQI-OK") { return try await measured }
         if text.contains("MQI-MISMATCH") {
             throw TransportError("upload of case \(caseId) failed verification on \(connection.destination) (SHA-256 mismatch; the staging copy was removed and the retry sends it again): "
                                  + Self.failedFiles(text), transient: true)
@@ -92,7 +92,7 @@ public struct SSHFileMover: FileMover {
     /// the current directory) to OUT: with `openssl dgst` (several times faster than coreutils'
     /// sha256sum where the CPU has SHA instructions) when it is there and no name holds a
     /// backslash, newline or carriage return (which sha256sum escapes and openssl may not), in
-    /// batches on every core, each batch writing a file of its own (lines from parallel writers
+    /// one batch per core (one process each: openssl takes milliseconds to start), each batch writing a file of its own (lines from parallel writers
     /// to one pipe can interleave). A file that cannot be read has no line.
     /// `mqi_want` reads the manifest from stdin into `$T/want` (sorted) and its names into
     /// `$T/names`; `mqi_check DIR` prints `./a/b: FAILED` for each manifest file that DIR lacks
@@ -103,7 +103,8 @@ public struct SSHFileMover: FileMover {
           h='sha256sum --'
           if [ "$(tr -dc '\\\n\r' < "$1" | wc -c)" -eq 0 ] && printf '' | openssl dgst -sha256 -r >/dev/null 2>&1; then h='openssl dgst -sha256 -r'; fi
           p=$(nproc 2>/dev/null || echo 2)
-          MQI_H=$h MQI_O=$2 xargs -0 -r -P "$p" -n 100 sh -c '$MQI_H "$@" > "$MQI_O.$$"' mqi-hash < "$1"
+          n=$(tr -dc '\000' < "$1" | wc -c)
+          MQI_H=$h MQI_O=$2 xargs -0 -r -P "$p" -n $(( (n + p - 1) / p + 1 )) sh -c '$MQI_H "$@" > "$MQI_O.$$"' mqi-hash < "$1"
           for f in "$2".*; do [ -f "$f" ] && cat "$f"; done | sed 's/^\([0-9a-f]\{64\}\) \*/\1  /' > "$2"
         }
         mqi_want() {
@@ -183,67 +184,76 @@ public struct SSHFileMover: FileMover {
         let staging = Self.join(resultsDir, Self.stagingName)
         let partial = Self.join(staging, caseId)
         let final = Self.join(resultsDir, caseId)
-        try files.createDirectory(atPath: (partial as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let stagingParent = (partial as NSString).deletingLastPathComponent
+        try files.createDirectory(atPath: stagingParent, withIntermediateDirectories: true)
         // The remote hashes the results while rsync copies them: both read the same files, and
         // any difference between what was hashed and what arrived fails the check below.
         async let listed = connection.runScript(Self.listingScript, arguments: [remote], timeoutSec: 3600)
-        let copied: Result<Void, any Error>
-        do {
-            try await rsync(from: connection.rsyncHost + Self.slash(remote), to: Self.slash(partial), what: "download of the results of case \(caseId)",
-                            extra: ["--exclude=/\(ResultManifest.fileName)"])
-            copied = .success(())
-        } catch {
-            copied = .failure(error)
+        @Sendable func copy() async -> Result<Void, any Error> {
+            do {
+                try await rsync(from: connection.rsyncHost + Self.slash(remote), to: Self.slash(partial), what: "download of the results of case \(caseId)",
+                                extra: ["--exclude=/\(ResultManifest.fileName)"])
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
         }
+        async let copied = copy()
         let listing = try await listed
         let text = listing.stdoutText
         if text.hasPrefix("MQI-NODIR") {
+            _ = await copied
             try? files.removeItem(atPath: partial)
             throw TransportError("no result files in \(remote) on \(connection.destination) (the directory does not exist)")
         }
         guard listing.status == 0, text.hasSuffix("MQI-END\n") else {
             throw TransportError("cannot compute the SHA-256 manifest of \(remote) on \(connection.destination): \(listing.stderrText)", transient: true)
         }
-        let manifest = try Self.sortedManifest(String(text.dropLast("MQI-END\n".count)), of: remote)
-        if manifest.isEmpty {
+        let entries = try Self.sortedEntries(String(text.dropLast("MQI-END\n".count)), of: remote)
+        if entries.isEmpty {
+            _ = await copied
             try? files.removeItem(atPath: partial)
             throw TransportError("no result files in \(remote) on \(connection.destination)")
         }
-        try copied.get()
+        // Files already in place are checked while the rest arrive.
+        let check = ResultManifest.ArrivalCheck(entries: entries, directory: partial, probeDirectory: stagingParent)
+        async let early: Void? = try? BlockingWork.run("mqi-arrivals") { cancellation in check.hashArrivals(cancellation: cancellation) }
+        let copyResult = await copied
+        check.stop()
+        _ = await early
+        try copyResult.get()
         try await beforeVerify?(partial)
-        do {
-            try Data(manifest.utf8).write(to: URL(fileURLWithPath: Self.join(partial, ResultManifest.fileName)), options: .atomic)
-        } catch {
-            throw TransportError("cannot write the manifest into \(partial): \(error.localizedDescription)")
-        }
-        if let problem = await ResultManifest.check(partial) {
+        let outcome = try await BlockingWork.run("mqi-download-check") { _ in check.finish() }
+        if let problems = outcome.problems {
             try? files.removeItem(atPath: partial)
-            throw TransportError("download of the results of case \(caseId) failed verification (the staging copy was removed and the retry fetches it again): \(problem)",
-                                 transient: true)
+            throw TransportError("download of the results of case \(caseId) failed verification (the staging copy was removed and the retry fetches it again): "
+                                 + "checksum mismatch in \(partial): \(problems.prefix(500))", transient: true)
         }
-        let report = try LocalFileMover.measure(partial)
         do {
+            try ResultManifest.write(entries.map { ResultManifest.line(digest: $0.digest, name: $0.name) }.joined(), in: partial)
             if files.fileExists(atPath: final) { try files.removeItem(atPath: final) }
             try files.createDirectory(atPath: (final as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
             try files.moveItem(atPath: partial, toPath: final)
+        } catch let error as TransportError {
+            throw error
         } catch {
             throw TransportError("cannot move the results of case \(caseId) into \(final): \(error.localizedDescription)")
         }
-        // The manifest itself is not a result file.
-        return TransferReport(files: report.files - 1, bytes: report.bytes - Int64(manifest.utf8.count))
+        return TransferReport(files: entries.count, bytes: outcome.bytes)
     }
 
-    /// The remote's listing as a manifest: every line checked, sorted by name in byte order.
-    static func sortedManifest(_ listing: String, of remote: String) throws -> String {
-        var entries: [(name: [UInt8], line: String)] = []
+    /// The remote's listing as manifest entries (`./a/b` names): every line checked, sorted by
+    /// name in byte order.
+    static func sortedEntries(_ listing: String, of remote: String) throws -> [(name: String, digest: String)] {
+        var entries: [(name: String, digest: String)] = []
         for line in listing.split(separator: "\n") {
             guard let entry = ResultManifest.parse(line) else {
                 throw TransportError("cannot read the SHA-256 listing of \(remote): \(line.prefix(200))", transient: true)
             }
-            entries.append((Array(entry.name.utf8), ResultManifest.line(digest: entry.digest, name: entry.name)))
+            entries.append((name: entry.name, digest: entry.digest))
         }
-        entries.sort { $0.name.lexicographicallyPrecedes($1.name) }
-        return entries.map(\.line).joined()
+        entries.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        return entries
     }
 
     /// rsync over the master. Exit 255 or a lost master is a connection failure (transient);

@@ -24,6 +24,14 @@ public final class LogSink: Sendable {
         let data = Data((line + "\n").utf8)
         handle.withLock { try? $0.write(contentsOf: data) }
     }
+
+    /// Writes `line` (UTF-8, without its newline) and a newline.
+    func write(bytes line: [UInt8]) {
+        var data = Data(capacity: line.count + 1)
+        data.append(contentsOf: line)
+        data.append(0x0A)
+        handle.withLock { try? $0.write(contentsOf: data) }
+    }
 }
 
 /// Keeps an error repeated in a loop (the HPC down for an hour) from flooding the log: the first
@@ -140,18 +148,24 @@ public struct MQILogHandler: LogHandler {
         let timestamp = Self.timestamp(Date())
         switch format {
         case .json:
-            var object: [String: Any] = [
-                "timestamp": timestamp,
-                "level": event.level.rawValue.uppercased(),
-                "message": event.message.description,
-                "logger_name": label,
-                "module": event.source,
-                "funcName": event.function,
-                "lineno": Int(event.line),
-            ]
-            for (key, value) in merged where object[key] == nil { object[key] = Self.json(value) }
-            guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-            sink.write(String(decoding: data, as: UTF8.self))
+            // Written directly, as JSONSerialization would with [.sortedKeys, .withoutEscapingSlashes]
+            // (LogLineTests holds it to that), at a fraction of its cost.
+            var keys = Self.fixedKeys
+            for key in merged.keys where !Self.fixedKeys.contains(key) { keys.append(key) }
+            var line = JSONLine()
+            line.appendObject(keys: keys) { line, key in
+                switch key {
+                case "timestamp": line.appendString(timestamp)
+                case "level": line.appendString(event.level.rawValue.uppercased())
+                case "message": line.appendString(event.message.description)
+                case "logger_name": line.appendString(label)
+                case "module": line.appendString(event.source)
+                case "funcName": line.appendString(event.function)
+                case "lineno": line.appendInteger(Int(event.line))
+                default: line.appendMetadata(merged[key] ?? .string(""))
+                }
+            }
+            sink.write(bytes: line.bytes)
         case .text:
             let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\(Self.oneLine("\($0.value)"))" }.joined(separator: " ")
             sink.write("\(timestamp) \(event.level.rawValue.uppercased()) \(Self.oneLine(event.message.description))\(fields.isEmpty ? "" : " [\(fields)]")")
@@ -176,6 +190,9 @@ public struct MQILogHandler: LogHandler {
         }
         return out
     }
+
+    /// The fields of every JSON record; a metadata key with one of these names is left out.
+    static let fixedKeys = ["timestamp", "level", "message", "logger_name", "module", "funcName", "lineno"]
 
     static func json(_ value: Logger.MetadataValue) -> Any {
         switch value {
@@ -204,4 +221,121 @@ extension Logger.Level {
     public init?(name: String) {
         self.init(rawValue: name.lowercased())
     }
+}
+
+/// One JSON value written straight into UTF-8 bytes: byte for byte what `JSONSerialization`
+/// writes with `[.sortedKeys, .withoutEscapingSlashes]` for the same value (LogLineTests compares
+/// the two), without building a `[String: Any]` or a `String` per character.
+///
+/// Strings: `"` and `\` escaped with a backslash; U+0008, U+000C, LF, CR and TAB as `\b` `\f`
+/// `\n` `\r` `\t`; the other control characters below U+0020 as `\u00xx` (lowercase hex);
+/// everything else, `/` and non-ASCII included, as its UTF-8. Object keys in Foundation's order
+/// (`compare` with `.numeric, .caseInsensitive, .forcedOrdering`), found once per key set.
+package struct JSONLine {
+    package private(set) var bytes: [UInt8] = []
+
+    package init(capacity: Int = 320) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    package mutating func appendString(_ string: String) {
+        bytes.append(0x22)
+        var string = string
+        string.withUTF8 { utf8 in
+            var start = 0
+            for index in 0..<utf8.count {
+                let byte = utf8[index]
+                guard byte < 0x20 || byte == 0x22 || byte == 0x5C else { continue }
+                if start < index { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start..<index])) }
+                appendEscaped(byte)
+                start = index + 1
+            }
+            if start < utf8.count { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start...])) }
+        }
+        bytes.append(0x22)
+    }
+
+    private mutating func appendEscaped(_ byte: UInt8) {
+        bytes.append(0x5C)
+        switch byte {
+        case 0x22: bytes.append(0x22)
+        case 0x5C: bytes.append(0x5C)
+        case 0x08: bytes.append(UInt8(ascii: "b"))
+        case 0x0C: bytes.append(UInt8(ascii: "f"))
+        case 0x0A: bytes.append(UInt8(ascii: "n"))
+        case 0x0D: bytes.append(UInt8(ascii: "r"))
+        case 0x09: bytes.append(UInt8(ascii: "t"))
+        default:
+            let hex = Array("0123456789abcdef".utf8)
+            bytes.append(contentsOf: [UInt8(ascii: "u"), 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+        }
+    }
+
+    package mutating func appendInteger(_ value: Int) {
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        var magnitude = value.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { digits in
+            repeat {
+                digits[count] = 0x30 + UInt8(magnitude % 10)
+                magnitude /= 10
+                count += 1
+            } while magnitude != 0
+            for index in stride(from: count - 1, through: 0, by: -1) { bytes.append(digits[index]) }
+        }
+    }
+
+    package mutating func appendMetadata(_ value: Logger.MetadataValue) {
+        switch value {
+        case .string(let string):
+            appendString(string)
+        case .stringConvertible(let convertible):
+            appendString(convertible.description)
+        case .array(let array):
+            bytes.append(UInt8(ascii: "["))
+            for (index, element) in array.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                appendMetadata(element)
+            }
+            bytes.append(UInt8(ascii: "]"))
+        case .dictionary(let dictionary):
+            appendObject(keys: Array(dictionary.keys)) { line, key in line.appendMetadata(dictionary[key] ?? .string("")) }
+        }
+    }
+
+    /// `{"key":value,...}` with `keys` (distinct) in Foundation's order; `value` writes each value.
+    package mutating func appendObject(keys: [String], value: (inout JSONLine, String) -> Void) {
+        bytes.append(UInt8(ascii: "{"))
+        for (index, key) in Self.sorted(keys).enumerated() {
+            if index > 0 { bytes.append(UInt8(ascii: ",")) }
+            appendString(key)
+            bytes.append(UInt8(ascii: ":"))
+            value(&self, key)
+        }
+        bytes.append(UInt8(ascii: "}"))
+    }
+
+    /// The order JSONSerialization's `.sortedKeys` puts `keys` in. Its comparison (locale-aware,
+    /// numeric, case-insensitive) costs microseconds, so the order is found once per set of keys
+    /// and kept as positions in the set's own (Swift) order.
+    package static func sorted(_ keys: [String]) -> [String] {
+        guard keys.count > 1 else { return keys }
+        let set = keys.sorted()
+        if let positions = orders.withLock({ $0[set] }) { return positions.map { set[$0] } }
+        let positions = set.indices.sorted { foundationPrecedes(set[$0], set[$1]) }
+        orders.withLock { orders in
+            if orders.count >= 1024 { orders.removeAll() }
+            orders[set] = positions
+        }
+        return positions.map { set[$0] }
+    }
+
+    /// JSONSerialization's key comparison.
+    package static func foundationPrecedes(_ a: String, _ b: String) -> Bool {
+        a.compare(b, options: [.numeric, .caseInsensitive, .forcedOrdering], range: a.startIndex..<a.endIndex, locale: NSLocale.system) == .orderedAscending
+    }
+
+    private static let orders = Mutex<[[String]: [Int]]>([:])
 }

@@ -23,6 +23,9 @@ public struct Daemon: Sendable {
     /// runs the daemon instead can trap in NIO when a connection arrives meanwhile:
     /// swift-nio#2637.)
     public var shutdown: OneShot?
+    /// The HPC cleanup's fallback sweep (`hpc.cleanup: after_download`); it otherwise cleans a
+    /// case as soon as it completes.
+    package var cleanupIntervalSec: Double = 1
 
     public init(config: Config, logger: Logger, exitWhenIdle: Bool = false, metrics: MQIMetrics? = nil,
                 onListening: (@Sendable (Int) async -> Void)? = nil) {
@@ -116,6 +119,17 @@ public struct Daemon: Sendable {
                                   waitListPath: MarkerWaitList.path(state: config.state), followupsDir: followupsDir)
         // Rung each time the Conductor has decided every queued event: the idle check's cue.
         let conductorDrained = Doorbell()
+        let cleanupCue = CleanupCue()
+        // With the HPC cleanup, the idle check looks after it has looked at each drain.
+        let cleanupSettled = Doorbell()
+        let cleanup = transports.cleaner.flatMap { cleaner in
+            var service = config.hpc.cleanup == .afterDownload
+                ? RemoteCleanupService(store: store, cleaner: cleaner, logger: logger, reachability: transports.reachability, intervalSec: cleanupIntervalSec) : nil
+            service?.cue = cleanupCue
+            service?.conductorDrained = conductorDrained
+            service?.settled = cleanupSettled
+            return service
+        }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: scanner, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "CaseScanner"),
             .init(service: {
@@ -135,6 +149,7 @@ public struct Daemon: Sendable {
                     localLogdata: config.scanner.localLogdata, readyMarker: config.scanner.readyMarker, resultsDir: config.conductor.resultsDir, concurrency: 2,
                     retry: config.retry, logger: logger, metrics: metrics, reachability: transports.reachability)
                 transfers.followupsDir = followupsDir
+                if cleanup != nil { transfers.cleanupCue = cleanupCue }
                 return transfers
             }(), serviceName: "FileTransferService"),
             .init(service: SystemdNotifier(logger: logger), successTerminationBehavior: .ignore, serviceName: "SystemdNotifier"),
@@ -142,9 +157,6 @@ public struct Daemon: Sendable {
         ]
         services.append(.init(service: RetentionService(retention: Retention(config: config.retention, logsDir: config.state.logsDir, store: store), logger: logger),
                               serviceName: "RetentionService"))
-        let cleanup = transports.cleaner.flatMap { cleaner in
-            config.hpc.cleanup == .afterDownload ? RemoteCleanupService(store: store, cleaner: cleaner, logger: logger, reachability: transports.reachability) : nil
-        }
         if let cleanup { services.append(.init(service: cleanup, serviceName: "RemoteCleanupService")) }
         if let reachability = transports.reachability {
             services.append(.init(service: HostWatch(reachability: reachability, runner: transports.runner, store: store, logger: logger),
@@ -190,7 +202,7 @@ public struct Daemon: Sendable {
                                   serviceName: "ShutdownTrigger"))
         }
         if exitWhenIdle {
-            services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger, drained: conductorDrained,
+            services.append(.init(service: IdleWatcher(store: store, scanner: scanner, logger: logger, drained: cleanup == nil ? conductorDrained : cleanupSettled,
                                                        otherWork: { await cleanup?.hasPendingWork() ?? false }),
                                   successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "IdleWatcher"))
         }

@@ -16,6 +16,8 @@ public struct FileTransferService: Service {
     let resultsDir: String
     /// Where the scanner puts follow-up jobs' uploads together (nil: no follow-ups).
     var followupsDir: String?
+    /// Told of each finished download (the HPC cleanup of the case follows its completion).
+    var cleanupCue: CleanupCue?
     let concurrency: Int
     let retry: RetryPolicy
     let logger: Logger
@@ -101,6 +103,7 @@ public struct FileTransferService: Service {
                 report = try await mover.download(caseId: body.caseId, into: resultsDir)
                 if followupDirectory(body.caseId) != nil { try placeFollowupResults(body.caseId) }
                 done = .resultsDownloadCompleted
+                cleanupCue?.downloadFinished(caseId: body.caseId, stepIndex: body.stepIndex, attempt: body.attempt)
             default:
                 return body.result(.fileTransferFailed, reason: "\(message.kind.rawValue) is not a file transfer")
             }

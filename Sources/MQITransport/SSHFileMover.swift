@@ -11,9 +11,10 @@ import MQICore
 /// of the manifest from its disk (`openssl dgst`, or `sha256sum` where openssl is missing, on
 /// every core) and only when all match renames the directory to `{upload_dir}/{case_id}/`.
 /// Download: the remote hashes the results while rsync copies them into
-/// `{results_dir}/.mqi-partial/{case_id}/`; the manifest is written there as
-/// `.mqi-manifest.sha256` and checked here (every file read back from disk), then the
-/// directory is renamed into place. Either way a byte that differs anywhere (changed in the
+/// `{results_dir}/.mqi-partial/{case_id}/`; here each file is hashed from disk once it is in
+/// place, during the copy (`ResultManifest.ArrivalCheck`), and after the copy only what was
+/// not hashed yet or was touched since is read again; then the manifest is written there as
+/// `.mqi-manifest.sha256` and the directory is renamed into place. Either way a byte that differs anywhere (changed in the
 /// source after it was hashed, in transit, or on the receiving disk before the check) is a
 /// mismatch that names the file, drops the staging copy and is a transient failure (the retry
 /// sends everything again). Uploads are idempotent: an upload (a redelivery, or a retry after
@@ -92,8 +93,9 @@ public struct SSHFileMover: FileMover {
     /// the current directory) to OUT: with `openssl dgst` (several times faster than coreutils'
     /// sha256sum where the CPU has SHA instructions) when it is there and no name holds a
     /// backslash, newline or carriage return (which sha256sum escapes and openssl may not), in
-    /// one batch per core (one process each: openssl takes milliseconds to start), each batch writing a file of its own (lines from parallel writers
-    /// to one pipe can interleave). A file that cannot be read has no line.
+    /// one batch per core (one process each: openssl takes milliseconds to start), each batch
+    /// writing a file of its own (lines from parallel writers to one pipe can interleave). A
+    /// file that cannot be read has no line.
     /// `mqi_want` reads the manifest from stdin into `$T/want` (sorted) and its names into
     /// `$T/names`; `mqi_check DIR` prints `./a/b: FAILED` for each manifest file that DIR lacks
     /// or holds with other content (files the manifest does not name do not matter) and fails

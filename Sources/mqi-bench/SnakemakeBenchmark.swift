@@ -76,7 +76,7 @@ enum SnakemakeBenchmark {
             .info(section, "  of which: idle seen -> process exit", middle.idleSeen.map { (middle.exit - $0) * 1000 }, unit: "ms",
                   note: "graceful shutdown of the service group"),
             .info(section, "mqi run --exit-when-idle wall with hpc.cleanup: after_download (the default)", withCleanup.wall, unit: "s",
-                  note: "last COMPLETED -> exit \(fmt(withCleanup.exit * 1000)) ms: the cleanup sweeps once a second and the idle check waits for it; \(String(format: "%.3f", withCleanup.wall / smk)) x Snakemake"),
+                  note: "last COMPLETED -> exit \(fmt(withCleanup.exit * 1000)) ms: the cleanup wakes on each finished download and the idle check follows it; \(String(format: "%.3f", withCleanup.wall / smk)) x Snakemake"),
         ]
     }
 

@@ -203,7 +203,7 @@ public struct MQILogHandler: LogHandler {
         }
     }
 
-    static func timestamp(_ date: Date) -> String {
+    package static func timestamp(_ date: Date) -> String {
         var time = timespec()
         let seconds = date.timeIntervalSince1970
         time.tv_sec = Int(seconds)

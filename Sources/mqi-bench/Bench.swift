@@ -13,7 +13,7 @@ struct MQIBench: AsyncParsableCommand {
     var quick = false
     @Option(help: "Also write the figures as JSON to this file.")
     var json: String?
-    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams, slurm, snakemake, postgres; slurm skips itself without Slurm, snakemake without python3 and pip (it installs Snakemake into a venv under ~/.cache/mqi-bench once); postgres is run only when named).")
+    @Option(help: "Run only these sections (comma-separated: orchestration, detection, gpu, scale, ssh, beams, slurm, snakemake, logging, postgres; slurm skips itself without Slurm, snakemake without python3 and pip (it installs Snakemake into a venv under ~/.cache/mqi-bench once); postgres is run only when named).")
     var only: String?
     @Flag(help: "Keep the temporary directories (for inspection).")
     var keep = false
@@ -21,7 +21,7 @@ struct MQIBench: AsyncParsableCommand {
     var mqi: String?
 
     func run() async throws {
-        let sections = Set((only ?? "orchestration,detection,gpu,scale,ssh,beams,slurm,snakemake").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        let sections = Set((only ?? "orchestration,detection,gpu,scale,ssh,beams,slurm,snakemake,logging").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         let started = nowEpoch()
         var figures: [Figure] = []
         if sections.contains("orchestration") {
@@ -50,6 +50,9 @@ struct MQIBench: AsyncParsableCommand {
         if sections.contains("snakemake") {
             let binary = try mqi ?? MQIBinary.locate()
             figures += try await SnakemakeBenchmark.run(cases: 50, cores: 2, rounds: quick ? 1 : 3, mqi: binary, keep: keep)
+        }
+        if sections.contains("logging") {
+            figures += try LogFigures.run()
         }
         if sections.contains("postgres") {
             figures += try await DaemonBenchmarks.postgres(cases: quick ? 100 : 300, keep: keep)

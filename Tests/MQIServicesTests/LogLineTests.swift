@@ -121,43 +121,4 @@ struct LogLineTests {
             #expect(String(line) == (try Self.oracle(object)))
         }
     }
-
-    /// Not a goal check: prints what 100,000 records cost with the handler and with the previous
-    /// JSONSerialization code (build configuration noted), into /dev/null.
-    @Test
-    func costOf100000Records() throws {
-        let handle = try #require(FileHandle(forWritingAtPath: "/dev/null"))
-        defer { try? handle.close() }
-        let sink = LogSink(handle)
-        var logger = Logger(label: "mqi") { label in MQILogHandler(label: label, level: .info, format: .json, sink: sink) }
-        logger[metadataKey: "instance"] = "site-1"
-        let count = 100_000
-        func cpu() -> Double {
-            var usage = rusage()
-            getrusage(RUSAGE_SELF.rawValue, &usage)
-            return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-        }
-        let newStart = cpu()
-        for index in 0..<count {
-            logger.info("download_results: 12 files, 3456789 bytes in 0.12 s", metadata: ["case_id": "CASE-\(index % 100)"])
-        }
-        let new = cpu() - newStart
-        let oldStart = cpu()
-        for index in 0..<count {
-            let object: [String: Any] = [
-                "timestamp": MQILogHandler.timestamp(Date()), "level": "INFO", "message": "download_results: 12 files, 3456789 bytes in 0.12 s",
-                "logger_name": "mqi", "module": "MQIServicesTests", "funcName": "costOf100000Records()", "lineno": 170,
-                "instance": "site-1", "case_id": "CASE-\(index % 100)",
-            ]
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-            sink.write(String(decoding: data, as: UTF8.self))
-        }
-        let old = cpu() - oldStart
-        #if DEBUG
-        let build = "debug"
-        #else
-        let build = "release"
-        #endif
-        print("LogLineTests: \(count) JSON records (\(build)): JSONLine \(String(format: "%.2f", new)) s CPU, JSONSerialization \(String(format: "%.2f", old)) s CPU")
-    }
 }

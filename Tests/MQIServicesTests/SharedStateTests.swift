@@ -224,7 +224,7 @@ struct SharedStateTests {
 
     @Test(.timeLimit(.minutes(3)))
     func twoCommunicatorsKilledAtRandomFinishEveryCaseOnce() async throws {
-        let site = try Site(database: try PostgresServer.shared().freshDatabase(prefix: "shared_kill"), cases: 30, gpus: [0, 1, 2])
+        let site = try Site(database: try PostgresServer.shared().freshDatabase(prefix: "shared_kill"), cases: 45, gpus: [0, 1, 2])
         defer { site.temp.remove() }
         let store = try await site.store()
         let started = Date()
@@ -245,7 +245,7 @@ struct SharedStateTests {
         }
         let done = await site.waitUntilAllDone(store, within: 150)
         let state = await site.describe(store)
-        print("shared state, 2 communicators, kill -9 x6: 30 cases, 3 GPUs, \(String(format: "%.1f", Date().timeIntervalSince(started))) s; kills: \(kills.joined(separator: "; "))")
+        print("shared state, 2 communicators, kill -9 x6: \(site.cases) cases, 3 GPUs, \(String(format: "%.1f", Date().timeIntervalSince(started))) s; kills: \(kills.joined(separator: "; "))")
         await site.stop(running)
         try #require(done, "not finished: \(state)")
         try await site.expectCleanFinish(store, announcedOnce: false)

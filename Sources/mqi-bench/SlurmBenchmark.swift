@@ -113,10 +113,12 @@ enum SlurmBenchmark {
         defer { if !keep { dir.remove() } }
         let ledger = dir.file("ledger.txt")
         _ = FileManager.default.createFile(atPath: ledger, contents: nil)
+        // hpc.cleanup: never: the figures read each attempt's job.sh after COMPLETED, and the
+        // cleanup now removes a case's run directories as soon as its download is verified.
         let text = """
             scanner: { local_logdata: ./data, ready_marker: _CASE_READY, rescan_interval_sec: 1 }
             state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-            hpc: { transport: local, executor: slurm, slurm: { max_jobs: 32, poll_interval_sec: \(fmt(pollSec)) } }
+            hpc: { transport: local, executor: slurm, cleanup: never, slurm: { max_jobs: 32, poll_interval_sec: \(fmt(pollSec)) } }
             conductor:
               remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
               results_dir: ./var/results

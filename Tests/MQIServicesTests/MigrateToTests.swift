@@ -18,7 +18,8 @@ struct MigrateToTests {
     @Test(.timeLimit(.minutes(3)))
     func aStateKilledMidRunIsCopiedAndFinishesOnPostgreSQL() async throws {
         let server = try PostgresServer.shared()
-        let site = try CrashSafetyTests.Site(cases: 8, gpus: [0, 1])
+        // 16 cases: with 8, the faster pipeline had finished them all before the kill under CI's load.
+        let site = try CrashSafetyTests.Site(cases: 16, gpus: [0, 1])
         defer { site.temp.remove() }
         let daemon = try site.run(tag: "sqlite")
         #expect(await eventually(within: 30) { (try? site.runs().keys.contains { $0.hasPrefix("simulation") }) == true })
@@ -58,6 +59,6 @@ struct MigrateToTests {
         }
         let last = try site.run(["--exit-when-idle"], tag: "postgres")
         #expect(await last.wait(upTo: 120) == 0, "\(last.output.suffix(3000))")
-        try await site.expectCleanFinish(cases: 8)
+        try await site.expectCleanFinish(cases: 16)
     }
 }

@@ -130,7 +130,8 @@ struct ObservabilityEndToEndTests {
         let run = Task { try await daemon.run() }
 
         // While it runs: a real HTTP scrape, checked by promtool.
-        #expect(await eventually(within: 20) { port.withLock { $0 } != nil }, "the HTTP server never reported its port")
+        // 60 s: at the suite's start, with every suite starting at once on 2 cores, 20 s was not enough in CI.
+        #expect(await eventually(within: 60) { port.withLock { $0 } != nil }, "the HTTP server never reported its port")
         var scraped = ""
         if let bound = port.withLock({ $0 }) {
             let curl = try await Self.run("/usr/bin/curl", ["-sS", "--max-time", "10", "-D", "-", "http://127.0.0.1:\(bound)/metrics"])

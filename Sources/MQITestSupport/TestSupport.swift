@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MQICore
 import MQIServices
+import MQITransport
 import Synchronization
 
 /// A fresh directory under the system temp dir, removed by `remove()`.
@@ -142,43 +143,14 @@ public final class MQIProcess: @unchecked Sendable {
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
     let outputPath = (NSTemporaryDirectory() as NSString).appendingPathComponent("mqi-run-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(atPath: outputPath) }
-    // posix_spawn and waitpid on its own pid, not Foundation's Process: a CI run hung for good in
-    // Process.waitUntilExit after the child (scripts/pg-server start) had exited and was gone,
-    // its end never reported; waitpid cannot miss it.
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    // Nothing else of this process (another test's pipes) reaches the child (glibc's
-    // closefrom extension, looked up at run time: Swift's Glibc module does not declare it).
-    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    if let handle = dlopen(nil, RTLD_NOW), let closeFrom = dlsym(handle, "posix_spawn_file_actions_addclosefrom_np") {
-        _ = unsafeBitCast(closeFrom, to: AddCloseFrom.self)(&actions, 3)
-    }
-    // Default signal handling and nothing blocked in the child, whatever this process ignores.
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var defaults = sigset_t()
-    sigfillset(&defaults)
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    var unblocked = sigset_t()
-    sigemptyset(&unblocked)
-    posix_spawnattr_setsigmask(&attributes, &unblocked)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+    // posix_spawn (the steps' spawner: closefrom 3, default signals) and waitpid on its own pid,
+    // not Foundation's Process: a CI run hung for good in Process.waitUntilExit after the child
+    // (scripts/pg-server start) had exited and was gone, its end never reported; waitpid cannot
+    // miss it.
     let merged = environment.isEmpty ? ProcessInfo.processInfo.environment : ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-    let envp = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer {
-        for pointer in argv { free(pointer) }
-        for pointer in envp { free(pointer) }
-    }
-    var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-    guard spawned == 0 else {
-        throw TestSupportError("cannot run \(executable): \(String(cString: strerror(spawned)))")
+    guard let pid = try StepSpawner.spawn(executable, arguments: arguments, environment: merged,
+                                          directory: FileManager.default.currentDirectoryPath, output: outputPath, newSession: false) else {
+        throw TestSupportError("cannot run \(executable): posix_spawn lacks glibc's closefrom/chdir extensions (glibc < 2.34)")
     }
     var status: Int32 = 0
     while waitpid(pid, &status, 0) == -1 {

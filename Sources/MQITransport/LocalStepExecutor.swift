@@ -375,7 +375,7 @@ final class Verdict: Sendable {
 /// the spawn, so a descriptor another thread opens meanwhile can leak into a long-running step.
 /// Here the child gets /dev/null on 0–2 and nothing else (`closefrom(3)`), and its exit is
 /// observed with `waitpid`.
-enum StepSpawner {
+package enum StepSpawner {
     private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
     private typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
 
@@ -387,8 +387,11 @@ enum StepSpawner {
         return (unsafeBitCast(closeFrom, to: AddCloseFrom.self), unsafeBitCast(chdir, to: AddChdir.self))
     }()
 
-    /// The child's pid, or nil when posix_spawn lacks the extensions this needs.
-    static func spawn(_ path: String, arguments: [String], environment: [String: String], directory: String) throws -> pid_t? {
+    /// The child's pid, or nil when posix_spawn lacks the extensions this needs. Stdout and
+    /// stderr go to `output` when given (else /dev/null); a step leads a session of its own, a
+    /// tool the tests run to its end (`runProcess`) need not.
+    package static func spawn(_ path: String, arguments: [String], environment: [String: String], directory: String,
+                              output: String? = nil, newSession: Bool = true) throws -> pid_t? {
         guard let extensions else { return nil }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -406,10 +409,16 @@ enum StepSpawner {
         var unblocked = sigset_t()
         sigemptyset(&unblocked)
         posix_spawnattr_setsigmask(&attributes, &unblocked)
-        posix_spawnattr_setflags(&attributes, Int16(0x80 | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setflags(&attributes, Int16((newSession ? 0x80 : 0) | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
         var status: Int32 = 0
-        for fd: Int32 in 0...2 where status == 0 {
-            status = posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+        if let output {
+            status = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            if status == 0 { status = posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600) }
+            if status == 0 { status = posix_spawn_file_actions_adddup2(&actions, 1, 2) }
+        } else {
+            for fd: Int32 in 0...2 where status == 0 {
+                status = posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+            }
         }
         if status == 0 { status = extensions.chdir(&actions, directory) }
         if status == 0 { status = extensions.closeFrom(&actions, 3) }

@@ -31,7 +31,7 @@ struct VerifiedTransferTests {
     }
 
     static func sh(_ script: String, _ arguments: String...) throws -> (status: Int32, output: String) {
-        try BlockingWork.spawnAndWait("/bin/sh", ["-c", script, "sh"] + arguments)
+        try runProcess("/bin/sh", ["-c", script, "sh"] + arguments)
     }
 
     @Test(.timeLimit(.minutes(1)))

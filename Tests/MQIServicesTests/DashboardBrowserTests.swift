@@ -26,17 +26,24 @@ struct DashboardBrowserTests {
     }
 
     /// Runs Chromium headless on `url` with `mode` (`--dump-dom`, `--screenshot=FILE`); returns its stdout.
-    static func browser(_ url: String, _ mode: [String], userDataDir: String, size: String = "1280,800", timeout: Double = 60) async throws -> String {
+    /// With `console`, the page's console messages go to that file (Chromium's stderr).
+    static func browser(_ url: String, _ mode: [String], userDataDir: String, size: String = "1280,800", timeout: Double = 60,
+                        console: String? = nil) async throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try #require(chromium))
         process.arguments = ["--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(userDataDir)", "--window-size=\(size)",
-                             "--hide-scrollbars"] + mode + [url]
+                             "--hide-scrollbars"] + (console == nil ? [] : ["--enable-logging=stderr", "--v=0"]) + mode + [url]
         let outPath = userDataDir + ".out"
         FileManager.default.createFile(atPath: outPath, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
         defer { try? out.close() }
         process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
+        if let console {
+            FileManager.default.createFile(atPath: console, contents: nil)
+            process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: console))
+        } else {
+            process.standardError = FileHandle.nullDevice
+        }
         try process.run()
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
@@ -45,6 +52,13 @@ struct DashboardBrowserTests {
             Issue.record("chromium did not finish within \(timeout) s: \(mode) \(url)")
         }
         return (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
+    }
+
+    /// The dashboard's own console messages (`mqi-dashboard: ...`) in a Chromium stderr file.
+    static func consoleLines(_ path: String) -> [String] {
+        ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in
+            line.range(of: "mqi-dashboard: ").map { String(line[$0.lowerBound...]) }
+        }
     }
 
     /// The attributes of each `<tr data-case-id=...>` in a DOM dump.
@@ -235,7 +249,8 @@ struct DashboardBrowserTests {
 
         let port = Mutex<Int?>(nil)
         let stop = OneShot()
-        var server = Daemon(config: config, logger: CapturedLogs().logger(level: .info), onListening: { bound in port.withLock { $0 = bound } })
+        let logs = CapturedLogs()
+        var server = Daemon(config: config, logger: logs.logger(level: .info), onListening: { bound in port.withLock { $0 = bound } })
         server.shutdown = stop
         let daemon = Task { [server] in try await server.run() }
         var stopped = false
@@ -313,14 +328,26 @@ struct DashboardBrowserTests {
         // The live page: opened while the beams run; then they write their last line and end.
         // The dump comes once the event streams end (Chromium's virtual time stands still while
         // one is open): the daemon stops below.
-        let liveDump = Task { try await Self.browser(base + casePath(live), ["--virtual-time-budget=8000", "--dump-dom"], userDataDir: temp.file("chrome-live"), timeout: 120) }
-        try await Task.sleep(for: .seconds(4))
+        let liveConsole = temp.file("chrome-live.console")
+        let liveDump = Task { try await Self.browser(base + casePath(live), ["--virtual-time-budget=8000", "--dump-dom"], userDataDir: temp.file("chrome-live"),
+                                                     timeout: 120, console: liveConsole) }
+        #expect(await eventually(within: 60) { Self.consoleLines(liveConsole).contains { $0.contains(" followed") } },
+                "the page did not follow a log: \(Self.consoleLines(liveConsole))")
+        try await Task.sleep(for: .seconds(1))
         FileManager.default.createFile(atPath: (control as NSString).appendingPathComponent("go"), contents: nil)
         #expect(try await eventually(within: 60) { try await store.caseSummary(live)?.status == .completed }, "case 1 did not complete")
-        // Each open stream sees the end at its next poll (every 0.5 s) and sends `end`; a stream
-        // still open at the stop closes without it (the page then waits to reconnect, still live).
-        // Under the whole suite's load a poll came later than 1.5 s in CI.
-        try await Task.sleep(for: .seconds(5))
+        // The daemon stops once the page has seen COMPLETED and every log it followed has ended
+        // (each stream sees the end at its next poll and sends `end`). A stream still open at the
+        // stop closes without it, and the page waits to reconnect, still live: under the whole
+        // suite's load the page caught up seconds after the case completed.
+        let settled = await eventually(within: 60) {
+            let page = Self.consoleLines(liveConsole)
+            let followed = page.filter { $0.contains(" followed") }.count
+            let over = page.filter { $0.contains(" ended") || $0.contains(" refused") }.count
+            return page.contains { $0.hasPrefix("mqi-dashboard: case COMPLETED") } && followed > 0 && followed == over
+        }
+        #expect(settled, "the page did not settle: \(Self.consoleLines(liveConsole))")
+        try await Task.sleep(for: .seconds(1))
         stop.fire()
         _ = try? await daemon.value
         stopped = true
@@ -330,7 +357,8 @@ struct DashboardBrowserTests {
         let logText = String(pre[..<(pre.range(of: "</pre>")?.lowerBound ?? pre.endIndex)])
         #expect(logText.contains("LIVE LINE beam"), "the line written after the page opened did not arrive: \(logText.suffix(600))")
         #expect((Int(Self.attribute("data-stream-lines", ofTag: #"<pre class="log" id="log-tail""#, in: liveDOM) ?? "") ?? 0) > 0)
-        #expect(Self.attribute("data-live", ofTag: #"<pre class="log" id="log-tail""#, in: liveDOM) == "false", "the stream ended with the attempt")
+        #expect(Self.attribute("data-live", ofTag: #"<pre class="log" id="log-tail""#, in: liveDOM) == "false",
+                "the stream ended with the attempt; the page: \(Self.consoleLines(liveConsole)); the daemon: \(logs.all.filter { $0.message.contains("stream") }.map(\.message))")
         print("console screenshots: \([listPNG, livePNG, attemptPNG, failedPNG, gpuPNG].joined(separator: " "))")
     }
 
@@ -470,11 +498,7 @@ struct DashboardBrowserTests {
         process.standardError = err
         try process.run()
         defer { if process.isRunning { process.terminate() } }
-        func lines() -> [String] {
-            ((try? String(contentsOfFile: console, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in
-                line.range(of: "mqi-dashboard: ").map { String(line[$0.lowerBound...].prefix(60)) }
-            }
-        }
+        func lines() -> [String] { Self.consoleLines(console).map { String($0.prefix(60)) } }
         #expect(await eventually(within: 30) { lines().contains { $0.hasPrefix("mqi-dashboard: live") } }, "the page never connected: \(lines())")
 
         firstStop.fire()

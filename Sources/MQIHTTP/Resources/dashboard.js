@@ -101,6 +101,10 @@
   function applyCaseHead(c) {
     var head = document.getElementById("case");
     if (!head || head.dataset.caseId !== c.case_id) return false;
+    // A reply older than what the page shows (a detail fetched before the last event) is dropped.
+    if (head.dataset.updatedAt && c.updated_at && c.updated_at < head.dataset.updatedAt) return false;
+    if (c.updated_at) head.dataset.updatedAt = c.updated_at;
+    if (head.dataset.status !== c.status && window.console) console.info("mqi-dashboard: case " + c.status);
     head.dataset.status = c.status;
     var oldBadge = head.querySelector(".case-title [data-role=badge]");
     if (oldBadge) oldBadge.replaceWith(badge(c.status));
@@ -249,9 +253,10 @@
       else links[i].removeAttribute("aria-current");
     }
     // The stream sends the log's tail and, while the attempt runs, each line appended; then end.
-    var stream = new EventSource(url + "/stream"), first = true;
+    var stream = new EventSource(url + "/stream"), first = true, name = logKey(step, attempt);
     logView.source = stream;
     setLogLive(true);
+    if (window.console) console.info("mqi-dashboard: log " + name + " followed");
     stream.addEventListener("log", function (e) {
       if (logView.source !== stream) return;
       var d = JSON.parse(e.data);
@@ -264,6 +269,7 @@
     });
     stream.addEventListener("end", function () {
       stream.close();
+      if (window.console) console.info("mqi-dashboard: log " + name + " ended");
       if (logView.source !== stream) return;
       logView.source = null;
       if (first) { pre.textContent = ""; pre.appendChild(el("span", { "class": "muted" }, "The log is empty.")); }
@@ -272,6 +278,7 @@
     stream.onerror = function () {
       // A stream refused (404: no log yet) is closed; an interrupted one reconnects by itself
       // from its last event.
+      if (window.console) console.info("mqi-dashboard: log " + name + (stream.readyState === EventSource.CLOSED ? " refused" : " interrupted, reconnecting"));
       if (stream.readyState === EventSource.CLOSED && logView.source === stream) { logView.source = null; setLogLive(false); }
     };
   }
@@ -329,7 +336,7 @@
     detailBusy = true;
     fetch("/api/cases/" + encodeURIComponent(head.dataset.caseId), { cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (d) { if (d) { applyCaseHead(d["case"]); renderJobs(d.jobs || []); renderTimeline(d.timeline); renderStepper(d); renderLog(d); } })
+      .then(function (d) { if (d && applyCaseHead(d["case"])) { renderJobs(d.jobs || []); renderTimeline(d.timeline); renderStepper(d); renderLog(d); } })
       .catch(function () {})
       .then(function () { detailBusy = false; if (detailAgain) { detailAgain = false; refreshDetail(); } });
   }
@@ -587,6 +594,8 @@
       if (cell) cell.textContent = fmtDuration((Date.now() - new Date(r.dataset.createdAt)) / 1000);
     }
   }, 1000);
+  var caseHead = document.getElementById("case");
+  if (caseHead && window.console) console.info("mqi-dashboard: case " + caseHead.dataset.status);
   var pre = document.getElementById("log-tail");
   if (pre) { pre.scrollTop = pre.scrollHeight; startLogPanel(); }
   if (window.EventSource) connect(); else setConnection("disconnected");

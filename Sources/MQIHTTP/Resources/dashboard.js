@@ -549,23 +549,35 @@
   }
 
   // ---- retry, cancel, replay ----
-  function token() {
+  // A token typed into the prompt is kept for this tab and sent as Bearer. Without one, a change
+  // is first sent as it is: a browser signed in with Basic (the token as the password) adds its
+  // credentials to this same-origin request itself. Only a 401 then asks for the token.
+  function token(ask) {
     var t = sessionStorage.getItem("mqi-token");
-    if (!t) {
-      t = window.prompt("API token (the contents of the file in http.token_file). It is kept only for this browser tab.");
+    if (!t && ask) {
+      t = window.prompt("API token (from the file in http.tokens_file or http.token_file). It is kept only for this browser tab.");
       if (t) { t = t.trim(); sessionStorage.setItem("mqi-token", t); }
     }
-    return t;
+    return t || null;
   }
   function act(url, button, what) {
-    var t = token();
-    if (!t) return;
+    function send(t) {
+      var init = { method: "POST", credentials: "same-origin" };
+      if (t) init.headers = { Authorization: "Bearer " + t };
+      return fetch(url, init).then(function (r) {
+        return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j, bearer: t }; });
+      });
+    }
     button.disabled = true;
-    fetch(url, { method: "POST", headers: { Authorization: "Bearer " + t } })
-      .then(function (r) { return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; }); })
+    send(token(false))
+      .then(function (res) {
+        if (res.status !== 401 || res.bearer) return res;
+        var t = token(true);
+        return t ? send(t) : res;
+      })
       .then(function (res) {
         if (res.ok) { toast(what + ": " + (res.body.note || "done")); resync(); return; }
-        if (res.status === 401) sessionStorage.removeItem("mqi-token");
+        if (res.status === 401 && res.bearer) sessionStorage.removeItem("mqi-token");
         toast(what + " refused (" + res.status + "): " + (res.body.detail || res.body.error), true);
       })
       .catch(function (e) { toast(what + " failed: " + e, true); })

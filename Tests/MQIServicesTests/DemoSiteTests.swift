@@ -138,7 +138,7 @@ struct DemoSiteTests {
         // Batches are numbered across the case's 3 beams.
         #expect(simulated.output.contains("Generating particles for (30 of 30 batches)"))
         #expect(simulated.output.contains("Total execution time:"))
-        #expect(elapsed >= 1.0 && elapsed < 5, "the stand-in simulation takes 1-3 s, took \(elapsed)")
+        #expect(elapsed >= 1.0 && elapsed < 30, "the stand-in simulation sleeps 1-3 s (more under load), took \(elapsed)")
         let beamFolders = Self.contents((site.directory as NSString).appendingPathComponent("data/local_logdata/\(caseID)"))
             .filter { $0.allSatisfy(\.isNumber) }
         let results = Self.contents(resultDir)

@@ -17,7 +17,7 @@ struct DoorbellTests {
         let doorbell = Doorbell()
         doorbell.ring()
         let took = await Self.elapsed { await doorbell.wait(upTo: 30) }
-        #expect(took < .seconds(5))
+        #expect(took < .seconds(20))
     }
 
     @Test("wait without a ring returns after about the timeout")
@@ -35,7 +35,7 @@ struct DoorbellTests {
         doorbell.ring()
         doorbell.ring()
         let first = await Self.elapsed { await doorbell.wait(upTo: 30) }
-        #expect(first < .seconds(5))
+        #expect(first < .seconds(20))
         let second = await Self.elapsed { await doorbell.wait(upTo: 0.2) }
         #expect(second >= .milliseconds(150))
     }
@@ -74,8 +74,8 @@ struct DoorbellTests {
         let second = bell.doorbell(for: .remoteExecutor)
         let other = bell.doorbell(for: .fileTransfer)
         bell.ring(.remoteExecutor)
-        #expect(await Self.elapsed { await first.wait(upTo: 30) } < .seconds(5))
-        #expect(await Self.elapsed { await second.wait(upTo: 30) } < .seconds(5))
+        #expect(await Self.elapsed { await first.wait(upTo: 30) } < .seconds(20))
+        #expect(await Self.elapsed { await second.wait(upTo: 30) } < .seconds(20))
         #expect(await Self.elapsed { await other.wait(upTo: 0.1) } >= .milliseconds(80))
     }
 }

@@ -70,7 +70,7 @@ struct CaseScannerTests {
             #expect(result.registered == 0, "taken while still being written (file \(index))")
         }
         // Once nothing changes for the quiet period, it is taken.
-        let taken = try await eventually(within: 5) {
+        let taken = try await eventually(within: 30) {
             _ = await scanner.scan()
             return try await fixture.store.caseExists("CASE-Q")
         }
@@ -137,7 +137,7 @@ struct CaseScannerTests {
             #expect(try await fixture.store.caseExists("LIVE-1") == false)
             let written = Date()
             try fixture.write("LIVE-1/_CASE_READY", "")
-            let found = try await eventually(within: 5) { try await fixture.store.caseExists("LIVE-1") }
+            let found = try await eventually(within: 30) { try await fixture.store.caseExists("LIVE-1") }
             #expect(found)
             // The rescan is hourly: anything well under that is inotify (a full suite on 2 cores has
             // held a test up for over 2 s).

@@ -40,7 +40,7 @@ struct RunDirectoryUpgradeTests {
         // Attempt 1 runs for a moment under the old location: the new code waits for it and reads its exit code.
         let old1 = layout.legacyRunDirectory(caseId: "CASE-1", step: "sim", attempt: 1)
         try Self.startOldAttempt(old1, caseDir: caseDir, body: "sleep 1; exit 0")
-        #expect(await eventually(within: 5) { FileManager.default.fileExists(atPath: old1 + "/pid") })
+        #expect(await eventually(within: 30) { FileManager.default.fileExists(atPath: old1 + "/pid") })
         let outcome = try await executor.execute(Self.run(temp, attempt: 1, command: command)) { false }
         #expect(outcome == .succeeded)
         #expect(!FileManager.default.fileExists(atPath: again), "the attempt was adopted, not started again")
@@ -49,7 +49,7 @@ struct RunDirectoryUpgradeTests {
         // Attempt 2 runs on under the old location: a stop finds it there and kills its group.
         let old2 = layout.legacyRunDirectory(caseId: "CASE-1", step: "sim", attempt: 2)
         try Self.startOldAttempt(old2, caseDir: caseDir, body: "sleep 60")
-        #expect(await eventually(within: 5) { FileManager.default.fileExists(atPath: old2 + "/pid") })
+        #expect(await eventually(within: 30) { FileManager.default.fileExists(atPath: old2 + "/pid") })
         let pgid = try #require(Int32(try String(contentsOfFile: old2 + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         #expect(LocalStepExecutor.groupAlive(pgid))
         try await executor.stop(.stopping(caseId: "CASE-1", step: "sim", attempt: 2))
@@ -75,7 +75,7 @@ struct RunDirectoryUpgradeTests {
         let runDir = layout.runDirectory(caseId: "CASE-1", step: "sim", attempt: 1)
         try FileManager.default.createDirectory(atPath: layout.caseDirectory("CASE-1"), withIntermediateDirectories: true)
         try Self.startOldAttempt(runDir, caseDir: layout.caseDirectory("CASE-1"), body: "sleep 60")
-        #expect(await eventually(within: 5) { FileManager.default.fileExists(atPath: runDir + "/pid") })
+        #expect(await eventually(within: 30) { FileManager.default.fileExists(atPath: runDir + "/pid") })
         let pgid = try #require(Int32(try String(contentsOfFile: runDir + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         try FileManager.default.removeItem(atPath: layout.caseDirectory("CASE-1"))
         try await executor.stop(.stopping(caseId: "CASE-1", step: "sim", attempt: 1))

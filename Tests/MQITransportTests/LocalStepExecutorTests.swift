@@ -74,7 +74,8 @@ struct LocalStepExecutorTests {
         #expect(FileManager.default.fileExists(atPath: marker), "the step never saw SIGTERM")
         // Well within the 5 s grace before SIGKILL, even on a loaded machine.
         let since = try #require(cancelledAt.withLock { $0 })
-        #expect(Date().timeIntervalSince(since) < 4.5)
+        // The marker proves SIGTERM (SIGKILL after the 5 s grace runs no trap); the bound catches a hang.
+        #expect(Date().timeIntervalSince(since) < 15)
     }
 
     /// A process that joins the group after the SIGTERM (here forked by the step's TERM trap; in

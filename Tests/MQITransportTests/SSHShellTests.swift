@@ -137,11 +137,13 @@ struct SSHShellTests {
         let connection = try Self.connection(server, shells: 1)
         _ = try await connection.runScript("true", timeoutSec: 20)
         let started = Date()
-        let first = try await connection.runScript("(sleep 1; echo late; echo late >&2) & echo now", timeoutSec: 20)
+        // The background process writes 3 s later, inside the second command (a 4 s sleep);
+        // a command held up by it would take those 3 s (the bound leaves room for CI's load).
+        let first = try await connection.runScript("(sleep 3; echo late; echo late >&2) & echo now", timeoutSec: 20)
         #expect(first.stdoutText == "now\n")
-        #expect(Date().timeIntervalSince(started) < 0.9, "the background process held the command up")
+        #expect(Date().timeIntervalSince(started) < 2.5, "the background process held the command up")
         try await Task.sleep(for: .seconds(0.5))
-        let second = try await connection.runScript("sleep 1; echo mine", timeoutSec: 20)
+        let second = try await connection.runScript("sleep 4; echo mine", timeoutSec: 20)
         #expect(second.stdoutText == "mine\n" && second.stderr.isEmpty, "\(second.stdoutText) \(second.stderrText)")
         #expect(connection.persistentShellsStarted == 1)
         await connection.closeMaster()

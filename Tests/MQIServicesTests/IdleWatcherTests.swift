@@ -54,7 +54,7 @@ struct IdleWatcherTests {
         otherWork.value = false
         // A new case in local_logdata: the watcher's own scan registers it, so not idle yet.
         try DemoSite.writeCase(named: "CASE-B", in: config.scanner.localLogdata, beams: 1, marker: "_CASE_READY")
-        #expect(await eventually(within: 10) {
+        #expect(await eventually(within: 30) {
             drained.ring()
             try? await Task.sleep(for: .milliseconds(50))
             return (try? await store.caseExists("CASE-B")) == true

@@ -50,7 +50,7 @@ struct OutageTests {
         let running = Task { [daemon] in try await daemon.run() }
         let down = Date()
         #expect(await eventually(within: 20) { (try? await store.hosts().first?.reachable) == false }, "the outage is not recorded: \(logs.all.suffix(20).map(\.message))")
-        let http = try #require(await eventually(within: 10) { port.withLock { $0 } != nil } ? port.withLock { $0 } : nil)
+        let http = try #require(await eventually(within: 60) { port.withLock { $0 } != nil } ? port.withLock { $0 } : nil)
         let ready = await Self.get(http, "/readyz")
         #expect(ready?.status == 503)
         #expect(ready?.body.contains("unreachable since") == true, "\(ready?.body ?? "no answer")")

@@ -226,7 +226,7 @@ struct SSHShellTests {
         let took = Date().timeIntervalSince(started)
         #expect(took >= 1.5 && took < 15, "the timeout took \(took) s")
         let sleeper = try #require(pid_t((try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""))
-        #expect(await eventually(within: 10) { !Self.isRunning(sleeper) }, "the command's process \(sleeper) still runs")
+        #expect(await eventually(within: 30) { !Self.isRunning(sleeper) }, "the command's process \(sleeper) still runs")
         let next = try await connection.runScript("echo next", timeoutSec: 20)
         #expect(next.stdoutText == "next\n")
         #expect(connection.persistentShellsStarted == 2)

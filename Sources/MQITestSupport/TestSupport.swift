@@ -95,39 +95,113 @@ public struct TestSupportError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// A running `mqi` process with its output captured to a file.
-public final class MQIProcess: @unchecked Sendable {
-    public let process = Process()
+/// A running `mqi` process with its output (stdout and stderr) appended to a file.
+///
+/// Started with `StepSpawner.spawn` (stdin on /dev/null, nothing else inherited, in the tests'
+/// session: they signal it by pid) and watched with `waitpid` on its own pid, not with
+/// Foundation's `Process`: on Linux that learns of an exit through a descriptor the child
+/// inherits, which the daemon's children can keep open, and a CI run hung for good in
+/// `Process.waitUntilExit` that way. The child is reaped exactly once, by whichever caller first
+/// sees it gone; a child still running when the object goes is killed (SIGKILL) and reaped, so a
+/// failed test leaves no daemon behind.
+public final class MQIProcess: Sendable {
+    public let pid: Int32
     public let outputPath: String
+    /// The wait status once reaped; `.lost` if something else in this process reaped it.
+    private let ending = Mutex<Ending?>(nil)
+
+    private enum Ending {
+        case exited(Int32)
+        case signalled(Int32)
+        case lost
+    }
 
     public init(_ arguments: [String], output: String, environment: [String: String] = [:]) throws {
         outputPath = output
-        FileManager.default.createFile(atPath: output, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        try handle.seekToEnd()
-        process.executableURL = URL(fileURLWithPath: try mqiExecutable())
-        process.arguments = arguments
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let executable = try mqiExecutable()
+        let merged = environment.isEmpty ? ProcessInfo.processInfo.environment : ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        // Appended, not truncated: some tests restart a daemon onto the same file.
+        guard let pid = try StepSpawner.spawn(executable, arguments: arguments, environment: merged, directory: FileManager.default.currentDirectoryPath,
+                                              output: output, appendOutput: true, newSession: false) else {
+            throw TestSupportError("cannot run \(executable): posix_spawn lacks glibc's closefrom/chdir extensions (glibc < 2.34)")
         }
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
+        self.pid = pid
     }
 
-    public var pid: Int32 { process.processIdentifier }
+    deinit {
+        guard reap() == nil else { return }
+        kill(pid, SIGKILL)
+        // Reaped on a thread of its own: a killed process can take seconds to leave the kernel
+        // under load, and this may run on a cooperative thread.
+        let pid = pid
+        Thread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1, errno == EINTR {}
+        }.start()
+    }
 
+    /// How it ended, reaping it if it has just ended; nil while it runs.
+    private func reap() -> Ending? {
+        ending.withLock { ending -> Ending? in
+            if let ending { return ending }
+            var status: Int32 = 0
+            var result: pid_t
+            repeat { result = waitpid(pid, &status, WNOHANG) } while result == -1 && errno == EINTR
+            if result == 0 { return nil }
+            if result == pid {
+                ending = (status & 0x7f) == 0 ? .exited((status >> 8) & 0xff) : .signalled(status & 0x7f)
+            } else {
+                ending = .lost
+            }
+            return ending
+        }
+    }
+
+    public var isRunning: Bool { reap() == nil }
+
+    /// The exit code, or 128 + the signal that ended it (137 for kill -9); -1 if its status was
+    /// lost (something else reaped it); nil while it runs.
+    public var terminationStatus: Int32? {
+        switch reap() {
+        case nil: nil
+        case .exited(let code): code
+        case .signalled(let signal): 128 + signal
+        case .lost: -1
+        }
+    }
+
+    /// The signal that ended it; nil while it runs or when it exited by itself.
+    public var terminationSignal: Int32? {
+        if case .signalled(let signal) = reap() { return signal }
+        return nil
+    }
+
+    /// Sends `signal`, unless it has already been reaped (its pid may then be another process's).
     public func signal(_ signal: Int32) {
-        kill(process.processIdentifier, signal)
+        ending.withLock { ending in
+            if ending == nil { kill(pid, signal) }
+        }
     }
 
-    /// Waits for the exit; nil if it did not exit within `seconds`.
+    /// Waits for the exit, polling every 20 ms; the `terminationStatus`, or nil if it did not
+    /// exit within `seconds`.
     public func wait(upTo seconds: Double) async -> Int32? {
         let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning, Date() < deadline {
+        while Date() < deadline {
+            if let status = terminationStatus { return status }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return process.isRunning ? nil : process.terminationStatus
+        return terminationStatus
+    }
+
+    /// Blocks this thread until the exit and returns the `terminationStatus`. Only for where no
+    /// `await` is possible (a `defer` right after SIGKILL); anywhere else use `wait(upTo:)`.
+    @discardableResult
+    public func waitUntilExit() -> Int32 {
+        while true {
+            if let status = terminationStatus { return status }
+            usleep(20_000)
+        }
     }
 
     public var output: String { (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? "" }

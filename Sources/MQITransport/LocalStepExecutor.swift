@@ -388,10 +388,10 @@ package enum StepSpawner {
     }()
 
     /// The child's pid, or nil when posix_spawn lacks the extensions this needs. Stdout and
-    /// stderr go to `output` when given (else /dev/null); a step leads a session of its own, a
-    /// tool the tests run to its end (`runProcess`) need not.
+    /// stderr go to `output` when given (else /dev/null), truncated first unless `appendOutput`;
+    /// a step leads a session of its own, a tool the tests run to its end (`runProcess`) need not.
     package static func spawn(_ path: String, arguments: [String], environment: [String: String], directory: String,
-                              output: String? = nil, newSession: Bool = true) throws -> pid_t? {
+                              output: String? = nil, appendOutput: Bool = false, newSession: Bool = true) throws -> pid_t? {
         guard let extensions else { return nil }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -413,7 +413,7 @@ package enum StepSpawner {
         var status: Int32 = 0
         if let output {
             status = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            if status == 0 { status = posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600) }
+            if status == 0 { status = posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | (appendOutput ? O_APPEND : O_TRUNC), 0o600) }
             if status == 0 { status = posix_spawn_file_actions_adddup2(&actions, 1, 2) }
         } else {
             for fd: Int32 in 0...2 where status == 0 {

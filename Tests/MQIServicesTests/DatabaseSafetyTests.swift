@@ -225,7 +225,7 @@ struct DatabaseSafetyTests {
         #expect(other.status == 3, "\(other.output.suffix(2000))")
         #expect(other.output.contains("already using the database \(site.database)") && other.output.contains("PID \(first.pid)"),
                 "\(other.output.suffix(2000))")
-        #expect(first.process.isRunning, "the first daemon is not disturbed")
+        #expect(first.isRunning, "the first daemon is not disturbed")
 
         first.signal(SIGTERM)
         #expect(await first.wait(upTo: 30) == 0, "\(first.output.suffix(2000))")

@@ -432,7 +432,7 @@ struct ObservabilityEndToEndTests {
         daemon.signal(SIGTERM)
         let status = await daemon.wait(upTo: 30)
         if status == nil { daemon.signal(SIGKILL) }
-        let reason = daemon.process.isRunning ? nil : daemon.process.terminationReason
-        #expect(status == 0 && reason == .exit, "exit status \(String(describing: status)), \(String(describing: reason)); output:\n\(daemon.output.suffix(600))")
+        let signal = daemon.terminationSignal
+        #expect(status == 0 && signal == nil, "exit status \(String(describing: status)), signal \(String(describing: signal)); output:\n\(daemon.output.suffix(600))")
     }
 }

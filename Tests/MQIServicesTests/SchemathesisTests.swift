@@ -57,15 +57,15 @@ struct SchemathesisTests {
         defer { site.temp.remove() }
         let daemon = try MQIProcess(["run", "--config", site.configPath, "--log-format", "text"], output: site.temp.file("daemon.log"))
         defer {
-            if daemon.process.isRunning {
+            if daemon.isRunning {
                 daemon.signal(SIGKILL)
-                daemon.process.waitUntilExit()
+                daemon.waitUntilExit()
             }
         }
         var port: Int?
         _ = await eventually(within: 30) {
             port = daemon.output.firstMatch(of: #/on http://127\.0\.0\.1:(\d+)/#).flatMap { Int($0.1) }
-            return port != nil || !daemon.process.isRunning
+            return port != nil || !daemon.isRunning
         }
         let bound = try #require(port, "the daemon never said where it listens:\n\(daemon.output.suffix(3000))")
         let base = "http://127.0.0.1:\(bound)"
@@ -95,7 +95,7 @@ struct SchemathesisTests {
         #expect(!changes.isEmpty, "no retry, cancel or replay went through: the token or the case ids never reached them")
         print("schemathesis against the daemon: \(Int(seconds)) s; retries, cancels and replays applied: \(changes.count)\n\(changes.prefix(10).joined(separator: "\n"))\n\(run.output.components(separatedBy: "=== SUMMARY ===").last ?? "")")
 
-        #expect(daemon.process.isRunning, "the daemon died under schemathesis:\n\(daemon.output.suffix(3000))")
+        #expect(daemon.isRunning, "the daemon died under schemathesis:\n\(daemon.output.suffix(3000))")
         daemon.signal(SIGTERM)
         let status = await daemon.wait(upTo: 30)
         #expect(status == 0, "the daemon's exit after schemathesis: \(String(describing: status))\n\(daemon.output.suffix(2000))")

@@ -89,7 +89,7 @@ struct SharedStateTests {
 
         /// SIGTERM to each; each stops gracefully (exit 0).
         func stop(_ processes: [MQIProcess]) async {
-            for process in processes where process.process.isRunning { process.signal(SIGTERM) }
+            for process in processes where process.isRunning { process.signal(SIGTERM) }
             for process in processes {
                 let status = await process.wait(upTo: 30)
                 #expect(status == 0, "\(process.outputPath) exit \(String(describing: status)): \(process.output.suffix(2000))")
@@ -229,7 +229,7 @@ struct SharedStateTests {
         let store = try await site.store()
         let started = Date()
         var running = [try site.start(Self.names[0], tag: "0"), try site.start(Self.names[1], tag: "0")]
-        defer { for process in running where process.process.isRunning { process.signal(SIGKILL) } }
+        defer { for process in running where process.isRunning { process.signal(SIGKILL) } }
         var kills: [String] = []
         for round in 1...6 {
             try await Task.sleep(for: .milliseconds(Int.random(in: 500...2000)))
@@ -260,7 +260,7 @@ struct SharedStateTests {
         let (survivor, victim) = (Self.names[0], Self.names[1])
         let started = Date()
         let a = try site.start(survivor, tag: "0"), b = try site.start(victim, tag: "0")
-        defer { for process in [a, b] where process.process.isRunning { process.signal(SIGKILL) } }
+        defer { for process in [a, b] where process.isRunning { process.signal(SIGKILL) } }
         // comm-b holds a step's command and the step runs.
         let holdsStep = await eventually(within: 60) {
             let running = site.runningCases()
@@ -324,7 +324,7 @@ struct SharedStateTests {
         defer { site.temp.remove() }
         let started = Date()
         let running = [try site.start(Self.names[0], tag: "0"), try site.start(Self.names[1], tag: "0")]
-        defer { for process in running where process.process.isRunning { process.signal(SIGKILL) } }
+        defer { for process in running where process.isRunning { process.signal(SIGKILL) } }
         // The test reads the database only after the restarts (through the ledger meanwhile), so
         // that what stalls is the communicators, never the test.
         var restarts: [String] = []
@@ -368,7 +368,7 @@ struct SharedStateTests {
         defer { site.temp.remove() }
         let store = try await site.store()
         let running = [try site.start(Self.names[0], tag: "0"), try site.start(Self.names[1], tag: "0")]
-        defer { for process in running where process.process.isRunning { process.signal(SIGKILL) } }
+        defer { for process in running where process.isRunning { process.signal(SIGKILL) } }
         #expect(await eventually(within: 30) { (try? await store.instances())?.filter(\.alive).count == 2 })
         let text = try MQIProcess(["status", "--config", site.config(Self.names[0])], output: site.temp.file("out/status.txt"))
         #expect(await text.wait(upTo: 30) == 0, "\(text.output)")

@@ -330,6 +330,9 @@ private final class ConfigParser {
             return notifications
         }
         let names = NotificationEvent.allCases.map(\.rawValue)
+        // Each webhook once, by the URL it is known by (its label): a second entry would share the
+        // first one's metrics and log lines, and receive each event twice.
+        var seen: [String: (path: String, line: Int)] = [:]
         for (index, item) in sequence.enumerated() {
             let path = "notifications.webhooks[\(index)]"
             guard let entry = mapping(item, path) else { continue }
@@ -337,6 +340,15 @@ private final class ConfigParser {
             let url = nonEmptyString(entry, "url", required: true)
             if let url, !Self.isWebhookURL(url) {
                 fail(entry["url"], "\(path).url", "expected an http:// or https:// URL with a host, got '\(url)'")
+            } else if let url {
+                let label = WebhookConfig.label(url)
+                if let earlier = seen[label] {
+                    fail(entry["url"], "\(path).url",
+                         "the same webhook as \(earlier.path) (line \(earlier.line)): both post to \(label) (credentials, query and fragment aside); "
+                         + "list each webhook once, with all its events")
+                } else {
+                    seen[label] = (path, entry["url"]?.mark?.line ?? 0)
+                }
             }
             let events = optionList(entry, "events", "\(path).events", item: "one of \(names.joined(separator: ", "))",
                                     list: "a list of events like [case_failed, case_completed]") { names.contains($0) }
@@ -810,4 +822,23 @@ private final class ConfigParser {
         }
         return workflows
     }
+}
+
+extension WebhookConfig {
+    /// The URL a webhook is known by in logs, metrics (`url` label), `mqi status` and the config
+    /// check for duplicates: without credentials, query or fragment (where tokens hide), scheme
+    /// and host in lower case.
+    public static func label(_ url: String) -> String {
+        guard var components = URLComponents(string: url) else { return "(invalid URL)" }
+        components.user = nil
+        components.password = nil
+        components.query = nil
+        components.fragment = nil
+        if let scheme = components.scheme, scheme != scheme.lowercased() { components.scheme = scheme.lowercased() }
+        if let host = components.host, host != host.lowercased() { components.host = host.lowercased() }
+        return components.string ?? "(invalid URL)"
+    }
+
+    /// `WebhookConfig.label(url)`.
+    public var label: String { Self.label(url) }
 }

@@ -40,6 +40,18 @@ public struct WebhookCursor: Sendable, Equatable {
     public var leaseExpiresAt: Date?
 }
 
+/// Where a configured webhook stands, for `mqi status`: its cursor and the events waiting for it.
+public struct WebhookBacklog: Sendable, Equatable {
+    public var url: String
+    /// nil while the webhook has no cursor: no communicator has started with it yet.
+    public var cursor: WebhookCursor?
+    /// Events of its subscription recorded after its cursor (0 without a cursor).
+    public var pending: Int
+    /// When the last failed try was, while the cursor's event keeps failing (`attempts` > 0): a
+    /// failing cursor is written by its tries only (a communicator starting up refreshes it too).
+    public var lastFailedTryAt: Date?
+}
+
 /// What claiming a webhook's delivery gave.
 public enum WebhookClaim: Sendable, Equatable {
     /// This communicator delivers the webhook until its lease expires: the next events, in order.
@@ -131,10 +143,12 @@ extension Store {
     }
 
     static func webhookCursor(_ db: any SQLConnection, url: String) throws -> WebhookCursor? {
-        try SQLRow.fetchOne(db, sql: "SELECT * FROM webhook_cursors WHERE url = ?", arguments: [url]).map { row in
-            WebhookCursor(url: row["url"], deliveredId: row["delivered_id"], attempts: row["attempts"], lastError: row["last_error"],
-                          failingSince: row["failing_since"], leaseOwner: row["lease_owner"], leaseExpiresAt: row["lease_expires_at"])
-        }
+        try SQLRow.fetchOne(db, sql: "SELECT * FROM webhook_cursors WHERE url = ?", arguments: [url]).map(webhookCursor)
+    }
+
+    static func webhookCursor(_ row: SQLRow) -> WebhookCursor {
+        WebhookCursor(url: row["url"], deliveredId: row["delivered_id"], attempts: row["attempts"], lastError: row["last_error"],
+                      failingSince: row["failing_since"], leaseOwner: row["lease_owner"], leaseExpiresAt: row["lease_expires_at"])
     }
 
     public func webhookCursor(url: String) async throws -> WebhookCursor? {
@@ -151,9 +165,30 @@ extension Store {
     public func pendingWebhookEvents(url: String, events: [NotificationEvent]) async throws -> Int {
         try await pool.read { db in
             guard let cursor = try Self.webhookCursor(db, url: url) else { return 0 }
-            let filter = Self.eventFilter(events)
-            return try Int.fetchOne(db, sql: "SELECT count(*) FROM outbox WHERE id > ? AND \(filter.clause)",
-                                    arguments: SQLArguments([cursor.deliveredId as (any SQLBindable)?] + filter.arguments)) ?? 0
+            return try Self.pendingCount(db, after: cursor.deliveredId, events: events)
+        }
+    }
+
+    /// How many of `events` were recorded after the event `id`.
+    static func pendingCount(_ db: any SQLConnection, after id: Int64, events: [NotificationEvent]) throws -> Int {
+        let filter = Self.eventFilter(events)
+        return try Int.fetchOne(db, sql: "SELECT count(*) FROM outbox WHERE id > ? AND \(filter.clause)",
+                                arguments: SQLArguments([id as (any SQLBindable)?] + filter.arguments)) ?? 0
+    }
+
+    /// Where each of `webhooks` stands (cursor, events waiting, last failed try), read in one
+    /// transaction, in the order given.
+    public func webhookBacklogs(_ webhooks: [WebhookConfig]) async throws -> [WebhookBacklog] {
+        try await pool.read { db in
+            try webhooks.map { webhook in
+                guard let row = try SQLRow.fetchOne(db, sql: "SELECT * FROM webhook_cursors WHERE url = ?", arguments: [webhook.url]) else {
+                    return WebhookBacklog(url: webhook.url, cursor: nil, pending: 0, lastFailedTryAt: nil)
+                }
+                let cursor = Self.webhookCursor(row)
+                let pending = try Self.pendingCount(db, after: cursor.deliveredId, events: webhook.events)
+                let updatedAt: Date = row["updated_at"]
+                return WebhookBacklog(url: webhook.url, cursor: cursor, pending: pending, lastFailedTryAt: cursor.attempts > 0 ? updatedAt : nil)
+            }
         }
     }
 

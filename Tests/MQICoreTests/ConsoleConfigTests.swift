@@ -52,4 +52,40 @@ struct ConsoleConfigTests {
         let errors = configErrors(Self.base + tail)
         #expect(errors.contains(where: { $0.keyPath == key && $0.line == line }), "\(errors)")
     }
+
+    /// A webhook is known by its URL without credentials, query or fragment (its metrics label and
+    /// log name): a second entry with that URL is rejected, naming the first, not merged.
+    @Test("a webhook listed twice is rejected at the second entry's url, naming the first", arguments: [
+        ("http://127.0.0.1:9000/mqi", "http://127.0.0.1:9000/mqi"),
+        ("https://hooks.example.org/mqi?token=a", "https://hooks.example.org/mqi?token=b"),
+        ("https://alice:pw@hooks.example.org/mqi", "HTTPS://Hooks.Example.org/mqi#frag"),
+    ])
+    func duplicateWebhook(_ first: String, _ second: String) throws {
+        let yaml = Self.base + """
+            notifications:
+              webhooks:
+                - url: "\(first)"
+                  events: [case_failed]
+                - { url: "https://other.example.org/mqi", events: [case_failed] }
+                - url: "\(second)"
+                  events: [case_completed]
+            """
+        let errors = configErrors(yaml, file: "/etc/mqi/config.yaml")
+        #expect(errors.count == 1, "\(errors)")
+        let error = try #require(errors.first)
+        #expect(error.keyPath == "notifications.webhooks[2].url")
+        #expect((error.line, error.column) == (11, 12), "\(error)")
+        #expect(error.description.hasPrefix("/etc/mqi/config.yaml:11:12: notifications.webhooks[2].url: the same webhook as notifications.webhooks[0] (line 8): both post to "),
+                "\(error)")
+        #expect(error.message.contains(WebhookConfig.label(first)) && !error.message.contains("token=") && !error.message.contains("pw@"), "\(error)")
+    }
+
+    @Test("webhooks that differ in scheme, host, port or path are different webhooks")
+    func distinctWebhooks() throws {
+        let urls = ["http://h.example.org/mqi", "https://h.example.org/mqi", "https://h.example.org:8443/mqi",
+                    "https://h2.example.org/mqi", "https://h.example.org/mqi/failures"]
+        let yaml = Self.base + "notifications:\n  webhooks:\n" + urls.map { "    - { url: \"\($0)\", events: [case_failed] }\n" }.joined()
+        let config = try ConfigLoader.parse(yaml, file: "c.yaml", baseDirectory: "/srv/mqi")
+        #expect(config.notifications.webhooks.map(\.url) == urls)
+    }
 }

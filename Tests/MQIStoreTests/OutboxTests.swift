@@ -161,6 +161,42 @@ struct OutboxTests {
         #expect(try await store.claimWebhook(url: "http://127.0.0.1:9/other", owner: "a", leaseSec: 30, events: [.caseReceived]) == .unknown)
     }
 
+    @Test("a configured webhook's backlog: none without a cursor, the events waiting, its failing tries and when the last was", arguments: StoreBackendKind.allCases)
+    func backlogs(_ backend: StoreBackendKind) async throws {
+        let fixture = try StoreFixture(backend: backend)
+        defer { fixture.remove() }
+        let store = fixture.store
+        let hook = WebhookConfig(url: "http://127.0.0.1:9/hook?token=x", events: [.caseReceived])
+        let unstarted = WebhookConfig(url: "http://127.0.0.1:9/new", events: [.caseFailed])
+        try await store.registerWebhook(url: hook.url, events: hook.events, owner: "a")
+        for name in ["one", "two"] { try await store.registerCase(name, workflow: "qa") }
+        #expect(try await store.registerRejectedCase("bad", workflow: "qa", reason: "no plan")) // case_failed: not subscribed
+        var backlogs = try await store.webhookBacklogs([hook, unstarted])
+        #expect(backlogs.map(\.url) == [hook.url, unstarted.url])
+        #expect(backlogs[0].pending == 2 && backlogs[0].cursor?.attempts == 0 && backlogs[0].lastFailedTryAt == nil, "\(backlogs[0])")
+        #expect(backlogs[1] == WebhookBacklog(url: unstarted.url, cursor: nil, pending: 0, lastFailedTryAt: nil))
+
+        // Two failed tries a minute apart: since the first, the last error, when the last was.
+        guard case .claimed(_, let events) = try await store.claimWebhook(url: hook.url, owner: "a", leaseSec: 30, events: hook.events) else {
+            Issue.record("a could not claim")
+            return
+        }
+        let firstFailure = fixture.clock.now
+        try await store.markWebhookFailed(url: hook.url, owner: "a", error: "HTTP 503")
+        fixture.clock.advance(by: 60)
+        try await store.markWebhookFailed(url: hook.url, owner: "a", error: "connection refused")
+        backlogs = try await store.webhookBacklogs([hook])
+        let cursor = try #require(backlogs.first?.cursor)
+        #expect(backlogs[0].pending == 2 && cursor.attempts == 2 && cursor.lastError == "connection refused", "\(backlogs[0])")
+        #expect(cursor.failingSince == firstFailure && backlogs[0].lastFailedTryAt == fixture.clock.now, "\(backlogs[0])")
+
+        // Delivered: nothing waits, nothing fails.
+        fixture.clock.advance(by: 5)
+        #expect(try await store.markWebhookDelivered(url: hook.url, owner: "a", through: try #require(events.last).id, leaseSec: 30))
+        backlogs = try await store.webhookBacklogs([hook])
+        #expect(backlogs[0].pending == 0 && backlogs[0].cursor?.attempts == 0 && backlogs[0].lastFailedTryAt == nil, "\(backlogs[0])")
+    }
+
     @Test("ids follow commit order when communicators record events at once, claims that dead-letter included", arguments: StoreBackendKind.allCases)
     func concurrentRecordingKeepsCommitOrder(_ backend: StoreBackendKind) async throws {
         let fixture = try StoreFixture(backend: backend, maxDeliveries: 1)

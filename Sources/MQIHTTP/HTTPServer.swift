@@ -12,14 +12,18 @@ public typealias ReadinessCheck = @Sendable () async -> [String: String]
 /// The daemon's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`; `/` gives
 /// the metrics too when the request's `Accept` asks for them (a Prometheus scrape), else the
 /// dashboard. Bound beyond loopback, the pages and `/api` need a token (`ReadAccess`); with
-/// `http.tls` it speaks HTTPS only.
+/// `http.tls` it speaks HTTPS only. Every GET route also answers HEAD.
 public enum HTTPServer {
     /// - Parameter readsNeedToken: whether pages and `/api` reads need a token; nil decides from
     ///   the API's `metrics.host` (`readsNeedToken(host:)`). Tests pass `true` to check the rule on
     ///   127.0.0.1, since they must not listen beyond loopback.
     public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil,
                               readsNeedToken: Bool? = nil) -> Router<MQIRequestContext> {
-        let router = Router(context: MQIRequestContext.self)
+        // HEAD (`curl -I`, uptime checkers) is answered for every GET route by Hummingbird's own
+        // rule: the GET responder runs, middlewares (ReadAccess, SecurityHeaders) included, and
+        // its status and headers (Content-Length where GET has one) go out without the body. A
+        // streamed body (SSE, a log, results.zip) is a closure that is then never started.
+        let router = Router(context: MQIRequestContext.self, options: .autoGenerateHeadEndpoints)
         router.add(middleware: SecurityHeaders())
         // The state directory (for its free space) is known where the config is: with the API.
         let stateDirectory = api?.config.state.localDirectory

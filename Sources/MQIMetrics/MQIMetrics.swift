@@ -96,7 +96,7 @@ public final class MQIMetrics: Sendable {
         registry.makeGauge(name: "mqi_hpc_reachable", labels: [("host", host)], help: "1 if the HPC host answers over SSH, 0 while it is unreachable.")
     }
 
-    /// Outbox events a webhook (`notifications.webhooks`, its URL without credentials or query) has not got yet.
+    /// Outbox events a webhook (`notifications.webhooks`, labelled `WebhookConfig.label`: its URL without credentials or query) has not got yet.
     public func webhookPendingEvents(_ url: String) -> Gauge {
         registry.makeGauge(name: "mqi_webhook_pending_events", labels: [("url", url)],
                            help: "Events recorded for the webhook and not delivered yet (it is down or refusing when this grows).")

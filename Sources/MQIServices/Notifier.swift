@@ -26,23 +26,21 @@ struct Notifier: Service {
     /// How often an idle webhook looks for new events.
     var pollSec: Double = 0.5
     /// The first wait after a failed try; it doubles up to `config.maxBackoffSec`.
-    var initialBackoffSec: Double = 1
+    var initialBackoffSec: Double = Self.initialBackoffSec
+    static let initialBackoffSec: Double = 1
 
     /// The lease on a webhook's cursor: longer than two tries, so it only lapses when its holder died or hangs.
     var leaseSec: Double { max(store.leaseSec, config.timeoutSec * 2 + 5) }
 
-    /// The configured webhooks, one per URL (events of a URL listed twice are merged).
-    var webhooks: [WebhookConfig] {
-        var merged: [WebhookConfig] = []
-        for webhook in config.webhooks {
-            if let index = merged.firstIndex(where: { $0.url == webhook.url }) {
-                merged[index].events += webhook.events.filter { !merged[index].events.contains($0) }
-                merged[index].tokenFile = merged[index].tokenFile ?? webhook.tokenFile
-            } else {
-                merged.append(webhook)
-            }
-        }
-        return merged
+    /// The configured webhooks: each once (the config loader rejects a second entry with the same label).
+    var webhooks: [WebhookConfig] { config.webhooks }
+
+    /// The longest wait after the `tries`-th failed try in a row of an event (before jitter,
+    /// which shortens it by up to a fifth): the wait doubles from `initial` up to
+    /// `notifications.max_backoff_sec`. Counted from the cursor's tries, so a communicator
+    /// restarted during an outage goes on waiting as long as before.
+    static func backoff(afterTries tries: Int, initial: Double = initialBackoffSec, config: NotificationsConfig) -> Double {
+        min(config.maxBackoffSec, initial * pow(2, Double(min(30, max(1, tries) - 1))))
     }
 
     /// Gives every configured webhook its cursor (a new one starts after the events recorded so
@@ -73,7 +71,9 @@ struct Notifier: Service {
 
     /// One webhook's delivery loop, until shutdown.
     func deliver(_ webhook: WebhookConfig, session: URLSession) async {
-        let label = Self.display(webhook.url)
+        let label = webhook.label
+        // The failures counter exists from the start (0), so rate() and increase() see the first failure.
+        _ = metrics?.webhookFailures(label)
         let logger = {
             var logger = self.logger
             logger[metadataKey: "webhook.url"] = "\(label)"
@@ -136,7 +136,7 @@ struct Notifier: Service {
                             logger.warning("webhook \(label) failed: \(reason); event \(event.id) (\(event.event)) and the \(max(0, pending - 1)) after it are kept and retried with backoff up to \(Int(config.maxBackoffSec)) s",
                                            metadata: ["webhook.event_id": "\(event.id)", "webhook.tries": "\(tries)"])
                         }
-                        let backoff = min(config.maxBackoffSec, initialBackoffSec * pow(2, Double(min(30, (outage?.tries ?? 1) - 1))))
+                        let backoff = Self.backoff(afterTries: tries, initial: initialBackoffSec, config: config)
                         try await Task.sleep(for: .seconds(backoff * Double.random(in: 0.8...1.0)))
                         break
                     }
@@ -167,7 +167,7 @@ struct Notifier: Service {
 
     /// POSTs one event; nil when the receiver answered 2xx, else why not.
     func post(_ event: OutboxEvent, to webhook: WebhookConfig, session: URLSession) async -> String? {
-        guard let url = URL(string: webhook.url) else { return "not a URL: \(Self.display(webhook.url))" }
+        guard let url = URL(string: webhook.url) else { return "not a URL: \(webhook.label)" }
         var request = URLRequest(url: url, cachePolicy: .reloadIgnoringLocalCacheData, timeoutInterval: config.timeoutSec)
         request.httpMethod = "POST"
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -209,16 +209,6 @@ struct Notifier: Service {
         object["at"] = event.at.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
         object["instance"] = instance
         return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-    }
-
-    /// The URL as logged and labelled: without credentials, query or fragment (where tokens hide).
-    static func display(_ url: String) -> String {
-        guard var components = URLComponents(string: url) else { return "(invalid URL)" }
-        components.user = nil
-        components.password = nil
-        components.query = nil
-        components.fragment = nil
-        return components.string ?? "(invalid URL)"
     }
 
     static func describe(_ error: URLError, timeout: Double) -> String {

@@ -265,6 +265,9 @@ struct AlertingTests {
         // One reading at start feeds the GPU gauges; no more, so the shutdown never meets a
         // reading in flight.
         config.gpuMonitor.intervalSec = 600
+        // A webhook whose receiver is down (nothing listens on its port): the webhook metrics
+        // exist only for configured webhooks.
+        config.notifications.webhooks = [WebhookConfig(url: "http://127.0.0.1:\(try WebhookTests.freePort())/hook", events: [.caseCompleted])]
         try DemoSite.writeCase(named: "DEMO-LATE", in: config.scanner.localLogdata, marker: nil)
         let port = Mutex<Int?>(nil)
         var daemon = Daemon(config: config, logger: CapturedLogs().logger(level: .info), metrics: MQIMetrics(),

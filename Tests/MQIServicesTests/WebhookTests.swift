@@ -192,6 +192,31 @@ struct WebhookTests {
         let failed = scrape.split(separator: "\n").first { $0.hasPrefix("mqi_webhook_failures_total\(label) ") }
         #expect((failed?.split(separator: " ").last).flatMap { Double($0) }.map { $0 >= 3 } == true, "\(failed ?? "no mqi_webhook_failures_total")")
 
+        // And in `mqi status`: the events waiting, since when it fails, the tries, the last error
+        // and when the next try is due (max_backoff_sec 1 after the last failed try).
+        let statusText = try MQIProcess(["status", "--config", config], output: temp.file("status-1.txt"))
+        #expect(await statusText.wait(upTo: 60) == 0, "\(statusText.output)")
+        let line = statusText.output.split(separator: "\n").first { $0.hasPrefix("webhook: http://127.0.0.1:\(main.port)/hook  ") }.map(String.init) ?? ""
+        #expect(line.contains("  6 events pending, FAILING since ") && line.contains(" failed tries, last: connection refused")
+                && line.contains("; next try by 20"), "\(statusText.output)")
+        #expect(statusText.output.contains("webhook: http://127.0.0.1:\(failures.port)/failures  "), "\(statusText.output)")
+        print("mqi status during the outage: \(line)")
+        let statusJSON = try MQIProcess(["status", "--config", config, "--json"], output: temp.file("status-1.json"))
+        #expect(await statusJSON.wait(upTo: 60) == 0, "\(statusJSON.output)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(statusJSON.output.utf8)) as? [String: Any], "\(statusJSON.output)")
+        let hooks = try #require(object["webhooks"] as? [[String: Any]])
+        #expect(hooks.map { $0["url"] as? String } == ["http://127.0.0.1:\(main.port)/hook", "http://127.0.0.1:\(failures.port)/failures"])
+        let hook = hooks[0]
+        #expect(hook["registered"] as? Bool == true && hook["pending"] as? Int == 6, "\(hook)")
+        #expect((hook["failed_tries"] as? Int ?? 0) >= 3 && (hook["last_error"] as? String)?.contains("connection refused") == true, "\(hook)")
+        #expect(hook["events"] as? [String] == ["case_received", "case_completed", "case_failed", "case_cancelled"])
+        let iso = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+        let since = try iso.parse(try #require(hook["failing_since"] as? String))
+        let lastTry = try iso.parse(try #require(hook["last_try_at"] as? String))
+        let nextTry = try iso.parse(try #require(hook["next_try_by"] as? String))
+        #expect(since <= lastTry && abs(nextTry.timeIntervalSince(lastTry) - 1) < 0.01, "\(hook)")
+        #expect(try await store.webhookCursor(url: url)?.failingSince.map { abs($0.timeIntervalSince(since)) < 0.002 } == true)
+
         // 2. It comes back refusing its first 3 POSTs (503), then accepts: every event arrives
         // once, in order.
         let before = try await expected()
@@ -267,6 +292,9 @@ struct WebhookTests {
         let failedEvents = all.filter { $0.event == "case_failed" }
         #expect(await eventually(within: 10) { failures.accepted == failedEvents.map(\.id) }, "\(failures.accepted) vs \(failedEvents.map(\.id))")
         #expect(failures.requests.allSatisfy { $0.auth == nil && $0.path == "/failures" })
+        let caughtUp = try MQIProcess(["status", "--config", config], output: temp.file("status-2.txt"))
+        #expect(await caughtUp.wait(upTo: 60) == 0, "\(caughtUp.output)")
+        #expect(caughtUp.output.contains("webhook: http://127.0.0.1:\(main.port)/hook  0 events pending, all delivered\n"), "\(caughtUp.output)")
 
         daemon.signal(SIGTERM)
         #expect(await daemon.wait(upTo: 30) == 0, "\(daemon.output.suffix(2000))")
@@ -325,8 +353,37 @@ struct WebhookTests {
         print("webhook on PostgreSQL: \(expected.count) events from two communicators, delivered once each by \(holder) then the other")
     }
 
+    /// A webhook listed twice (here once with a token in its query) is a config error: `mqi config
+    /// check` and `mqi run` say where and exit 2, and the daemon does not start.
+    @Test(.timeLimit(.minutes(1)))
+    func aWebhookListedTwiceStopsTheCLIWithExitTwo() async throws {
+        let temp = try TemporaryDirectory("mqi-webhook-twice")
+        defer { temp.remove() }
+        let config = temp.file("config.yaml")
+        try """
+            scanner: { local_logdata: ./data }
+            state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
+            workflows:
+              default_qa:
+                - { name: upload_case_files, type: upload }
+            notifications:
+              webhooks:
+                - { url: "http://127.0.0.1:9/hook", events: [case_failed] }
+                - { url: "http://127.0.0.1:9/hook?token=x", events: [case_completed] }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        for (index, arguments) in [["config", "check", "--config", config], ["run", "--config", config]].enumerated() {
+            let process = try MQIProcess(arguments, output: temp.file("out-\(index).txt"))
+            #expect(await process.wait(upTo: 30) == 2, "\(arguments): \(process.output)")
+            #expect(process.output.contains("\(config):9:14: notifications.webhooks[1].url: the same webhook as notifications.webhooks[0] (line 8): both post to http://127.0.0.1:9/hook "),
+                    "\(arguments): \(process.output)")
+            #expect(!process.output.contains("token=x"), "\(process.output)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: temp.file("var/mqi.sqlite")), "the daemon did not start")
+    }
+
     @Test func theURLIsLoggedWithoutCredentialsAndThePayloadHasEveryFieldNullOrNot() throws {
-        #expect(Notifier.display("https://alice:pw@hooks.example.org:8443/mqi?token=abc#x") == "https://hooks.example.org:8443/mqi")
+        #expect(WebhookConfig.label("https://alice:pw@hooks.example.org:8443/mqi?token=abc#x") == "https://hooks.example.org:8443/mqi")
+        #expect(WebhookConfig.label("HTTPS://Hooks.Example.org/MQI") == "https://hooks.example.org/MQI")
         let event = OutboxEvent(id: 7, event: "gpu_missing", caseId: nil, status: "missing", error: "GPU 1 is not listed",
                                 at: Date(timeIntervalSince1970: 1_750_000_000.25), detail: #"{"gpu_id":1}"#)
         let body = try #require(try JSONSerialization.jsonObject(with: Notifier.payload(event, instance: "site-a")) as? [String: Any])

@@ -3,8 +3,8 @@ import MQICore
 import MQIStore
 
 extension Reports {
-    /// `mqi status`: cases per status, the daemon, HPC hosts, GPUs, queues, cases waiting for
-    /// their ready marker and the active cases; JSON with `json`.
+    /// `mqi status`: cases per status, the daemon, HPC hosts, GPUs, queues, the webhooks' backlog,
+    /// cases waiting for their ready marker and the active cases; JSON with `json`.
     public static func status(config: Config, store: Store, json: Bool) async throws -> String {
         let counts = try await store.statusCounts()
         let gpus = try await store.gpus()
@@ -18,6 +18,7 @@ extension Reports {
         let now = Date()
         // A shared PostgreSQL state: the communicators working on it (heartbeat rows).
         let communicators = store.isShared ? try await store.instances() : []
+        let webhooks = try await store.webhookBacklogs(config.notifications.webhooks)
         if json {
             var object: [String: Any] = [
                 "daemon_running": daemon.running,
@@ -28,6 +29,13 @@ extension Reports {
                 "hosts": hosts.map { ["host": $0.host, "reachable": $0.reachable, "since": isoDate($0.since), "reason": $0.reason as Any] },
                 "queues": Dictionary(uniqueKeysWithValues: depths.map { ($0.key.rawValue, $0.value) }),
                 "dead_letters": dead.count,
+                "webhooks": zip(config.notifications.webhooks, webhooks).map { webhook, backlog in
+                    let next = nextTry(backlog, config: config.notifications)
+                    return ["url": webhook.label, "events": webhook.events.map(\.rawValue), "registered": backlog.cursor != nil,
+                            "pending": backlog.pending, "failed_tries": backlog.cursor?.attempts ?? 0,
+                            "failing_since": backlog.cursor?.failingSince.map(isoDate) as Any, "last_error": backlog.cursor?.lastError as Any,
+                            "last_try_at": backlog.lastFailedTryAt.map(isoDate) as Any, "next_try_by": next.map(isoDate) as Any] as [String: Any]
+                },
                 "waiting_for_marker": waiting.map { entry in
                     ["case_id": entry.caseId, "since": isoDate(entry.since), "waited_min": Int(now.timeIntervalSince(entry.since) / 60),
                      "overdue": waitList?.isOverdue(entry, now: now) ?? false] as [String: Any]
@@ -65,6 +73,9 @@ extension Reports {
             return "\(gpu.gpuId): \(gpu.status.rawValue)\(holder)"
         }.joined(separator: "  ")))
         lines.append("queues: " + QueueName.allCases.map { "\($0.rawValue) \(depths[$0] ?? 0)" }.joined(separator: "  ") + "  dead_letters \(dead.count)")
+        for (webhook, backlog) in zip(config.notifications.webhooks, webhooks) {
+            lines.append("webhook: \(webhook.label)  " + webhookState(backlog, config: config.notifications, daemonRunning: daemon.running || store.isShared, now: now))
+        }
         if let waitList, !waiting.isEmpty {
             let asOf = daemon.running ? "" : " (as the daemon last saw it, \(isoDate(waitList.updatedAt)); it is not running)"
             lines.append("waiting for \(waitList.marker)\(asOf):")
@@ -85,5 +96,37 @@ extension Reports {
             }
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// One webhook's line of `mqi status`: the events waiting, and while its next event keeps
+    /// failing, since when, how many tries, the last error and when the next try is due.
+    static func webhookState(_ backlog: WebhookBacklog, config: NotificationsConfig, daemonRunning: Bool, now: Date) -> String {
+        guard let cursor = backlog.cursor else { return "not started yet (the daemon starts its delivery when it starts with it)" }
+        let pending = "\(backlog.pending) event\(backlog.pending == 1 ? "" : "s") pending"
+        guard cursor.attempts > 0 else { return pending + (backlog.pending > 0 ? ", delivering" : ", all delivered") }
+        var text = pending + ", FAILING"
+        if let since = cursor.failingSince {
+            text += " since \(isoDate(since)) (\(duration(now.timeIntervalSince(since))))"
+        }
+        text += ": \(cursor.attempts) failed tr\(cursor.attempts == 1 ? "y" : "ies"), last: \(cursor.lastError ?? "no error recorded")"
+        if let next = nextTry(backlog, config: config) {
+            text += daemonRunning ? "; next try by \(isoDate(max(next, now)))" : "; next try when the daemon runs"
+        }
+        return text
+    }
+
+    /// When the next try of a failing webhook's event is due at the latest: its last failed try
+    /// plus the backoff the notifier waits after that many tries (it waits up to a fifth less).
+    static func nextTry(_ backlog: WebhookBacklog, config: NotificationsConfig) -> Date? {
+        guard let cursor = backlog.cursor, cursor.attempts > 0, let last = backlog.lastFailedTryAt else { return nil }
+        return last.addingTimeInterval(Notifier.backoff(afterTries: cursor.attempts, config: config))
+    }
+
+    /// `45 s`, `12 min`, `3 h 5 min`.
+    static func duration(_ seconds: Double) -> String {
+        let seconds = max(0, Int(seconds))
+        if seconds < 120 { return "\(seconds) s" }
+        if seconds < 2 * 3600 { return "\(seconds / 60) min" }
+        return "\(seconds / 3600) h \(seconds % 3600 / 60) min"
     }
 }

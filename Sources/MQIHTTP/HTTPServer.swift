@@ -17,13 +17,10 @@ public enum HTTPServer {
     /// - Parameter readsNeedToken: whether pages and `/api` reads need a token; nil decides from
     ///   the API's `metrics.host` (`readsNeedToken(host:)`). Tests pass `true` to check the rule on
     ///   127.0.0.1, since they must not listen beyond loopback.
+    /// - Returns: the router, wrapped so that every GET route also answers HEAD (`HeadRequests`).
     public static func router(store: Store, metrics: MQIMetrics, readiness: @escaping ReadinessCheck, api: APIContext? = nil,
-                              readsNeedToken: Bool? = nil) -> Router<MQIRequestContext> {
-        // HEAD (`curl -I`, uptime checkers) is answered for every GET route by Hummingbird's own
-        // rule: the GET responder runs, middlewares (ReadAccess, SecurityHeaders) included, and
-        // its status and headers (Content-Length where GET has one) go out without the body. A
-        // streamed body (SSE, a log, results.zip) is a closure that is then never started.
-        let router = Router(context: MQIRequestContext.self, options: .autoGenerateHeadEndpoints)
+                              readsNeedToken: Bool? = nil) -> HeadRequests<Router<MQIRequestContext>> {
+        let router = Router(context: MQIRequestContext.self)
         router.add(middleware: SecurityHeaders())
         // The state directory (for its free space) is known where the config is: with the API.
         let stateDirectory = api?.config.state.localDirectory
@@ -50,7 +47,7 @@ public enum HTTPServer {
             if problems.isEmpty { return json(.ok, ["status": "ready"]) }
             return json(.serviceUnavailable, ["status": "not ready", "reasons": problems])
         }
-        return router
+        return HeadRequests(router)
     }
 
     /// The server as a service for the daemon's ServiceGroup. `onListening` gets the bound port.

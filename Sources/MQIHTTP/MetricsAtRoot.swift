@@ -11,7 +11,7 @@ struct MetricsAtRoot<Context: RequestContext>: RouterMiddleware {
     let exposition: @Sendable () async throws -> Response
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard request.uri.path == "/", request.method == .get || request.method == .head else { return try await next(request, context) }
+        guard request.uri.path == "/", request.method == .get else { return try await next(request, context) }
         var response: Response
         if ScrapeNegotiation.prefersMetrics(accept: request.headers[values: .accept].joined(separator: ",")) {
             response = try await exposition()

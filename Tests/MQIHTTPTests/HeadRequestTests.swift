@@ -27,7 +27,7 @@ import Testing
         try await client.execute(uri: path, method: method, headers: headers) { Reply(status: $0.status, headers: $0.headers, body: $0.body) }
     }
 
-    /// GET and HEAD on pages, the API (a 404 case id and a 409 included), the document, metrics,
+    /// GET and HEAD on pages, the API (a 404 case id, a 409 and a streamed log included), the document, metrics,
     /// probes and assets: the same status, content type and header names, Content-Length where
     /// GET has one (the same number where the body cannot change between the two requests), and
     /// no body.
@@ -35,6 +35,10 @@ import Testing
     func everyGETRouteAnswersHEADWithItsStatusAndHeadersAndNoBody() async throws {
         let site = try await HTTPExposureTests.Site()
         defer { site.temp.remove() }
+        // A finished attempt's log: GET streams it (chunked, no Content-Length), and so HEAD has none either.
+        let log = try StepLogs(logsDir: site.config.state.logsDir).path(caseId: "CASE-1", step: "run_moqui_sim", attempt: 1)
+        try FileManager.default.createDirectory(atPath: (log as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data("Total execution time: 1 s\n".utf8).write(to: URL(fileURLWithPath: log))
         let router = HTTPServer.router(store: site.store, metrics: MQIMetrics(), readiness: { [:] }, api: site.api())
         try await Application(router: router).test(.live) { client in
             // Bodies that are the same on every request.
@@ -44,7 +48,8 @@ import Testing
                                                           "/api/nothing-here": .notFound, "/cases/NO-SUCH-CASE": .notFound]
             for path in ["/", "/cases", "/cases/CASE-1", "/cases/NO-SUCH-CASE", "/api/cases", "/api/cases/CASE-1", "/api/cases/NO-SUCH-CASE",
                          "/api/cases/CASE-1/results.zip", "/api/summary", "/api/gpus", "/api/queues", "/api/communicators", "/api/openapi.json",
-                         "/metrics", "/healthz", "/readyz", "/assets/dashboard.js", "/assets/dashboard.css", "/favicon.ico", "/api/nothing-here"] {
+                         "/metrics", "/healthz", "/readyz", "/assets/dashboard.js", "/assets/dashboard.css", "/favicon.ico", "/api/nothing-here",
+                         "/api/cases/CASE-1/logs/run_moqui_sim/1"] {
                 let get = try await Self.send(client, .get, path)
                 let head = try await Self.send(client, .head, path)
                 #expect(get.status == (expected[path] ?? .ok), "GET \(path): \(get.status) \(String(buffer: get.body).prefix(300))")
@@ -56,8 +61,13 @@ import Testing
                     #expect(Int(length) == get.body.readableBytes, "GET \(path): Content-Length \(length), body \(get.body.readableBytes)")
                     #expect(head.contentLength != nil, "HEAD \(path) has no Content-Length; GET has \(length)")
                     if fixed.contains(path) { #expect(head.contentLength == length, "HEAD \(path): \(head.contentLength ?? "-"), GET: \(length)") }
+                } else {
+                    // RFC 9110 §8.6: a HEAD's Content-Length must be what GET would send.
+                    #expect(head.contentLength == nil, "HEAD \(path): Content-Length \(head.contentLength ?? "") where GET streams without one")
                 }
             }
+            let logGET = try await Self.send(client, .get, "/api/cases/CASE-1/logs/run_moqui_sim/1")
+            #expect(String(buffer: logGET.body) == "Total execution time: 1 s\n" && logGET.contentLength == nil, "\(logGET.headers)")
             // The same path with both methods pinned down where it matters most.
             let page = try await Self.send(client, .head, "/cases/CASE-1")
             #expect(page.status == .ok && page.contentType?.hasPrefix("text/html") == true && page.headers[.init("X-Frame-Options")!] == "DENY", "\(page.headers)")
@@ -93,6 +103,7 @@ import Testing
                 let events = try await Self.send(client, .head, "/api/events")
                 #expect(events.status == .ok)
                 #expect(events.contentType?.hasPrefix("text/event-stream") == true, "\(events.headers)")
+                #expect(events.contentLength == nil, "a stream's length is unknown, not 0: \(events.headers)")
                 #expect(events.body.readableBytes == 0)
             }
             // A log stream of a case that has no such log: its 404, as GET gives it.

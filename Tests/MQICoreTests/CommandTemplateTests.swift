@@ -95,7 +95,7 @@ struct CommandTemplateTests {
         #expect(ShellQuote.quote("it's") == #"'it'\''s'"#)
     }
 
-    @Test("an injected case id runs nothing: only the echo runs", .timeLimit(.minutes(1)))
+    @Test("an injected case id runs nothing: only the echo runs", .timeLimit(.minutes(3)))
     func injectionDoesNotRun() throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -115,7 +115,7 @@ struct CommandTemplateTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).isEmpty)
     }
 
-    @Test("nasty values round-trip exactly through sh -c printf", .timeLimit(.minutes(1)), arguments: [
+    @Test("nasty values round-trip exactly through sh -c printf", .timeLimit(.minutes(3)), arguments: [
         "$(touch pwned)",
         "`touch pwned`",
         "a; touch pwned",

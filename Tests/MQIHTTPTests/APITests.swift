@@ -301,7 +301,7 @@ import Testing
 
     // MARK: 10,000 cases
 
-    @Test(.timeLimit(.minutes(2))) func firstPageOfTenThousandCases() async throws {
+    @Test(.timeLimit(.minutes(4))) func firstPageOfTenThousandCases() async throws {
         let fixture = try Fixture()
         defer { fixture.remove() }
         try await fixture.store.insertSyntheticCases(count: 10_000, workflow: "default_qa")

@@ -279,7 +279,7 @@ import Testing
 
     /// A full disk is the common way a clinic PC's database stops being writable. A small tmpfs
     /// is filled up under the open Store (needs root and mount rights; skipped elsewhere).
-    @Test(.enabled(if: TmpfsMount.available, "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)"), .timeLimit(.minutes(1)))
+    @Test(.enabled(if: TmpfsMount.available, "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)"), .timeLimit(.minutes(3)))
     func readyzIs503WhenTheDiskIsFull() async throws {
         let temp = try TemporaryDirectory("mqi-full")
         defer { temp.remove() }

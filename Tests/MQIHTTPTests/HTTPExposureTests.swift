@@ -326,7 +326,7 @@ import Testing
         }
     }
 
-    @Test(.enabled(if: tools, "openssl and curl are needed"), .timeLimit(.minutes(1)))
+    @Test(.enabled(if: tools, "openssl and curl are needed"), .timeLimit(.minutes(3)))
     func withTLSTheEndpointSpeaksHTTPSOnly() async throws {
         let temp = try TemporaryDirectory("mqi-tls")
         defer { temp.remove() }
@@ -359,7 +359,7 @@ import Testing
         #expect(logs.messages(at: .info).contains { $0.contains("https://127.0.0.1:") && $0.contains("HTTPS only") }, "\(logs.messages(at: .info))")
     }
 
-    @Test(.enabled(if: tools, "openssl is needed"), .timeLimit(.minutes(1)))
+    @Test(.enabled(if: tools, "openssl is needed"), .timeLimit(.minutes(3)))
     func aWrongMissingOrBrokenCertificateFileIsAClearErrorAtStart() async throws {
         let temp = try TemporaryDirectory("mqi-tls-bad")
         defer { temp.remove() }
@@ -401,7 +401,7 @@ import Testing
     }
 
     /// The real daemon with `http.tls`: HTTPS on its port, plain HTTP refused.
-    @Test(.enabled(if: tools, "openssl and curl are needed"), .timeLimit(.minutes(2)))
+    @Test(.enabled(if: tools, "openssl and curl are needed"), .timeLimit(.minutes(4)))
     func theDaemonServesHTTPSWithTheConfiguredCertificate() async throws {
         let temp = try TemporaryDirectory("mqi-tls-daemon")
         defer { temp.remove() }
@@ -426,7 +426,7 @@ import Testing
         stopped = true
     }
 
-    @Test(.enabled(if: tools, "openssl is needed"), .timeLimit(.minutes(1)))
+    @Test(.enabled(if: tools, "openssl is needed"), .timeLimit(.minutes(3)))
     func theDaemonRefusesToStartWithAnotherCertificatesKey() async throws {
         let temp = try TemporaryDirectory("mqi-tls-daemon-bad")
         defer { temp.remove() }

@@ -31,7 +31,7 @@ import Testing
     /// probes and assets: the same status, content type and header names, Content-Length where
     /// GET has one (the same number where the body cannot change between the two requests), and
     /// no body.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func everyGETRouteAnswersHEADWithItsStatusAndHeadersAndNoBody() async throws {
         let site = try await HTTPExposureTests.Site()
         defer { site.temp.remove() }
@@ -93,7 +93,7 @@ import Testing
 
     /// The live feed never ends for GET; HEAD returns its status and content type at once, the
     /// stream not started (a started one would keep this request open until the time limit).
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func anEventStreamAnswersHEADWithoutStreaming() async throws {
         let site = try await HTTPExposureTests.Site()
         defer { site.temp.remove() }
@@ -116,7 +116,7 @@ import Testing
 
     /// Bound beyond loopback (reads need a token), HEAD is refused exactly as GET is, and passes
     /// with a Bearer token or Basic with the token as the password; probes and metrics stay open.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func headNeedsATokenWhereGETDoes() async throws {
         let site = try await HTTPExposureTests.Site()
         defer { site.temp.remove() }

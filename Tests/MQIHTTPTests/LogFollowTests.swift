@@ -110,7 +110,7 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func streamSendsTheTailThenWhatIsAppendedWhileTheAttemptRunsThenEnds() async throws {
         let fixture = try APITests.Fixture(token: false)
         defer { fixture.remove() }
@@ -175,7 +175,7 @@ import Testing
 
     /// A log followed while the daemon stops does not hold up its graceful shutdown: the stream
     /// closes within a poll interval (without `end`: the client resumes after a restart).
-    @Test(.enabled(if: HTTPExposureTests.curl != nil, "curl is needed"), .timeLimit(.minutes(1)))
+    @Test(.enabled(if: HTTPExposureTests.curl != nil, "curl is needed"), .timeLimit(.minutes(3)))
     func anOpenStreamDoesNotHoldUpGracefulShutdown() async throws {
         let fixture = try APITests.Fixture(token: false)
         defer { fixture.remove() }

@@ -107,7 +107,7 @@ struct AlertingTests {
 
     // MARK: alerting rules
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func theAlertRulesPassPromtoolCheckRules() async throws {
         let rules = try Self.rules()
         let check = try await Self.promtool("check", "rules", Self.path("deploy/prometheus/alerts.yml"))
@@ -116,7 +116,7 @@ struct AlertingTests {
         print("promtool check rules deploy/prometheus/alerts.yml:\n\(check.output)")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func theAlertRuleUnitTestsPass() async throws {
         let run = try await Self.promtool("test", "rules", Self.path("deploy/prometheus/alerts.test.yml"))
         #expect(run.status == 0, "\(run.output)")
@@ -124,7 +124,7 @@ struct AlertingTests {
         print("promtool test rules deploy/prometheus/alerts.test.yml:\n\(run.output)")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func theExamplePrometheusConfigPassesPromtool() async throws {
         let check = try await Self.promtool("check", "config", Self.path("deploy/prometheus/prometheus.yml"))
         #expect(check.status == 0, "\(check.output)")
@@ -183,7 +183,7 @@ struct AlertingTests {
 
     /// The dashboard's queries are PromQL that Prometheus parses (checked as recording rules,
     /// with Grafana's variables filled in).
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func theDashboardQueriesArePromQL() async throws {
         let queries = try Self.dashboardQueries().filter { !$0.hasPrefix("label_values(") }
         #expect(queries.count >= 20)

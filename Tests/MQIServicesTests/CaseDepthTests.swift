@@ -119,7 +119,7 @@ import Testing
         #expect(await scanner.scan().registered == 0)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func inotifyFindsACaseCreatedThreeLevelsDownPromptly() async throws {
         let fixture = try Fixture()
         defer { fixture.temp.remove() }

@@ -54,7 +54,7 @@ struct CaseScannerTests {
         #expect(try await fixture.store.caseState("CASE-1")?.status == .new)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func quietPeriodWaitsWhileTheCaseIsStillBeingWritten() async throws {
         let fixture = try Fixture()
         defer { fixture.temp.remove() }
@@ -124,7 +124,7 @@ struct CaseScannerTests {
         #expect(warnings.filter { $0.contains("not-a-directory.txt") }.count == 1)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func inotifyDetectsANewCaseWithoutWaitingForTheRescan() async throws {
         let fixture = try Fixture()
         defer { fixture.temp.remove() }

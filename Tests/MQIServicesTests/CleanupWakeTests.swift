@@ -12,7 +12,7 @@ import Testing
 /// hour here.
 @Suite(.serialized)
 struct CleanupWakeTests {
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aCompletedCaseIsCleanedAtOnceAndTheIdleExitFollows() async throws {
         let temp = try TemporaryDirectory("mqi-cleanup-wake")
         defer { temp.remove() }

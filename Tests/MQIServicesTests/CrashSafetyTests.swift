@@ -138,7 +138,7 @@ struct CrashSafetyTests {
         try await site.expectCleanFinish(cases: 6)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aSecondInstanceIsRefusedWithExitThree() async throws {
         let site = try Site(cases: 1, gpus: [0])
         defer { site.temp.remove() }
@@ -151,7 +151,7 @@ struct CrashSafetyTests {
         #expect(second.output.contains("already running (PID \(first.pid))"), "\(second.output)")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aStalePIDFileIsReplaced() async throws {
         let site = try Site(cases: 1, gpus: [0])
         defer { site.temp.remove() }
@@ -164,7 +164,7 @@ struct CrashSafetyTests {
         try await site.expectCleanFinish(cases: 1)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func cancelFromTheCLIKillsTheRunningStepAndFreesItsGPU() async throws {
         let site = try Site(cases: 1, gpus: [0])
         defer { site.temp.remove() }
@@ -229,7 +229,7 @@ struct CrashSafetyTests {
         #expect(history.contains { $0.event == "recovered" })
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func systemdHearsReadyWatchdogAndStopping() async throws {
         let site = try Site(cases: 1, gpus: [0])
         defer { site.temp.remove() }

@@ -437,7 +437,7 @@ struct DashboardBrowserTests {
     /// A browser left open on the overview (real time: no dump, no virtual time) sees the daemon go
     /// away and come back on the same port; the page's console says so.
     @Test(.enabled(if: chromium != nil, "chromium is not installed (scripts/test installs it): the dashboard browser test is skipped"),
-          .timeLimit(.minutes(2)))
+          .timeLimit(.minutes(4)))
     func dashboardReconnectsWhenTheDaemonReturns() async throws {
         let temp = try TemporaryDirectory("mqi-dash-rc")
         defer { temp.remove() }

@@ -129,7 +129,7 @@ struct DatabaseSafetyTests {
         var testDescription: String { rawValue }
     }
 
-    @Test(.timeLimit(.minutes(2)), .enabled(if: canSwitchUser, "needs root, runuser and useradd"), arguments: Unwritable.allCases)
+    @Test(.timeLimit(.minutes(4)), .enabled(if: canSwitchUser, "needs root, runuser and useradd"), arguments: Unwritable.allCases)
     func aDatabaseTheDaemonCannotWriteIsRefusedAndLeftAlone(_ setup: Unwritable) async throws {
         let site = try Site()
         defer { site.temp.remove() }
@@ -164,7 +164,7 @@ struct DatabaseSafetyTests {
         #expect(try site.databaseDirectory() == listing, "nothing renamed or created beside the database")
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aDatabaseOfANewerVersionIsRefusedNeverMigratedOrRebuilt() async throws {
         let site = try Site(cases: 1)
         defer { site.temp.remove() }
@@ -187,7 +187,7 @@ struct DatabaseSafetyTests {
         #expect(after == listing, "nothing set aside: \(after)")
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func unreadableMessagesGoToTheDeadLettersAndTheQueueGoesOn() async throws {
         let site = try Site(cases: 3)
         defer { site.temp.remove() }
@@ -210,7 +210,7 @@ struct DatabaseSafetyTests {
         #expect(dead.contains { $0.caseId == "CASE-Y" && $0.error.hasPrefix("undecodable body: ") }, "\(dead)")
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func twoConfigsWithOneDatabaseCannotBothRun() async throws {
         let site = try Site(pidFile: "./var/first.pid")
         defer { site.temp.remove() }

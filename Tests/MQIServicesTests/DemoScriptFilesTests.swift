@@ -24,7 +24,7 @@ struct DemoScriptFilesTests {
         #expect(try String(contentsOfFile: site.path("moqui_tps.in.tmpl"), encoding: .utf8) == Self.file("moqui_tps.in.tmpl"))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func theNvidiaSMIStandInListsTheSiteGPUs() throws {
         let temp = try TemporaryDirectory("mqi-demo-files")
         defer { temp.remove() }

@@ -102,7 +102,7 @@ struct DemoSiteTests {
         #expect(text.contains("run_moqui_sim:   \""), "the end-to-end tests insert an environment variable here")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func standInScriptsBehaveLikeTheRealOnes() throws {
         let temp = try TemporaryDirectory("mqi-demo")
         defer { temp.remove() }
@@ -158,7 +158,7 @@ struct DemoSiteTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func standInScriptsFailLikeTheRealOnes() throws {
         let temp = try TemporaryDirectory("mqi-demo")
         defer { temp.remove() }
@@ -187,7 +187,7 @@ struct DemoSiteTests {
     }
 
     /// The rendered commands run even when the site's path has spaces, quotes and braces.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func commandsWorkInAnAwkwardDirectory() throws {
         let temp = try TemporaryDirectory("mqi-demo")
         defer { temp.remove() }

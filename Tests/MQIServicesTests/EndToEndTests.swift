@@ -93,7 +93,7 @@ struct EndToEndTests {
         #expect(try await store.deadLetters().isEmpty)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func failingSimulationFailsTheCaseWithItsOutputAndFreesTheGPU() async throws {
         let (temp, config, _) = try Self.site(cases: 3, gpus: [0])
         defer { temp.remove() }

@@ -39,7 +39,7 @@ struct HostileInputTests {
         BadConfig(name: "unknown placeholder", text: validConfig.replacingOccurrences(of: "{case_id}", with: "{patient}"), location: ":8:18: remote_commands.run_moqui_sim"),
     ]
 
-    @Test(.timeLimit(.minutes(2)), arguments: badConfigs)
+    @Test(.timeLimit(.minutes(4)), arguments: badConfigs)
     func badConfigsExitTwoWithFileLineColumnAndKey(_ bad: BadConfig) async throws {
         let temp = try TemporaryDirectory("mqi-badconfig")
         defer { temp.remove() }
@@ -107,7 +107,7 @@ struct HostileInputTests {
         #expect(try await store.gpus().allSatisfy { $0.status == .free })
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func anUnwritableResultsDirFailsTheCasesWithTheReasonAndTheDaemonGoesOn() async throws {
         let temp = try TemporaryDirectory("mqi-results")
         defer { temp.remove() }

@@ -11,7 +11,7 @@ import Testing
 /// every look below is one the doorbell caused.
 @Suite(.serialized)
 struct IdleWatcherTests {
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func itEndsTheDaemonOnlyOnceNothingIsPendingAndLooksWhenTheConductorDrains() async throws {
         let temp = try TemporaryDirectory("mqi-idle")
         defer { temp.remove() }

@@ -157,7 +157,7 @@ struct MoquiProfileTests {
         return (temp, try ConfigLoader.load(path: temp.file("config.yaml")))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aFatalErrorLineKillsTheHungEngineWithinSeconds() async throws {
         let (temp, config) = try Self.site("""
             echo $$ > "$2/engine.pid"
@@ -188,7 +188,7 @@ struct MoquiProfileTests {
         #expect(failedAt.timeIntervalSince(simStarted) < 20)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func exitZeroWithoutTheSuccessLineFails() async throws {
         let (temp, config) = try Self.site("mkdir -p \"$1\"; echo 'Generating particles for (4 of 4 batches)'; exit 0\n")
         defer { temp.remove() }
@@ -198,7 +198,7 @@ struct MoquiProfileTests {
         #expect(summary.error?.contains("engine exited 0 but never reported completion") == true, "\(summary.error ?? "")")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func retryableFailuresRetryUpToTheLimitWithFreshInputFiles() async throws {
         // Fails with a retryable error on attempts 1 and 2, succeeds on 3; each attempt logs the
         // moqui_tps.in it was given.
@@ -222,7 +222,7 @@ struct MoquiProfileTests {
         #expect(try await store.history("CASE-1").contains { $0.message.contains("retryable error") })
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func retryableFailuresGiveUpAfterTheLimit() async throws {
         let (temp, config) = try Self.site("echo 'ERROR: No free GPU remains'; exit 1\n", extra: "      max_step_retries: 1")
         defer { temp.remove() }
@@ -233,7 +233,7 @@ struct MoquiProfileTests {
         #expect(summary.attempt == 2)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func anInvalidCaseFailsBeforeUploadWithItsReason() async throws {
         let (temp, config) = try Self.site("exit 0\n")
         defer { temp.remove() }
@@ -246,7 +246,7 @@ struct MoquiProfileTests {
         #expect(!FileManager.default.fileExists(atPath: config.conductor.uploadDir + "/NO-BEAMS"))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func progressMovesWhileTheEngineRuns() async throws {
         let (temp, config) = try Self.site("""
             for k in 1 2 3 4 5 6 7 8; do echo "Generating particles for ($k of 8 batches)"; sleep 0.5; done

@@ -359,7 +359,7 @@ struct ObservabilityEndToEndTests {
     /// another case to release a GPU. The reading that sees it free is taken here with the same
     /// `GPUMonitor.poll()` the daemon's loop runs (the daemon's own loop is slowed down: a
     /// shutdown during a reading crashes it, see `shutdownDuringANvidiaSMIReadingIsClean`).
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aCaseWaitingForABusyGPUStartsWhenItFreesUp() async throws {
         let site = try Self.site(cases: 1, gpus: [0])
         defer { site.temp.remove() }
@@ -398,7 +398,7 @@ struct ObservabilityEndToEndTests {
     /// process is handed out before anyone looked. (nvidia-smi takes ~1 s here; on a real host it
     /// takes 0.1–2 s, over ssh more.) Once reserved, the GPU is never seen free-and-busy, because
     /// a release hands it straight to the next waiting case.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aBusyGPUIsNotReservedBeforeTheFirstReading() async throws {
         let site = try Self.site(cases: 1)
         defer { site.temp.remove() }
@@ -415,7 +415,7 @@ struct ObservabilityEndToEndTests {
 
     /// SIGTERM while nvidia-smi is being read (it can take seconds on a loaded host, more over ssh)
     /// must stop the daemon cleanly. Run as a real `mqi run` process, since the failure is a crash.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func shutdownDuringANvidiaSMIReadingIsClean() async throws {
         let site = try Self.site(cases: 0)
         defer { site.temp.remove() }

@@ -109,7 +109,7 @@ struct PlanValidationTests {
 
     /// The demo site with a good case and two bad ones: the good one completes with its plan
     /// beams stored and shown by `mqi cases show`; the bad ones are refused before upload.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func planBeamsAreStoredAndShownByTheCLI() async throws {
         let temp = try TemporaryDirectory("mqi-plan")
         defer { temp.remove() }

@@ -63,7 +63,7 @@ struct SSHEndToEndTests {
         #expect(metrics.registry.emitToString().contains("mqi_ssh_connections_opened_total \(server.acceptedConnections)"))
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aMismatchedHostKeyFailsClearlyAndCompletesNothing() async throws {
         let server = try SSHServer()
         defer { server.stop(); server.remove() }

@@ -133,7 +133,7 @@ struct SSHFieldFaultTests {
     /// group of the login account: the ssh executor treats the attempt as ended without an exit
     /// code and does not signal the group. A control run with the true identity shows the
     /// account could have killed it.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aReusedPidIsNeitherWaitedOnNorSignalledOverSSH() async throws {
         let server = try SSHServer(loginShell: "/bin/bash")
         defer { server.remove() }

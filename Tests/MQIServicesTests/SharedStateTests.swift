@@ -251,7 +251,7 @@ struct SharedStateTests {
         try await site.expectCleanFinish(store, announcedOnce: false)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aCommunicatorKilledForGoodLeavesItsRunningStepsToTheOtherWithinTheLease() async throws {
         let site = try Site(database: try PostgresServer.shared().freshDatabase(prefix: "shared_failover"), cases: 6, gpus: [0, 1, 2],
                             stepMs: 3000...5000)
@@ -362,7 +362,7 @@ struct SharedStateTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func statusListsBothCommunicators() async throws {
         let site = try Site(database: try PostgresServer.shared().freshDatabase(prefix: "shared_status"), cases: 2, gpus: [0, 1], stepMs: 2000...3000)
         defer { site.temp.remove() }

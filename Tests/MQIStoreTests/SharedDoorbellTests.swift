@@ -48,7 +48,7 @@ struct SharedDoorbellTests {
         #expect(clock.now - quiet >= .milliseconds(250))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func twoCommunicatorsNeverClaimTheSameMessage() async throws {
         let fixture = try StoreFixture(backend: .postgres)
         defer { fixture.remove() }

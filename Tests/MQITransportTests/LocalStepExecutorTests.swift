@@ -15,7 +15,7 @@ struct LocalStepExecutorTests {
         ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func succeedsWithEnvironmentAndOutputInAFreshLog() async throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
@@ -27,7 +27,7 @@ struct LocalStepExecutorTests {
         #expect(try String(contentsOfFile: temp.file("upload/.mqi-runs/CASE 'x'/run_moqui_sim.1/exit_code"), encoding: .utf8) == "0\n")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func nonZeroExitFailsWithStatusAndLastLines() async throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
@@ -38,7 +38,7 @@ struct LocalStepExecutorTests {
         #expect(reason.contains("FATAL ERROR: no beam"))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func timeoutKillsTheWholeProcessGroup() async throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
@@ -53,7 +53,7 @@ struct LocalStepExecutorTests {
         #expect(!LocalStepExecutor.processAlive(grandchild), "the background process of the step must be gone too")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func cancelKillsTheProcessGroupPromptly() async throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
@@ -81,7 +81,7 @@ struct LocalStepExecutorTests {
     /// A process that joins the group after the SIGTERM (here forked by the step's TERM trap; in
     /// the wild, by a shell that took the signal while it was starting `sleep &`) never received
     /// it: the executor terminates it too instead of waiting out the grace period for SIGKILL.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aProcessThatJoinsTheGroupAfterSIGTERMIsTerminatedWithinTheGrace() async throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }
@@ -104,7 +104,7 @@ struct LocalStepExecutorTests {
 
     /// The daemon stops (task cancelled) while a step runs: the step keeps running, and the next
     /// daemon adopts it — waits for it and reads its exit code — without starting it again.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func anInterruptedAttemptIsAdoptedNotRunTwice() async throws {
         let temp = try TemporaryDirectory()
         defer { temp.remove() }

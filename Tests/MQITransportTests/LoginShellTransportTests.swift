@@ -16,7 +16,7 @@ struct LoginShellTransportTests {
 
     static let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
-    @Test(.timeLimit(.minutes(2)), arguments: SSHServer.installedShells())
+    @Test(.timeLimit(.minutes(4)), arguments: SSHServer.installedShells())
     func scriptsCommandsTransfersAndStepsBehaveAlikeUnderEveryLoginShell(shell: String) async throws {
         let server = try SSHServer(loginShell: shell)
         defer { server.remove() }

@@ -47,7 +47,7 @@ struct NestedCaseIdTransportTests {
         try await Self.check(mover, local: local, upload: temp.file("hpc/upload"), download: temp.file("hpc/download"), results: temp.file("results"))
     }
 
-    @Test(.timeLimit(.minutes(1)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
     func sshTransportNestsUploadsAndResults() async throws {
         let setup = try await SSHTransportTests.Setup()
         let local = setup.temp.file("logdata/" + Self.id)

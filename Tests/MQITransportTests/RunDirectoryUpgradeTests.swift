@@ -26,7 +26,7 @@ struct RunDirectoryUpgradeTests {
                 logPath: temp.file("logs/CASE-1/sim.\(attempt).log"))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func anAttemptRunningAtTheOldLocationIsAdoptedAndStoppedThereNotStartedAgain() async throws {
         let temp = try TemporaryDirectory("mqi-upgrade")
         defer { temp.remove() }
@@ -61,7 +61,7 @@ struct RunDirectoryUpgradeTests {
         #expect(!FileManager.default.fileExists(atPath: again))
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aStopDecidesOnTheRunDirectoryNotTheCaseDirectory() async throws {
         let temp = try TemporaryDirectory("mqi-upgrade")
         defer { temp.remove() }

@@ -27,7 +27,7 @@ struct SSHShellTests {
 
     /// The same scripts give the same status, stdout, stderr through a shell as through a
     /// session of their own: bytes 0-255, outputs over 64 KiB, stdin, exit statuses (255 too).
-    @Test(.timeLimit(.minutes(2)), arguments: SSHServer.installedShells(["/bin/bash", "/usr/bin/tcsh"]))
+    @Test(.timeLimit(.minutes(4)), arguments: SSHServer.installedShells(["/bin/bash", "/usr/bin/tcsh"]))
     func aShellAnswersLikeASessionOfItsOwn(shell: String) async throws {
         let server = try SSHServer(loginShell: shell, slowLogin: 0.05)
         defer { server.remove() }
@@ -65,7 +65,7 @@ struct SSHShellTests {
 
     /// Thirty commands one after another start no login shell beyond the shell's own; eight at
     /// once fewer than one each; sessions of their own one each.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func manyCommandsStartAboutOneLoginShell() async throws {
         let server = try SSHServer(slowLogin: 0.1)
         defer { server.remove() }
@@ -103,7 +103,7 @@ struct SSHShellTests {
 
     /// The pool's bookkeeping, with local processes standing in for shells: reuse, replacement
     /// after the maximum age, the wait for a busy one, and the hold-off after a failure.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func thePoolReusesAgesOutAndHoldsOff() async throws {
         let pool = SSHShellPool(limit: 1, waitSec: 0.2, maxAgeSec: 0.5)
         guard case .start = try #require(await pool.checkout()) else { Issue.record("no start"); return }
@@ -129,7 +129,7 @@ struct SSHShellTests {
 
     /// A command that leaves a process in the background writing to its stdout returns at once,
     /// and what that process writes later is not taken for the next command's output.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aBackgroundProcessHoldsNothingOpen() async throws {
         let server = try SSHServer(slowLogin: 0.05)
         defer { server.remove() }
@@ -152,7 +152,7 @@ struct SSHShellTests {
     /// kill -9 of the remote shell while it runs a command: an idempotent command runs again in
     /// a session of its own and succeeds, one that is not fails as transient; later commands
     /// get a new shell.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aKilledShellFallsBackAndIsReplaced() async throws {
         let server = try SSHServer(slowLogin: 0.05)
         defer { server.remove() }
@@ -205,7 +205,7 @@ struct SSHShellTests {
 
     /// A command over its time limit: a transient timeout error at the limit, its remote
     /// processes killed, and the next command in a new shell.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aTimeoutKillsTheCommandAndReplacesTheShell() async throws {
         let server = try SSHServer(loginShell: "/usr/bin/tcsh", slowLogin: 0.05)
         defer { server.remove() }

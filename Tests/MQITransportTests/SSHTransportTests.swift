@@ -29,7 +29,7 @@ struct SSHConnectionBudgetTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)), .enabled(if: SSHServer.isAvailable))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: SSHServer.isAvailable))
     func unreachableHostBacksOffExponentiallyWithinTheBudget() async throws {
         let time = FakeTime()
         // Nothing listens on this port: every attempt is refused at once.
@@ -90,7 +90,7 @@ struct SSHTransportTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func commandsShareOneConnection() async throws {
         let setup = try await Setup()
         let runner = SSHCommandRunner(connection: setup.connection)
@@ -104,7 +104,7 @@ struct SSHTransportTests {
     }
 
     /// Eight steps running on one host cost one ssh session per poll interval, not one each.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func onePollSessionAnswersForEveryRunningStep() async throws {
         let server = try SSHServer(extraConfig: "LogLevel DEBUG1")
         try await server.start()
@@ -146,7 +146,7 @@ struct SSHTransportTests {
         await connection.closeMaster()
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aStepRunsDetachedAndIsAdoptedNotRunAgain() async throws {
         let setup = try await Setup()
         let counter = setup.temp.file("runs")
@@ -165,7 +165,7 @@ struct SSHTransportTests {
         await setup.finish()
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func cancelAndTimeoutKillTheWholeRemoteProcessGroup() async throws {
         let setup = try await Setup()
         let pids = setup.temp.file("pids")
@@ -186,7 +186,7 @@ struct SSHTransportTests {
         await setup.finish()
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func uploadAndDownloadAreVerifiedAndACorruptedByteIsCaught() async throws {
         let setup = try await Setup()
         let local = setup.temp.file("local/CASE-1")
@@ -226,7 +226,7 @@ struct SSHTransportTests {
         await setup.finish()
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aMismatchedHostKeyFailsFastAndClearly() async throws {
         let setup = try await Setup(knownHosts: { try $0.writeMismatchedKnownHosts() })
         let runner = SSHCommandRunner(connection: setup.connection)

@@ -40,7 +40,7 @@ struct TransferRetryTests {
 
     // MARK: - local
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aRedeliveredLocalUploadFindsTheFinalCopyAndLeavesIt() async throws {
         let temp = try TemporaryDirectory("mqi-retry")
         defer { temp.remove() }
@@ -66,7 +66,7 @@ struct TransferRetryTests {
         #expect(try String(contentsOfFile: temp.file("hpc/upload/CASE-1/RP.1.dcm"), encoding: .utf8) == "plan v2")
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aLocalDownloadOfAnEmptyOrMissingDirectorySaysNoResultFiles() async throws {
         let temp = try TemporaryDirectory("mqi-retry")
         defer { temp.remove() }
@@ -106,7 +106,7 @@ struct TransferRetryTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
     func anSSHUploadRetriedAfterTheRenameOrRedeliveredSucceeds() async throws {
         let remote = try await Remote()
         let local = remote.temp.file("local/CASE-1")
@@ -146,7 +146,7 @@ struct TransferRetryTests {
         await remote.finish()
     }
 
-    @Test(.timeLimit(.minutes(1)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
     func anSSHDownloadOfAnEmptyOrMissingDirectorySaysNoResultFiles() async throws {
         let remote = try await Remote()
         let download = remote.temp.file("remote/download")

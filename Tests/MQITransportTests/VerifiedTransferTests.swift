@@ -34,7 +34,7 @@ struct VerifiedTransferTests {
         try runProcess("/bin/sh", ["-c", script, "sh"] + arguments)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func theManifestIsWhatSha256sumWritesAndReads() throws {
         let temp = try TemporaryDirectory("mqi-manifest")
         defer { temp.remove() }
@@ -53,7 +53,7 @@ struct VerifiedTransferTests {
         #expect(ResultManifest.mismatches(theirs.output.replacingOccurrences(of: "  ./", with: " *./"), in: root) == nil)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aFlippedByteAMissingFileOrABrokenManifestFailsTheCheck() throws {
         let temp = try TemporaryDirectory("mqi-manifest")
         defer { temp.remove() }
@@ -105,7 +105,7 @@ struct VerifiedTransferTests {
         #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func filesHashedOnArrivalAreReadAgainWhenTouchedAfterwards() throws {
         let temp = try TemporaryDirectory("mqi-arrivals")
         defer { temp.remove() }
@@ -195,7 +195,7 @@ struct VerifiedTransferTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
     func anUploadWhoseRemoteCopyIsFlippedAfterRsyncWroteItFailsAndTheRetryIsWhole() async throws {
         let remote = try await Remote()
         let local = remote.temp.file("local/CASE-1")
@@ -217,7 +217,7 @@ struct VerifiedTransferTests {
         await remote.finish()
     }
 
-    @Test(.timeLimit(.minutes(1)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
+    @Test(.timeLimit(.minutes(3)), .enabled(if: SSHServer.isAvailable, "needs sshd, ssh and rsync"))
     func aDownloadWhoseLocalCopyIsFlippedAfterItArrivedFailsAndTheRetryIsWhole() async throws {
         let remote = try await Remote()
         let results = remote.temp.file("remote/download/CASE-1")

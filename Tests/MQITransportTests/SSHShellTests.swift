@@ -169,7 +169,8 @@ struct SSHShellTests {
         let firstShell = try await shellPid()
         #expect(Self.isRunning(firstShell))
         let marker = temp.file("runs")
-        let script = "echo run >> \(ShellQuote.quote(marker)); sleep 2; echo done"
+        // 6 s: the kill must come while it runs, after the test sees the marker (late under load).
+        let script = "echo run >> \(ShellQuote.quote(marker)); sleep 6; echo done"
         async let idempotent = connection.runScript(script, timeoutSec: 30)
         #expect(await eventually(within: 10) { FileManager.default.fileExists(atPath: marker) })
         kill(firstShell, SIGKILL)
@@ -196,7 +197,7 @@ struct SSHShellTests {
         } catch let error as TransportError {
             #expect(error.isTransient, "\(error)")
         }
-        try await Task.sleep(for: .seconds(2.5))
+        try await Task.sleep(for: .seconds(6.5))
         #expect(try String(contentsOfFile: marker, encoding: .utf8) == "run\n")
         let meanwhile = try await connection.runScript("echo fine", timeoutSec: 20)
         #expect(meanwhile.stdoutText == "fine\n")

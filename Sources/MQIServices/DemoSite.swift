@@ -329,7 +329,7 @@ public struct DemoSite: Sendable {
     }
 
     /// The body of a double-quoted YAML scalar.
-    static func yamlEscaped(_ text: String) -> String {
+    package static func yamlEscaped(_ text: String) -> String {
         var out = ""
         for scalar in text.unicodeScalars {
             switch scalar {

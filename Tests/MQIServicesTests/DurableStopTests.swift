@@ -19,24 +19,9 @@ struct DurableStopTests {
 
         init() throws {
             temp = try TemporaryDirectory("mqi-stop")
-            try """
-                scanner: { local_logdata: ./data, ready_marker: _CASE_READY, rescan_interval_sec: 5 }
-                state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-                hpc: { transport: local, gpus: [0] }
-                conductor:
-                  remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-                  results_dir: ./var/results
-                workflows:
-                  default_qa:
-                    - { name: upload_case_files, type: upload,   progress: 10 }
-                    - { name: run_moqui_sim,     type: execute,  progress: 50, timeout_sec: 300 }
-                    - { name: download_results,  type: download, progress: 90 }
-                remote_commands:
-                  run_moqui_sim: "/bin/sh ./sim.sh \(ShellQuote.quote(ledger)) {case_id} {result_dir}"
-                retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
-                metrics: { port: 0 }
-                gpu_monitor: { enabled: false }
-                """.write(toFile: config, atomically: true, encoding: .utf8)
+            try SampleConfigs.localSite(simCommand: "/bin/sh ./sim.sh \(ShellQuote.quote(ledger)) {case_id} {result_dir}", simKeys: "timeout_sec: 300",
+                                        retryAttempts: 3)
+                .write(toFile: config, atomically: true, encoding: .utf8)
             try FileManager.default.createDirectory(atPath: temp.file("data"), withIntermediateDirectories: true)
         }
 

@@ -21,26 +21,10 @@ struct LocalStepTests {
         init(reportSeconds: Double = 0, extraStepKeys: String = "") throws {
             temp = try TemporaryDirectory("mqi-local-step")
             let ledger = ShellQuote.quote(self.ledger)
-            try """
-                scanner: { local_logdata: ./data, ready_marker: _CASE_READY, rescan_interval_sec: 5 }
-                state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-                hpc: { transport: local, gpus: [0] }
-                conductor:
-                  remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-                  results_dir: ./var/results
-                workflows:
-                  default_qa:
-                    - { name: upload_case_files, type: upload,   progress: 10 }
-                    - { name: run_moqui_sim,     type: execute,  progress: 50 }
-                    - { name: download_results,  type: download, progress: 80 }
-                    - { name: make_report,       type: local,    progress: 90, timeout_sec: 60, success_pattern: "^report done", \(extraStepKeys) }
-                remote_commands:
-                  run_moqui_sim: "mkdir -p {result_dir} && echo dose > {result_dir}/dose.txt"
-                  make_report: "echo \\"$MQI_CASE_ID start $(date +%s%N) $$\\" >> \(ledger.replacingOccurrences(of: "\"", with: "\\\"")); sleep \(reportSeconds); ls > report.txt; echo dir={results_dir} pwd=$(pwd); echo report done"
-                retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
-                metrics: { port: 0 }
-                gpu_monitor: { enabled: false }
-                """.write(toFile: config, atomically: true, encoding: .utf8)
+            try SampleConfigs.localSite(simCommand: "mkdir -p {result_dir} && echo dose > {result_dir}/dose.txt", localStep: (
+                name: "make_report", keys: "timeout_sec: 60, success_pattern: \"^report done\", \(extraStepKeys)",
+                command: "echo \"$MQI_CASE_ID start $(date +%s%N) $$\" >> \(ledger); sleep \(reportSeconds); ls > report.txt; echo dir={results_dir} pwd=$(pwd); echo report done"
+            ), retryAttempts: 3).write(toFile: config, atomically: true, encoding: .utf8)
             try FileManager.default.createDirectory(atPath: temp.file("data"), withIntermediateDirectories: true)
         }
 

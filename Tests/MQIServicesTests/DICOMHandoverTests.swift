@@ -29,28 +29,10 @@ struct DICOMHandoverTests {
             try FileManager.default.createDirectory(atPath: temp.file("scripts"), withIntermediateDirectories: true)
             let writeDoses = try PyDICOM.doseCommand(DICOMHandoverTests.doses, scriptsIn: temp.file("scripts"))
                 .map(ShellQuote.quote).joined(separator: " ")
-            try """
-                scanner: { local_logdata: ./data, ready_marker: _CASE_READY, rescan_interval_sec: 5 }
-                state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-                hpc: { transport: local, gpus: [0] }
-                conductor:
-                  remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-                  results_dir: ./var/results
-                workflows:
-                  default_qa:
-                    - { name: upload_case_files, type: upload,   progress: 10 }
-                    - { name: run_moqui_sim,     type: execute,  progress: 30 }
-                    - { name: download_results,  type: download, progress: 80 }
-                    - { name: send_to_pacs,      type: local,    progress: 90, timeout_sec: 60\(sendStepKeys) }
-                remote_commands:
-                  run_moqui_sim: |-
-                    mkdir -p {result_dir} && \(writeDoses) {result_dir} && echo 'dose written' > {result_dir}/summary.txt
-                  send_to_pacs: |-
-                    \(ShellQuote.quote(StoreSCP.storescu)) -v -aet MQI -aec PACS +sd +r +sp '*.dcm' 127.0.0.1 \(port) {results_dir}
-                retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
-                metrics: { enabled: false }
-                gpu_monitor: { enabled: false }
-                """.write(toFile: temp.file("config.yaml"), atomically: true, encoding: .utf8)
+            try SampleConfigs.localSite(simCommand: "mkdir -p {result_dir} && \(writeDoses) {result_dir} && echo 'dose written' > {result_dir}/summary.txt", localStep: (
+                name: "send_to_pacs", keys: "timeout_sec: 60\(sendStepKeys)",
+                command: "\(ShellQuote.quote(StoreSCP.storescu)) -v -aet MQI -aec PACS +sd +r +sp '*.dcm' 127.0.0.1 \(port) {results_dir}"
+            ), retryAttempts: 3, metrics: false).write(toFile: temp.file("config.yaml"), atomically: true, encoding: .utf8)
             let caseDir = temp.file("data/CASE-1")
             try FileManager.default.createDirectory(atPath: caseDir, withIntermediateDirectories: true)
             try "x\n".write(toFile: caseDir + "/PlanInfo.txt", atomically: true, encoding: .utf8)

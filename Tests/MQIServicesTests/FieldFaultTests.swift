@@ -99,25 +99,8 @@ struct FieldFaultTests {
         try "plan\n".write(toFile: caseDir + "/plan.txt", atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: caseDir + "/_CASE_READY", contents: nil)
         let configPath = temp.file("site/config.yaml")
-        try """
-            scanner: { local_logdata: ./data, ready_marker: _CASE_READY, quiet_period_sec: 0, rescan_interval_sec: 30, workflow: long }
-            state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-            hpc: { transport: local, gpus: [0] }
-            conductor:
-              remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-              results_dir: ./var/results
-            workflows:
-              long:
-                - { name: upload_case_files, type: upload, progress: 10 }
-                - { name: simulate, type: execute, progress: 50 }
-                - { name: download_results, type: download, progress: 90 }
-            remote_commands:
-              simulate: "sleep 60"
-            logging: { level: info }
-            metrics: { host: 127.0.0.1, port: 0 }
-            gpu_monitor: { enabled: false }
-
-            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        try SampleConfigs.localSite(simCommand: "sleep 60", simStep: "simulate", scanner: "quiet_period_sec: 0, rescan_interval_sec: 30")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
         let config = try ConfigLoader.load(path: configPath)
         let log = temp.file("daemon.log")
         let daemon = try ServiceAccount.spawn([try mqiExecutable(), "run", "--config", configPath, "--log-format", "text"], output: log)

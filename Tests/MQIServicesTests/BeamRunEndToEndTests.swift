@@ -35,33 +35,10 @@ struct BeamRunEndToEndTests {
                 """.write(toFile: script, atomically: true, encoding: .utf8)
             try FileManager.default.createDirectory(atPath: temp.file("faults"), withIntermediateDirectories: true)
             let command = "/bin/sh \(ShellQuote.quote(script)) \(ShellQuote.quote(ledger)) \(ShellQuote.quote(temp.file("faults"))) {case_id} {beam_number} {gpu_id} {result_dir}"
-            try """
-                scanner: { local_logdata: ./data, ready_marker: _CASE_READY, case_layout: moqui, rescan_interval_sec: 5 }
-                state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-                hpc: { transport: local, gpus: [\((0..<gpus).map(String.init).joined(separator: ", "))] }
-                conductor:
-                  remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-                  results_dir: ./var/results
-                workflows:
-                  default_qa:
-                    - { name: upload_case_files, type: upload, progress: 10 }
-                    - name: run_moqui_sim
-                      type: execute
-                      for_each: beam
-                      gpus: 1
-                      progress: 30
-                      timeout_sec: 120
-                      failure_patterns: ['FATAL ERROR']
-                      success_pattern: 'Total execution time:'
-                      retryable_patterns: ['No free GPU remains']
-                      max_step_retries: 1
-                    - { name: download_results, type: download, progress: 90 }
-                remote_commands:
-                  run_moqui_sim: "\(command.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\""))"
-                retry: { max_attempts: 5, initial_delay_sec: 0.1, max_delay_sec: 0.5, multiplier: 2 }
-                metrics: { port: 0 }
-                gpu_monitor: { enabled: false }
-                """.write(toFile: config, atomically: true, encoding: .utf8)
+            let simKeys = "timeout_sec: 120, for_each: beam, gpus: 1, failure_patterns: ['FATAL ERROR'], success_pattern: 'Total execution time:', "
+                + "retryable_patterns: ['No free GPU remains'], max_step_retries: 1"
+            try SampleConfigs.localSite(simCommand: command, simKeys: simKeys, scanner: "case_layout: moqui, rescan_interval_sec: 5", gpus: Array(0..<gpus),
+                                        retryAttempts: 5).write(toFile: config, atomically: true, encoding: .utf8)
             try FileManager.default.createDirectory(atPath: temp.file("data"), withIntermediateDirectories: true)
         }
 

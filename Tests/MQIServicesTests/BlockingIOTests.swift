@@ -104,26 +104,9 @@ struct BlockingIOTests {
             _ = FileManager.default.createFile(atPath: caseDir + "/_CASE_READY", contents: nil)
         }
         let config = temp.file("site/config.yaml")
-        try """
-            scanner: { local_logdata: ./data, ready_marker: _CASE_READY, quiet_period_sec: 0, rescan_interval_sec: 30, workflow: big }
-            state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-            hpc: { transport: local, gpus: [0, 1] }
-            conductor:
-              remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-              results_dir: ./var/results
-            workflows:
-              big:
-                - { name: upload_case_files, type: upload, progress: 10 }
-                - { name: make_dose, type: execute, progress: 50 }
-                - { name: download_results, type: download, progress: 90 }
-            remote_commands:
-              make_dose: "\(gate.map { "while [ ! -e \($0) ]; do sleep 0.05; done; " } ?? "")mkdir -p {result_dir} && ln \(big) {result_dir}/dose.bin"
-            retry: { max_attempts: 3, initial_delay_sec: 1, max_delay_sec: 5, multiplier: 2 }
-            logging: { level: info }
-            metrics: { host: 127.0.0.1, port: 0 }
-            gpu_monitor: { enabled: false }
-
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        try SampleConfigs.localSite(simCommand: "\(gate.map { "while [ ! -e \($0) ]; do sleep 0.05; done; " } ?? "")mkdir -p {result_dir} && ln \(big) {result_dir}/dose.bin",
+                                    scanner: "quiet_period_sec: 0, rescan_interval_sec: 30", gpus: [0, 1], retryAttempts: 3)
+            .write(toFile: config, atomically: true, encoding: .utf8)
         return config
     }
 

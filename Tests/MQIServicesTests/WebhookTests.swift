@@ -135,23 +135,8 @@ struct WebhookTests {
             """.write(toFile: step, atomically: true, encoding: .utf8)
         try "s3cret-token\n".write(toFile: temp.file("webhook.token"), atomically: true, encoding: .utf8)
         let config = temp.file("config.yaml")
-        try """
-            scanner: { local_logdata: ./data, ready_marker: _CASE_READY, rescan_interval_sec: 1 }
-            state: { database: ./var/mqi.sqlite, pid_file: ./var/mqi.pid, logs_dir: ./var/logs }
-            hpc: { transport: local, gpus: [0, 1] }
-            conductor:
-              remote_paths: { upload_dir: ./hpc/upload, download_dir: ./hpc/download }
-              results_dir: ./var/results
-            workflows:
-              default_qa:
-                - { name: upload_case_files, type: upload,   progress: 10 }
-                - { name: run_moqui_sim,     type: execute,  progress: 70, timeout_sec: 120 }
-                - { name: download_results,  type: download, progress: 90 }
-            remote_commands:
-              run_moqui_sim: "/bin/sh \(ShellQuote.quote(step)) {case_dir} {result_dir}"
-            retry: { max_attempts: 3, initial_delay_sec: 0.1, max_delay_sec: 1, multiplier: 2 }
-            metrics: { port: 0 }
-            gpu_monitor: { enabled: false }
+        try SampleConfigs.localSite(simCommand: "/bin/sh \(ShellQuote.quote(step)) {case_dir} {result_dir}", simKeys: "timeout_sec: 120",
+                                    scanner: "rescan_interval_sec: 1", gpus: [0, 1], retryAttempts: 3, extra: """
             notifications:
               timeout_sec: 2
               max_backoff_sec: 1
@@ -160,7 +145,7 @@ struct WebhookTests {
                   events: [case_received, case_completed, case_failed, case_cancelled]
                   token_file: ./webhook.token
                 - { url: "http://127.0.0.1:\(failures.port)/failures", events: [case_failed] }
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+            """).write(toFile: config, atomically: true, encoding: .utf8)
         let data = temp.file("data")
         try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
         for name in ["OK-1", "OK-2", "FAIL-1"] { try DemoSite.writeCase(named: name, in: data, beams: 1) }

@@ -74,7 +74,7 @@ struct BeamRunEndToEndTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aFourBeamCaseOnFourGPUsTakesAboutOneBeamsTime() async throws {
         let site = try Site(seconds: 3)
         defer { site.temp.remove() }
@@ -91,7 +91,10 @@ struct BeamRunEndToEndTests {
         // In parallel: the whole step took about one beam's time, not four.
         let span = Double((ends.map(\.ns).max() ?? 0) - (starts.map(\.ns).min() ?? 0)) / 1e9
         print("4 beams of 3 s on 4 GPUs: step span \(String(format: "%.2f", span)) s")
-        #expect(span < 3 * 2, "the beams did not run in parallel (\(span) s)")
+        // All four ran at one moment: the last start came before the first end (one after the
+        // other, or two at a time, they could not). A wall-clock bound on the span is left out:
+        // CI's load stretches it.
+        #expect((starts.map(\.ns).max() ?? 0) < (ends.map(\.ns).min() ?? 0), "the beams did not all run at once (span \(span) s): \(site.lines())")
         let runs = try #require(try await store.beamRuns("P1_STUDY").first)
         #expect(runs.runs.map(\.status) == [.succeeded, .succeeded, .succeeded, .succeeded])
         #expect(Set(runs.runs.flatMap(\.gpuIds)).isEmpty, "GPUs are released once a beam ends")
@@ -103,7 +106,7 @@ struct BeamRunEndToEndTests {
         #expect(try await store.gpus().allSatisfy { $0.status == .free })
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aRetryableBeamFailureRetriesThatBeamAlone() async throws {
         let site = try Site(gpus: 2, seconds: 1)
         defer { site.temp.remove() }
@@ -120,7 +123,7 @@ struct BeamRunEndToEndTests {
         #expect(starts.filter { $0.beam == 2 }.count == 2 && starts.filter { $0.beam != 2 }.count == 2)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aPermanentBeamFailureFailsTheCaseStopsItsOtherBeamsAndARetryRunsOnlyTheUnfinishedOnes() async throws {
         let site = try Site(gpus: 4, seconds: 30)
         defer { site.temp.remove() }

@@ -110,7 +110,7 @@ struct BlockingIOTests {
         return config
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func twoLargeDownloadsLeaveHealthzPromptAndKeepTheirLeases() async throws {
         let temp = try TemporaryDirectory("mqi-blocking")
         defer { temp.remove() }

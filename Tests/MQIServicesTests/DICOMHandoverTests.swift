@@ -55,7 +55,7 @@ struct DICOMHandoverTests {
 
     @Test(.enabled(if: StoreSCP.isAvailable, Comment(rawValue: dcmtkMissing)),
           .enabled(Comment(rawValue: PyDICOM.skipReason)) { PyDICOM.shouldRun },
-          .timeLimit(.minutes(2)))
+          .timeLimit(.minutes(4)))
     func everyResultDoseArrivesAtThePACSUnchanged() async throws {
         let pacs = try StoreSCP()
         defer { pacs.stop(); pacs.temp.remove() }
@@ -94,7 +94,7 @@ struct DICOMHandoverTests {
 
     @Test(.enabled(if: StoreSCP.isAvailable, Comment(rawValue: dcmtkMissing)),
           .enabled(Comment(rawValue: PyDICOM.skipReason)) { PyDICOM.shouldRun },
-          .timeLimit(.minutes(2)))
+          .timeLimit(.minutes(4)))
     func aRefusingPACSFailsTheStepWithStorescusReasonAfterItsRetries() async throws {
         let pacs = try StoreSCP(refuse: true)
         defer { pacs.stop(); pacs.temp.remove() }

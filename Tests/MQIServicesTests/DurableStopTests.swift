@@ -144,7 +144,7 @@ struct DurableStopTests {
         #expect(history.contains { $0.contains("confirmed stopped") }, "\(history)")
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aCancelWhileRunningHandsTheGPUOnOnlyOnceTheOldProcessGroupIsGone() async throws {
         let site = try Site()
         defer { site.temp.remove() }

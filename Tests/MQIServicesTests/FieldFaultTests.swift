@@ -56,7 +56,7 @@ struct FieldFaultTests {
                 ("same boot, pid reused", "\(try bootID()) \(otherStart)\n")]
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aReusedPidIsNeitherWaitedOnNorSignalledLocally() async throws {
         let temp = try TemporaryDirectory("mqi-field")
         defer { temp.remove() }
@@ -90,7 +90,7 @@ struct FieldFaultTests {
     /// A long step runs; another worker takes the message's lease (as a second daemon whose
     /// claim found the lease expired would). This daemon stops supervising the attempt, says so,
     /// publishes no result for it and leaves the step running for the new holder.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aWorkerThatLosesItsLeaseStopsWorkingOnTheMessage() async throws {
         let temp = try TemporaryDirectory("mqi-lease")
         defer { temp.remove() }

@@ -42,7 +42,7 @@ struct LocalStepTests {
         func store() throws -> Store { try Store(path: temp.file("var/mqi.sqlite")) }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aLocalStepRunsInTheCasesResultsAfterTheDownload() async throws {
         let site = try Site()
         defer { site.temp.remove() }
@@ -64,7 +64,7 @@ struct LocalStepTests {
         #expect(ResultManifest.verify(results) == nil)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aLocalStepIsAdoptedAfterKillMinusNineNotRunAgain() async throws {
         let site = try Site(reportSeconds: 4)
         defer { site.temp.remove() }

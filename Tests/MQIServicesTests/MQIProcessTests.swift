@@ -44,7 +44,7 @@ struct MQIProcessTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func exitStatusesAreReportedAndOutputIsAppended() async throws {
         let temp = try TemporaryDirectory("mqi-process")
         defer { temp.remove() }
@@ -63,7 +63,7 @@ struct MQIProcessTests {
         #expect(text.contains("USAGE:") && text.contains("no-such-command"), "\(text)")
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aKilledDaemonIsSeenGoneBySeveralWaitersAtOnce() async throws {
         let site = try Site()
         defer { site.temp.remove() }
@@ -108,7 +108,7 @@ struct MQIProcessTests {
         #expect(LocalStepExecutor.processAlive(step), "the step (its own session) outlives the daemon")
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aDaemonStillRunningWhenItsHandleGoesIsKilled() async throws {
         let site = try Site()
         defer { site.temp.remove() }

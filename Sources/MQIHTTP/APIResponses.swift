@@ -15,8 +15,13 @@ struct APIError: Error, Sendable {
     static func notFound(_ detail: String) -> APIError { APIError(status: .notFound, error: "not_found", detail: detail) }
     static func conflict(_ detail: String) -> APIError { APIError(status: .conflict, error: "conflict", detail: detail) }
 
+    /// A 401 names how to send the token (RFC 9110 §11.6.1): Bearer only, so that a browser's
+    /// script that gets it does not make the browser open its own sign-in dialog (a refused read
+    /// off loopback also offers Basic: `ReadAccess.apiRefusal`).
     var response: Response {
-        APIResponses.json(["error": error, "detail": detail], status: status)
+        var response = APIResponses.json(["error": error, "detail": detail], status: status)
+        if status == .unauthorized { response.headers[.wwwAuthenticate] = "Bearer realm=\"\(ReadAccess.realm)\"" }
+        return response
     }
 }
 

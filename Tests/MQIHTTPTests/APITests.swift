@@ -222,6 +222,7 @@ import Testing
             let none = try await Self.request(client, "/api/cases/CASE-1/cancel", method: .post)
             #expect(none.status == .unauthorized)
             #expect(try none.json()["error"] as? String == "unauthorized")
+            #expect(none.headers[.wwwAuthenticate] == #"Bearer realm="MQI Communicator""#, "a 401 names the scheme, and not Basic (no browser dialog)")
             #expect(try await Self.request(client, "/api/cases/CASE-1/cancel", method: .post, token: "wrong").status == .unauthorized)
             #expect(try await Self.request(client, "/api/cases/CASE-1/cancel", method: .post, token: token + "x").status == .unauthorized)
             #expect(try await Self.request(client, "/api/cases/CASE-1/cancel", method: .post, token: String(token.dropLast())).status == .unauthorized)

@@ -300,7 +300,9 @@ struct APIFallback<Context: RequestContext>: RouterMiddleware {
             let path = request.uri.path
             guard path == "/api" || path.hasPrefix("/api/") else { throw error }
             let segments = path.split(separator: "/")
-            let allowed = routes.filter { Self.matches($0.segments, segments) }.reduce(into: Set<HTTPRequest.Method>()) { $0.formUnion($1.methods) }
+            var allowed = routes.filter { Self.matches($0.segments, segments) }.reduce(into: Set<HTTPRequest.Method>()) { $0.formUnion($1.methods) }
+            // Every GET also answers HEAD (HeadRequests).
+            if allowed.contains(.get) { allowed.insert(.head) }
             guard !allowed.isEmpty else {
                 return APIError.notFound("no operation of the API at \(path) (the API is described at /api/openapi.json)").response
             }

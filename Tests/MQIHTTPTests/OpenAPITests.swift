@@ -139,8 +139,8 @@ import Testing
             }
             return replies
         }
-        let expected: [(HTTPResponse.Status, String?)] = [(.methodNotAllowed, "GET"), (.methodNotAllowed, "POST"), (.methodNotAllowed, "POST"),
-                                                          (.methodNotAllowed, "GET"), (.methodNotAllowed, "GET"), (.notFound, nil), (.notFound, nil)]
+        let expected: [(HTTPResponse.Status, String?)] = [(.methodNotAllowed, "GET, HEAD"), (.methodNotAllowed, "POST"), (.methodNotAllowed, "POST"),
+                                                          (.methodNotAllowed, "GET, HEAD"), (.methodNotAllowed, "GET, HEAD"), (.notFound, nil), (.notFound, nil)]
         for ((request, status, allow, contentType, body), (expectedStatus, expectedAllow)) in zip(replies, expected) {
             #expect(status == expectedStatus && allow == expectedAllow, "\(request): \(status) Allow: \(allow ?? "-") \(body)")
             #expect(contentType?.hasPrefix("application/json") == true, "\(request): \(contentType ?? "no content type")")

@@ -116,12 +116,16 @@ public final class MQIProcess: Sendable {
         case lost
     }
 
-    public init(_ arguments: [String], output: String, environment: [String: String] = [:]) throws {
+    /// `launcher`: a command (absolute path first) that execs `mqi` in its own process, given as
+    /// its last argument followed by `arguments` (e.g. `unshare --mount ... sh -c '...; exec "$0" "$@"'`).
+    public init(_ arguments: [String], output: String, environment: [String: String] = [:], launcher: [String] = []) throws {
         outputPath = output
-        let executable = try mqiExecutable()
+        let mqi = try mqiExecutable()
+        let executable = launcher.first ?? mqi
         let merged = environment.isEmpty ? ProcessInfo.processInfo.environment : ProcessInfo.processInfo.environment.merging(environment) { $1 }
         // Appended, not truncated: some tests restart a daemon onto the same file.
-        guard let pid = try StepSpawner.spawn(executable, arguments: arguments, environment: merged, directory: FileManager.default.currentDirectoryPath,
+        guard let pid = try StepSpawner.spawn(executable, arguments: launcher.isEmpty ? arguments : Array(launcher.dropFirst()) + [mqi] + arguments,
+                                              environment: merged, directory: FileManager.default.currentDirectoryPath,
                                               output: output, appendOutput: true, newSession: false) else {
             throw TestSupportError("cannot run \(executable): posix_spawn lacks glibc's closefrom/chdir extensions (glibc < 2.34)")
         }

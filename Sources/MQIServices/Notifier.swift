@@ -211,15 +211,42 @@ struct Notifier: Service {
         return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
     }
 
+    /// Why a POST failed, in words an operator acts on. On Linux, FoundationNetworking reports
+    /// every TLS failure as URLError -1 (unknown) with libcurl's message, so TLS failures are
+    /// told apart by that message.
     static func describe(_ error: URLError, timeout: Double) -> String {
         switch error.code {
-        case .cannotConnectToHost: "connection refused (nothing listens there, or a firewall rejects it)"
-        case .timedOut: "no answer within \(String(format: "%g", timeout)) s (notifications.timeout_sec)"
-        case .cannotFindHost, .dnsLookupFailed: "cannot resolve the host name"
-        case .networkConnectionLost: "the connection was closed before an answer"
+        case .cannotConnectToHost: return "connection refused (nothing listens there, or a firewall rejects it)"
+        case .timedOut: return "no answer within \(String(format: "%g", timeout)) s (notifications.timeout_sec)"
+        case .cannotFindHost, .dnsLookupFailed: return "cannot resolve the host name"
+        case .networkConnectionLost: return "the connection was closed before an answer"
         case .secureConnectionFailed, .serverCertificateUntrusted, .serverCertificateHasBadDate, .serverCertificateNotYetValid,
-             .serverCertificateHasUnknownRoot: "TLS failed: \(error.localizedDescription)"
-        default: "\(error.localizedDescription) (URLError \(error.code.rawValue))"
+             .serverCertificateHasUnknownRoot: return describeTLS(error.localizedDescription) ?? "TLS failed (\(error.localizedDescription))"
+        default: return describeTLS(error.localizedDescription) ?? "\(error.localizedDescription) (URLError \(error.code.rawValue))"
         }
+    }
+
+    /// A TLS failure from libcurl's message (OpenSSL's words), or nil if the message is not one.
+    static func describeTLS(_ message: String) -> String? {
+        let text = message.lowercased()
+        let detail = " (\(message))"
+        if text.contains("unable to get local issuer certificate") || text.contains("unable to get issuer certificate")
+            || text.contains("self-signed certificate") || text.contains("self signed certificate") || text.contains("unable to verify the first certificate") {
+            return "TLS: the receiver's certificate is not trusted: its CA is not in this machine's system trust store "
+                + "(copy the CA certificate, PEM, as a .crt file into /usr/local/share/ca-certificates/, run update-ca-certificates, restart mqi)" + detail
+        }
+        if text.contains("certificate has expired") {
+            return "TLS: the receiver's certificate has expired (renew it on the receiver, or check this machine's clock)" + detail
+        }
+        if text.contains("certificate is not yet valid") {
+            return "TLS: the receiver's certificate is not valid yet (check the clocks of this machine and the receiver)" + detail
+        }
+        if text.contains("subject name") {
+            return "TLS: the receiver's certificate is not for this host name (the webhook's URL must use a name or IP address the certificate lists)" + detail
+        }
+        if text.contains("ssl") || text.contains("tls") || text.contains("certificate") {
+            return "TLS failed" + detail
+        }
+        return nil
     }
 }

@@ -122,20 +122,7 @@ struct HTTPSWebhookTests {
         func expectDelivered(_ events: [OutboxEvent]) throws {
             #expect(receiver.accepted == events.map(\.id), "every event once, in order")
             for (request, event) in zip(receiver.requests, events) {
-                #expect(request.path == "/hook" && request.type == "application/json" && request.auth == nil)
-                #expect(request.body["event"] as? String == event.event)
-                #expect(request.body["case_id"] as? String == event.caseId)
-                #expect(request.body["status"] as? String == event.status)
-                #expect(request.body["workflow"] as? String == "default_qa")
-                #expect((request.body["instance"] as? String)?.isEmpty == false)
-                let at = try #require(request.body["at"] as? String)
-                let parsed = try Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(at)
-                #expect(abs(parsed.timeIntervalSince(event.at)) < 0.002 && at.hasSuffix("Z"), "\(at)")
-                if event.event == "case_failed" {
-                    #expect((request.body["error"] as? String)?.contains("FATAL ERROR") == true, "\(request.body)")
-                } else {
-                    #expect(request.body["error"] is NSNull, "\(request.body)")
-                }
+                try WebhookTests.expectPost(request, of: event, auth: nil)
             }
         }
 

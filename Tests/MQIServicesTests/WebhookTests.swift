@@ -39,6 +39,27 @@ struct WebhookTests {
         """
 
     /// One receiver process on a fixed port, started and stopped at will.
+    /// One delivered POST: the event's JSON body (`{event, case_id, status, error, at, ...}`) to
+    /// `/hook`, with `auth` as its Authorization header.
+    static func expectPost(_ request: Receiver.Request, of event: OutboxEvent, auth: String?) throws {
+        #expect(request.path == "/hook")
+        #expect(request.auth == auth)
+        #expect(request.type == "application/json")
+        #expect(request.body["event"] as? String == event.event)
+        #expect(request.body["case_id"] as? String == event.caseId)
+        #expect(request.body["status"] as? String == event.status)
+        #expect(request.body["workflow"] as? String == "default_qa")
+        #expect((request.body["instance"] as? String)?.isEmpty == false)
+        let at = try #require(request.body["at"] as? String)
+        let parsed = try Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(at)
+        #expect(abs(parsed.timeIntervalSince(event.at)) < 0.002 && at.hasSuffix("Z"), "\(at)")
+        if event.event == "case_failed" {
+            #expect((request.body["error"] as? String)?.contains("FATAL ERROR") == true, "\(request.body)")
+        } else {
+            #expect(request.body["error"] is NSNull, "error is present and null: \(request.body)")
+        }
+    }
+
     final class Receiver: @unchecked Sendable {
         let port: Int
         let log: String
@@ -216,22 +237,7 @@ struct WebhookTests {
         #expect(refused.count == 3 && Set(refused.map(\.id)) == [before[0].id], "the first event is retried, nothing overtakes it")
         #expect(main.accepted == before.map(\.id), "every event once, in order")
         for (request, event) in zip(main.requests.filter { $0.answer == 200 }, before) {
-            #expect(request.path == "/hook")
-            #expect(request.auth == "Bearer s3cret-token")
-            #expect(request.type == "application/json")
-            #expect(request.body["event"] as? String == event.event)
-            #expect(request.body["case_id"] as? String == event.caseId)
-            #expect(request.body["status"] as? String == event.status)
-            #expect(request.body["workflow"] as? String == "default_qa")
-            #expect((request.body["instance"] as? String)?.isEmpty == false)
-            let at = try #require(request.body["at"] as? String)
-            let parsed = try Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(at)
-            #expect(abs(parsed.timeIntervalSince(event.at)) < 0.002 && at.hasSuffix("Z"), "\(at)")
-            if event.event == "case_failed" {
-                #expect((request.body["error"] as? String)?.contains("FATAL ERROR") == true, "\(request.body)")
-            } else {
-                #expect(request.body["error"] is NSNull, "error is present and null: \(request.body)")
-            }
+            try Self.expectPost(request, of: event, auth: "Bearer s3cret-token")
         }
         #expect(await eventually(within: 30) { daemon.output.contains("webhook http://127.0.0.1:\(main.port)/hook delivers again after") })
 

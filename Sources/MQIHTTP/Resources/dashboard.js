@@ -97,13 +97,11 @@
   }
 
   // ---- case detail ----
-  var detailBusy = false, detailAgain = false;
+  // caseEvents counts the case's events: a detail fetched while one came may be older than it.
+  var detailBusy = false, detailAgain = false, caseEvents = 0;
   function applyCaseHead(c) {
     var head = document.getElementById("case");
     if (!head || head.dataset.caseId !== c.case_id) return false;
-    // A reply older than what the page shows (a detail fetched before the last event) is dropped.
-    if (head.dataset.updatedAt && c.updated_at && c.updated_at < head.dataset.updatedAt) return false;
-    if (c.updated_at) head.dataset.updatedAt = c.updated_at;
     if (head.dataset.status !== c.status && window.console) console.info("mqi-dashboard: case " + c.status);
     head.dataset.status = c.status;
     var oldBadge = head.querySelector(".case-title [data-role=badge]");
@@ -282,7 +280,7 @@
       if (stream.readyState === EventSource.CLOSED && logView.source === stream) { logView.source = null; setLogLive(false); }
     };
   }
-  function renderLog(detail) {
+  function renderLog(detail, mayFollow) {
     var links = document.getElementById("log-links");
     links.textContent = "";
     if (detail.logs.length) {
@@ -300,7 +298,7 @@
     }
     // Once the followed log has ended, one that is still written (a new attempt, the next step,
     // another beam's run), unless the operator picked a log. Beam runs side by side do not take turns.
-    if (logView.pinned || logView.source) return;
+    if (logView.pinned || logView.source || !mayFollow) return;
     var c = detail["case"], next = null;
     [detail.log].concat(detail.logs).forEach(function (l) { if (!next && l && logIsLive(c, l.step, l.attempt)) next = l; });
     if (next && logKey(next.step, next.attempt) !== logView.key) showLog(next.step, next.attempt, next.url);
@@ -334,9 +332,18 @@
     if (!head) return;
     if (detailBusy) { detailAgain = true; return; }
     detailBusy = true;
+    var seen = caseEvents;
     fetch("/api/cases/" + encodeURIComponent(head.dataset.caseId), { cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (d) { if (d && applyCaseHead(d["case"])) { renderJobs(d.jobs || []); renderTimeline(d.timeline); renderStepper(d); renderLog(d); } })
+      .then(function (d) {
+        if (!d) return;
+        // A detail an event overtook (its fetch, asked for by that event, follows) leaves the
+        // head as the event set it and opens no log: it could be an attempt that has ended.
+        // Not updated_at: a transaction stamps it before it commits, so it can go backwards.
+        var fresh = seen === caseEvents;
+        if (fresh) applyCaseHead(d["case"]);
+        renderJobs(d.jobs || []); renderTimeline(d.timeline); renderStepper(d); renderLog(d, fresh);
+      })
       .catch(function () {})
       .then(function () { detailBusy = false; if (detailAgain) { detailAgain = false; refreshDetail(); } });
   }
@@ -532,7 +539,7 @@
       var c = JSON.parse(e.data);
       if (c.updated_at > lastChange) lastChange = c.updated_at;
       var applied = applyCaseRow(c);
-      if (page === "case" && applyCaseHead(c)) { applied = true; refreshDetail(); }
+      if (page === "case" && applyCaseHead(c)) { applied = true; caseEvents++; refreshDetail(); }
       if (applied) countUpdate();
     });
     source.addEventListener("gpu", function (e) { if (applyGPU(JSON.parse(e.data))) countUpdate(); });

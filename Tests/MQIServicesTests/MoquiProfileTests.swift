@@ -185,7 +185,7 @@ struct MoquiProfileTests {
         let failedAt = try #require(history.last { $0.status == .failed }?.at)
         let simStarted = try #require(history.first { $0.message.contains("starting run_moqui_sim") }?.at)
         // (alone well under a second; the whole suite in parallel on 2 cores has taken 5 s)
-        #expect(failedAt.timeIntervalSince(simStarted) < 20)
+        #expect(failedAt.timeIntervalSince(simStarted) < 40, "the engine sleeps 600 s and the step times out after 60 s")
     }
 
     @Test(.timeLimit(.minutes(3)))

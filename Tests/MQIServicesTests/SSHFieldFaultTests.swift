@@ -181,7 +181,7 @@ struct SSHFieldFaultTests {
             let outcome = try await executor.execute(run) { false }
             guard case .failed(let reason) = outcome else { Issue.record("\(label): expected an ended attempt, got \(outcome)"); continue }
             #expect(reason.contains("without recording an exit code"), "\(label): \(reason)")
-            #expect(Date().timeIntervalSince(started) < 10, "\(label): waited on an unrelated process")
+            #expect(Date().timeIntervalSince(started) < 25, "\(label): waited on an unrelated process")
             // Stop: not ours to signal.
             try await executor.stop(run)
             try await Task.sleep(for: .milliseconds(300))

@@ -75,13 +75,13 @@ struct MQIProcessTests {
         daemon.signal(SIGKILL)
         let killed = Date()
         // Several tasks wait at once: each sees the one status (reaped once).
-        async let first = daemon.wait(upTo: 10)
-        async let second = daemon.wait(upTo: 10)
-        async let third = daemon.wait(upTo: 10)
+        async let first = daemon.wait(upTo: 60)
+        async let second = daemon.wait(upTo: 60)
+        async let third = daemon.wait(upTo: 60)
         let statuses = await [first, second, third]
         let seconds = Date().timeIntervalSince(killed)
         #expect(statuses == [137, 137, 137], "\(statuses) after \(seconds) s")
-        #expect(seconds < 9, "kill -9 seen \(seconds) s late")
+        #expect(seconds < 50, "kill -9 seen \(seconds) s late")
         #expect(daemon.terminationSignal == SIGKILL && daemon.terminationStatus == 137 && !daemon.isRunning)
         #expect(!LocalStepExecutor.processAlive(daemon.pid), "/proc still shows the killed daemon: it was not reaped")
         // Signalling a reaped process sends nothing (its pid may be another's by now).
@@ -101,10 +101,10 @@ struct MQIProcessTests {
 
         daemon.signal(SIGKILL)
         let killed = Date()
-        let status = await daemon.wait(upTo: 10)
+        let status = await daemon.wait(upTo: 60)
         let seconds = Date().timeIntervalSince(killed)
         #expect(status == 137, "status \(String(describing: status)) \(seconds) s after kill -9:\n\(daemon.output.suffix(2000))")
-        #expect(seconds < 9, "kill -9 seen \(seconds) s late")
+        #expect(seconds < 50, "kill -9 seen \(seconds) s late")
         #expect(LocalStepExecutor.processAlive(step), "the step (its own session) outlives the daemon")
     }
 

@@ -136,7 +136,7 @@ import Testing
         try await Task.sleep(for: .milliseconds(100))
         try fixture.write("G3/5506119/1.2.9/_CASE_READY", "")
         // The rescan interval is 10 minutes: only inotify can find it this soon.
-        let found = try await eventually(within: 30) { try await fixture.store.caseExists("G3/5506119/1.2.9") }
+        let found = try await eventually(within: 90) { try await fixture.store.caseExists("G3/5506119/1.2.9") }
         #expect(found)
     }
 

@@ -60,7 +60,7 @@ struct CleanupWakeTests {
             let cleaned = try #require(row["remote_cleaned_at"] as Date?, "\(caseId) was not cleaned up")
             // At once: the look follows the Conductor's decision (within ms; the sweep is hourly, and a
             // full suite on 2 cores has held this up for over 3 s).
-            #expect(cleaned.timeIntervalSince(finished) < 20, "\(caseId): cleaned \(cleaned.timeIntervalSince(finished)) s after COMPLETED")
+            #expect(cleaned.timeIntervalSince(finished) < 60, "\(caseId): cleaned \(cleaned.timeIntervalSince(finished)) s after COMPLETED")
             lastCleaned = max(lastCleaned, cleaned)
             for directory in [config.conductor.uploadDir, config.conductor.downloadDir] {
                 #expect(!FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent(caseId)), "\(caseId) in \(directory)")
@@ -68,6 +68,6 @@ struct CleanupWakeTests {
             #expect(FileManager.default.fileExists(atPath: config.conductor.resultsDir + "/\(caseId)/dose.txt"), "\(caseId)'s results")
         }
         // The idle exit follows the last cleanup at once (the graceful shutdown included).
-        #expect(exited.timeIntervalSince(lastCleaned) < 20, "exited \(exited.timeIntervalSince(lastCleaned)) s after the last cleanup")
+        #expect(exited.timeIntervalSince(lastCleaned) < 60, "exited \(exited.timeIntervalSince(lastCleaned)) s after the last cleanup")
     }
 }

@@ -30,18 +30,18 @@ struct SharedDoorbellTests {
             // From the commit (register returned) to the other communicator's wake-up; a ring
             // that came first is remembered, so that counts as no wait.
             let committed = clock.now
-            // 15 s: under CI's load one wake-up came 6.5 s after the commit (1.5 s of that the
+            // 60 s: under CI's load one wake-up came 6.5 s after the commit (1.5 s of that the
             // test's own scheduling); without the notification every wait runs to its end.
-            await conductor.wait(upTo: 15)
+            await conductor.wait(upTo: 60)
             latencies.append(clock.now - committed)
         }
         latencies.sort()
         let median = latencies[latencies.count / 2]
         print("NOTIFY wake-up across communicators: median \(median), max \(latencies.last!) (commit -> the other's doorbell), 20 publications")
-        // Without the notification every wait would run to its 15 s end (the other communicator's
+        // Without the notification every wait would run to its 60 s end (the other communicator's
         // fallback poll is its own business): a wait that ended before is a notification's. How
         // fast is a figure (printed), not a bound: CI's load once made the median 1.02 s.
-        #expect(latencies.filter { $0 >= .seconds(15) }.isEmpty, "a publication woke nobody: \(latencies)")
+        #expect(latencies.filter { $0 >= .seconds(60) }.isEmpty, "a publication woke nobody: \(latencies)")
         // Only the queue that got a message rang.
         let quiet = clock.now
         await transfer.wait(upTo: 0.3)
